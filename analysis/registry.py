@@ -1,0 +1,128 @@
+"""A name-keyed registry describing every metric TokenPrism computes.
+
+The registry holds descriptions, not code paths: the scoring pipeline computes all metrics of
+one forward pass together (``analysis.scoring``), and the registry tells the store, the CLI and
+the UI what each stored name means, its unit, its level and which direction means "uncertain".
+Later metric families (CCP, probes, THR, ...) register their names here as they arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Level = Literal["token", "sequence", "layer"]
+Direction = Literal["uncertain", "confident", "neutral"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a stored metric name means.
+
+    Attributes:
+        name: snake_case key, as stored in the database and shown in JSON.
+        level: ``token`` (one value per scored token), ``sequence`` (one per run) or ``layer``
+            (one per hidden-state layer of a run).
+        unit: human-readable unit (``nats``, ``bits``, ``probability``, ``rank``, ...).
+        higher_means: what a larger value says about the model: ``uncertain``, ``confident`` or
+            ``neutral`` (no uncertainty reading). Views use it to orient colour scales.
+        description: one sentence, including the convention chosen where papers differ.
+        inputs: forward-pass products the metric needs (``logits``, ``hidden_states``, ...).
+    """
+
+    name: str
+    level: Level
+    unit: str
+    higher_means: Direction
+    description: str
+    inputs: tuple[str, ...] = ("logits",)
+
+
+_REGISTRY: dict[str, MetricSpec] = {}
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add ``spec`` to the registry; a name can be registered once."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"metric {spec.name!r} is already registered with another definition")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_metric(name: str) -> MetricSpec:
+    """Return the spec registered under ``name``; ``KeyError`` names the known metrics."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown metric {name!r}; known metrics: {known}") from None
+
+
+def list_metrics(level: Level | None = None) -> list[MetricSpec]:
+    """All registered specs, optionally of one level, sorted by name."""
+    return sorted(
+        (s for s in _REGISTRY.values() if level is None or s.level == level),
+        key=lambda s: s.name,
+    )
+
+
+_BUILTIN = [
+    MetricSpec("logprob", "token", "nats", "confident",
+               "Natural log of the probability the model gave the token at its position."),
+    MetricSpec("prob", "token", "probability", "confident",
+               "Probability the model gave the token at its position."),
+    MetricSpec("surprisal_bits", "token", "bits", "uncertain",
+               "Surprisal -log2 p(token)."),
+    MetricSpec("rank", "token", "rank", "uncertain",
+               "1 + number of vocabulary entries with a strictly larger logit (1 = argmax)."),
+    MetricSpec("entropy", "token", "nats", "uncertain",
+               "Shannon entropy of the full predictive distribution that predicted the token."),
+    MetricSpec("margin", "token", "probability", "confident",
+               "p1 - p2: gap between the two most probable next tokens."),
+    MetricSpec("kurtosis", "token", "ratio", "confident",
+               "Kurtosis of the predictive probability vector over the vocabulary "
+               "(Pearson m4/m2^2 by default; excess when configured)."),
+    MetricSpec("window_entropy", "token", "nats", "uncertain",
+               "ARES window entropy: mean token entropy over a window of w response tokens "
+               "starting at the token (paper convention by default)."),
+    MetricSpec("gltr_bucket", "token", "bucket", "uncertain",
+               "GLTR rank bucket: 0 = top 10, 1 = top 100, 2 = top 1000, 3 = rest."),
+    MetricSpec("step_first_surprisal", "token", "nats", "uncertain",
+               "ASAP first-token surprisal, present only at the first token of each reasoning "
+               "step (steps split on blank lines)."),
+    MetricSpec("geometric_mean_confidence", "sequence", "probability", "confident",
+               "exp(mean logprob) over response tokens = 1 / perplexity."),
+    MetricSpec("mean_prob", "sequence", "probability", "confident",
+               "Arithmetic mean of token probabilities over response tokens."),
+    MetricSpec("perplexity", "sequence", "ratio", "uncertain",
+               "exp(-mean logprob) over response tokens."),
+    MetricSpec("mean_entropy", "sequence", "nats", "uncertain",
+               "Mean token entropy over response tokens."),
+    MetricSpec("mean_kurtosis", "sequence", "ratio", "confident",
+               "Mean token kurtosis over response tokens."),
+    MetricSpec("gltr_top10", "sequence", "fraction", "confident",
+               "Fraction of response tokens ranked in the top 10."),
+    MetricSpec("gltr_top100", "sequence", "fraction", "neutral",
+               "Fraction of response tokens ranked 11-100."),
+    MetricSpec("gltr_top1000", "sequence", "fraction", "neutral",
+               "Fraction of response tokens ranked 101-1000."),
+    MetricSpec("gltr_rest", "sequence", "fraction", "uncertain",
+               "Fraction of response tokens ranked below 1000."),
+    MetricSpec("n_tokens", "sequence", "count", "neutral",
+               "Number of scored response tokens (tokens with a prediction)."),
+    MetricSpec("n_steps", "sequence", "count", "neutral",
+               "Number of reasoning steps (response split on blank lines)."),
+    MetricSpec("mean_step_first_surprisal", "sequence", "nats", "uncertain",
+               "Mean ASAP first-token surprisal over the response's steps."),
+    MetricSpec("erv", "sequence", "rank", "neutral",
+               "Effective-rank velocity over growing prefixes of the final layer (VERL).",
+               ("hidden_states",)),
+    MetricSpec("era", "sequence", "rank", "neutral",
+               "Effective-rank acceleration over growing prefixes of the final layer (VERL).",
+               ("hidden_states",)),
+    MetricSpec("effective_rank", "layer", "rank", "neutral",
+               "Roy-Vetterli effective rank of the mean-centred response hidden states.",
+               ("hidden_states",)),
+]
+for _spec in _BUILTIN:
+    register_metric(_spec)

@@ -1,0 +1,247 @@
+"""The ``tokenprism`` command line.
+
+Every user-facing failure is a :class:`~backend.errors.UserError`: one line on stderr, exit
+status 2, no traceback (``TOKENPRISM_DEBUG=1`` shows tracebacks of unexpected errors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from backend.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="TokenPrism: token-level analysis of language-model outputs.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelOpt = typer.Option(None, "--model", "-m",
+                        help="'default', a Hugging Face id, a local directory or a .gguf file")
+
+
+def _settings() -> Any:
+    from backend.settings import get_settings
+
+    return get_settings()
+
+
+def _open_store() -> Any:
+    from backend.store import Store
+
+    return Store(_settings().db_path)
+
+
+def _load(model: str | None) -> Any:
+    from backend.models import get_model
+
+    settings = _settings()
+    return get_model(model or settings.default_model, settings)
+
+
+@app.command()
+def prepare(model: str | None = ModelOpt) -> None:
+    """Convert / load a model once so later commands start fast (the default GGUF is cached)."""
+    began = time.perf_counter()
+    lm = _load(model)
+    err.print(f"ready: {lm.label} on {lm.device} ({str(lm.dtype).removeprefix('torch.')}), "
+              f"context {lm.context_length} tokens, revision {lm.revision[:23]} "
+              f"[{time.perf_counter() - began:.1f}s]")
+
+
+@app.command()
+def score(
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="user prompt"),
+    response: str | None = typer.Option(None, "--response", "-r", help="response to score"),
+    text: str | None = typer.Option(None, "--text", "-t", help="raw text, scored exactly as given"),
+    file: Path | None = typer.Option(None, "--file", "-f", help="UTF-8 file of raw text to score"),
+    model: str | None = ModelOpt,
+    no_template: bool = typer.Option(False, "--no-template",
+                                     help="do not apply the chat template to --prompt/--response"),
+    system: str | None = typer.Option(None, "--system", help="system prompt (chat template)"),
+    as_json: bool = typer.Option(False, "--json", help="print the run as JSON"),
+) -> None:
+    """Score one text in a single forward pass, store it and show the per-token metrics."""
+    from backend.encoding import encode_pair, encode_text
+    from backend.ingest import read_text_file
+    from backend.runner import score_one
+
+    given = [x is not None for x in (text, file)] + [prompt is not None or response is not None]
+    if sum(given) != 1:
+        raise UserError("give exactly one of --prompt/--response, --text or --file")
+    if (prompt is None) != (response is None):
+        raise UserError("--prompt and --response go together")
+    store = _open_store()  # before loading the model: a locked database fails fast
+    lm = _load(model)
+    if text is not None or file is not None:
+        raw = text if text is not None else read_text_file(file)  # type: ignore[arg-type]
+        enc = encode_text(lm.tokenizer, raw, context_length=lm.context_length)
+    else:
+        assert prompt is not None and response is not None
+        enc = encode_pair(lm.tokenizer, prompt, response, context_length=lm.context_length,
+                          template=not no_template, system_prompt=system)
+    scored = score_one(lm, enc)
+    with store:
+        run_id = store.save_runs(lm, [scored])[0]
+        run = store.get_run(run_id)
+    _emit_run(run, as_json)
+
+
+def _emit_run(run: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(run, ensure_ascii=False) + "\n")
+    else:
+        from backend.render import print_run
+
+        print_run(out, run)
+
+
+@app.command()
+def runs(
+    limit: int = typer.Option(20, help="how many runs to list"),
+    model: str | None = typer.Option(None, help="only runs of this model name"),
+    search: str | None = typer.Option(None, help="only runs whose text contains this"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List stored runs, newest first."""
+    with _open_store() as store:
+        rows = store.list_runs(limit=limit, model=model, search=search)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, default=str) + "\n")
+        return
+    if not rows:
+        out.print("no runs stored yet: try `tokenprism score --text \"...\"`")
+        return
+    table = Table(title=f"runs ({len(rows)} shown)")
+    for col in ("run_id", "created", "model", "kind", "tokens", "GM conf.", "mean H", "response"):
+        table.add_column(col)
+    for r in rows:
+        seq = r["sequence"]
+        gm, mh = seq.get("geometric_mean_confidence"), seq.get("mean_entropy")
+        table.add_row(r["run_id"], r["created_at"][:19], r["model"], r["kind"],
+                      str(r["n_response_tokens"]), f"{gm:.3f}" if gm is not None else "—",
+                      f"{mh:.3f}" if mh is not None else "—",
+                      (r["response"] or "")[:40].replace("\n", "↵"))
+    out.print(table)
+
+
+@app.command()
+def show(run_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show one stored run."""
+    with _open_store() as store:
+        run = store.get_run(run_id)
+    _emit_run(run, as_json)
+
+
+@app.command()
+def sql(
+    query: str,
+    max_rows: int = typer.Option(1000, help="print at most this many rows"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run one read-only SQL query (SELECT / EXPLAIN) over the token store."""
+    from backend.store.store import run_read_only_sql
+
+    columns, rows, truncated = run_read_only_sql(_settings().db_path, query, max_rows=max_rows)
+    if as_json:
+        payload = {"columns": columns, "rows": [list(r) for r in rows], "truncated": truncated}
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False, default=str) + "\n")
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    out.print(table)
+    if truncated:
+        err.print(f"(showing the first {max_rows} rows)")
+
+
+@app.command()
+def audit(
+    file: Path,
+    model: str | None = ModelOpt,
+    rank_by: str = typer.Option("entropy", help="token metric that ranks the uncertain tokens"),
+    top: int = typer.Option(5, help="uncertain tokens to list per turn"),
+    batch_tokens: int = typer.Option(2048, help="max padded tokens per forward batch"),
+) -> None:
+    """Score every assistant turn of a JSONL transcript and summarise each turn."""
+    from tqdm import tqdm
+
+    from backend.audit import summarise_turn
+    from backend.encoding import encode_chat
+    from backend.ingest import parse_jsonl, read_text_file
+    from backend.runner import score_batch
+
+    items = parse_jsonl(read_text_file(file), source=str(file))
+    store = _open_store()
+    lm = _load(model)
+    encoded = [encode_chat(lm.tokenizer, it.messages, context_length=lm.context_length)
+               for it in items]
+    order = sorted(range(len(items)), key=lambda i: encoded[i].n_tokens)
+    batches: list[list[int]] = [[]]
+    for i in order:  # length-sorted batches keep padding small
+        if batches[-1] and encoded[i].n_tokens * (len(batches[-1]) + 1) > batch_tokens:
+            batches.append([])
+        batches[-1].append(i)
+    run_ids: dict[int, str] = {}
+    with store, tqdm(total=len(items), desc="scoring turns", unit="turn", file=sys.stderr) as bar:
+        for batch in batches:
+            scored = score_batch(lm, [encoded[i] for i in batch])
+            ids = store.save_runs(lm, scored, turn_indices=[items[i].turn_index for i in batch])
+            run_ids.update(zip(batch, ids, strict=True))
+            bar.update(len(batch))
+        runs_ = [store.get_run(run_ids[i]) for i in range(len(items))]
+    for item, run in zip(items, runs_, strict=True):
+        summarise_turn(out, item, run, rank_by=rank_by, top=top)
+
+
+@app.command()
+def metrics() -> None:
+    """List every metric TokenPrism computes, with unit and direction."""
+    from analysis.registry import list_metrics
+
+    table = Table("name", "level", "unit", "higher means", "description")
+    for spec in list_metrics():
+        table.add_row(spec.name, spec.level, spec.unit, spec.higher_means, spec.description)
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point with user-friendly errors."""
+    logging.basicConfig(level=os.environ.get("TOKENPRISM_LOG", "WARNING"))
+    code = 0
+    try:
+        app()  # standalone: typer prints usage errors and exits through SystemExit
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        code = 130
+    except UserError as e:
+        err.print(f"error: {e}", markup=False)
+        code = 2
+    except Exception as e:  # the last line of defence against tracebacks
+        if os.environ.get("TOKENPRISM_DEBUG"):
+            raise
+        first = str(e).splitlines()[0] if str(e) else ""
+        err.print(f"error: unexpected {type(e).__name__}: {first} "
+                  "(set TOKENPRISM_DEBUG=1 for details)", markup=False)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # duckdb 2.0's nanobind bindings print a screen of "leaked instance" warnings during
+    # interpreter finalisation whenever torch is loaded too (cosmetic: the process is ending and
+    # every store was closed above). Skipping finalisation keeps the terminal readable.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

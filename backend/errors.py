@@ -1,0 +1,25 @@
+"""Errors that reach users as one clear line, never a traceback."""
+
+
+class UserError(Exception):
+    """Bad input or environment the user can fix; the message is shown as is."""
+
+
+class ModelNotFound(UserError):
+    """The model id or path resolves to nothing loadable."""
+
+
+class UnsafeWeights(UserError):
+    """The model offers only pickle-based weights, which TokenPrism refuses to load."""
+
+
+class InputTooLong(UserError):
+    """A text is longer than the model's context window."""
+
+
+class DatabaseLocked(UserError):
+    """Another process holds the DuckDB file."""
+
+
+class ReadOnlyViolation(UserError):
+    """A statement given to the read-only SQL interface would change data."""

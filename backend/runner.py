@@ -1,0 +1,92 @@
+"""The model runner: one teacher-forced forward pass per batch, then ``analysis`` on its outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from analysis.scoring import ScoredSequence, ScoringParams, score_forward
+from analysis.steps import chars_to_tokens, step_char_starts
+from backend import __version__
+from backend.encoding import EncodedText
+from backend.models import LoadedModel
+
+
+@dataclass
+class ScoredText:
+    """An encoded text with its scores and the provenance of how they were made."""
+
+    encoded: EncodedText
+    scores: ScoredSequence
+    provenance: dict[str, Any]
+
+
+def step_positions(enc: EncodedText) -> list[int]:
+    """Token positions where reasoning steps of the response begin (ASAP)."""
+    start, end = enc.response_span
+    # The end-of-turn marker is not part of the reasoning text.
+    content_end = min(end, start + len(enc.response))
+    chars = step_char_starts(enc.text, start, content_end)
+    if not chars:
+        return []
+    ends = torch.tensor([o[1] for o in enc.offsets])
+    return [int(i) for i in chars_to_tokens(ends, chars).tolist()]
+
+
+def forward_batch(lm: LoadedModel, encoded: list[EncodedText]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Right-pad ``encoded`` and run the model once with hidden states.
+
+    Returns ``(model output, input_ids [B, T], attention_mask [B, T])`` on the model's device.
+    """
+    width = max(e.n_tokens for e in encoded)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, enc in enumerate(encoded):
+        ids[row, : enc.n_tokens] = torch.tensor(enc.input_ids)
+        mask[row, : enc.n_tokens] = 1
+    ids, mask = ids.to(lm.device), mask.to(lm.device)
+    with torch.inference_mode():
+        out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+    return out, ids, mask
+
+
+def score_batch(lm: LoadedModel, encoded: list[EncodedText],
+                params: ScoringParams | None = None) -> list[ScoredText]:
+    """Score texts in one forward pass (right-padded); all metrics come from that pass."""
+    params = params or ScoringParams()
+    began = time.perf_counter()
+    out, ids, mask = forward_batch(lm, encoded)
+    response = torch.zeros_like(mask, dtype=torch.bool)
+    for row, enc in enumerate(encoded):
+        response[row, : enc.n_tokens] = torch.tensor([not p for p in enc.is_prompt])
+    with torch.inference_mode():
+        scored = score_forward(out.logits, out.hidden_states, ids, mask.bool(), response, params,
+                               [step_positions(e) for e in encoded])
+    elapsed = time.perf_counter() - began
+    now = datetime.now(UTC).isoformat()
+    results = []
+    for enc, sc in zip(encoded, scored, strict=True):
+        provenance = {
+            **lm.provenance(),
+            "tokenprism_version": __version__,
+            "torch_version": torch.__version__,
+            "scored_at": now,
+            "params": params.as_dict(),
+            "kind": enc.kind,
+            "chat_template": enc.template,
+            "rendered_text": enc.text if enc.kind == "chat" else None,
+            "batch_size": len(encoded),
+            "batch_seconds": round(elapsed, 4),
+        }
+        results.append(ScoredText(encoded=enc, scores=sc, provenance=provenance))
+    return results
+
+
+def score_one(lm: LoadedModel, encoded: EncodedText,
+              params: ScoringParams | None = None) -> ScoredText:
+    return score_batch(lm, [encoded], params)[0]

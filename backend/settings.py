@@ -1,0 +1,63 @@
+"""One settings object, read once from ``TOKENPRISM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _default_home() -> Path:
+    # A source checkout keeps its data home next to the code (git-ignored data/home), so the
+    # Makefile, the tests and a user typing `tokenprism` share one converted model and one DB.
+    if (_SOURCE_ROOT / "pyproject.toml").is_file() and (_SOURCE_ROOT / "data").is_dir():
+        return _SOURCE_ROOT / "data" / "home"
+    return Path.home() / ".local" / "share" / "tokenprism"
+
+
+class Settings(BaseSettings):
+    """Configuration of every TokenPrism process.
+
+    Attributes:
+        home: data home holding the DuckDB file and the converted model cache.
+        db: DuckDB file; defaults to ``home / "tokenprism.duckdb"``.
+        model_cache: where converted models (e.g. the GGUF default) are cached.
+        default_model: model used when none is named.
+        device: ``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda[:n]``.
+        dtype: ``auto`` (float32 on cpu, bfloat16 on cuda), ``float32``, ``bfloat16``,
+            ``float16``.
+        trust_remote_code: let model repositories run their own Python code (off by default).
+        api_token: bearer token required when the API listens beyond loopback.
+        allowed_model_dirs: local directories models may be loaded from through the API.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TOKENPRISM_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home)
+    db: Path | None = None
+    model_cache: Path | None = None
+    default_model: str = "default"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    api_token: str | None = None
+    allowed_model_dirs: list[Path] = Field(default_factory=list)
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else self.home / "tokenprism.duckdb"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.model_cache if self.model_cache is not None else self.home / "models"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,118 @@
+"""Table definitions of the token store.
+
+Design: the token table holds the core columns every run has (id, text, offsets, logprob,
+prob, rank, entropy); every other per-token metric goes to the long ``token_metrics`` table
+``(run_id, position, metric, value)``, so adding a metric never changes the schema. Bulk tables
+carry no primary key: DuckDB loads them several times faster without one, and runs are written
+in one transaction, so a run is either complete or absent. Ids are client-side UUID hex strings
+(DuckDB has no SERIAL). ``Double`` everywhere: ``Float`` would be 4-byte in DuckDB.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version", metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("description", sa.String, nullable=False),
+    sa.Column("applied_at", sa.DateTime, nullable=False),
+)
+
+models = sa.Table(
+    "models", metadata,
+    sa.Column("model_key", sa.String, primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("source", sa.String, nullable=False),
+    sa.Column("revision", sa.String, nullable=False),
+    sa.Column("label", sa.String),
+    sa.Column("architecture", sa.String),
+    sa.Column("context_length", sa.Integer),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+runs = sa.Table(
+    "runs", metadata,
+    sa.Column("run_id", sa.String, primary_key=True),
+    sa.Column("model_key", sa.String, nullable=False),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("prompt", sa.String),
+    sa.Column("response", sa.String, nullable=False),
+    sa.Column("text", sa.String, nullable=False),
+    sa.Column("system_prompt", sa.String),
+    sa.Column("messages", sa.String),
+    sa.Column("n_tokens", sa.Integer, nullable=False),
+    sa.Column("n_response_tokens", sa.Integer, nullable=False),
+    sa.Column("upload_id", sa.String),
+    sa.Column("job_id", sa.String),
+    sa.Column("group_id", sa.String),
+    sa.Column("turn_index", sa.Integer),
+    sa.Column("provenance", sa.String, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens", metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("token_id", sa.Integer, nullable=False),
+    sa.Column("text", sa.String, nullable=False),
+    sa.Column("display", sa.String, nullable=False),
+    sa.Column("char_start", sa.Integer, nullable=False),
+    sa.Column("char_end", sa.Integer, nullable=False),
+    sa.Column("is_prompt", sa.Boolean, nullable=False),
+    sa.Column("logprob", sa.Double),
+    sa.Column("prob", sa.Double),
+    sa.Column("rank", sa.Integer),
+    sa.Column("entropy", sa.Double),
+)
+
+token_metrics = sa.Table(
+    "token_metrics", metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("metric", sa.String, nullable=False),
+    sa.Column("value", sa.Double),
+)
+
+alternatives = sa.Table(
+    "alternatives", metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("alt_rank", sa.SmallInteger, nullable=False),
+    sa.Column("token_id", sa.Integer, nullable=False),
+    sa.Column("text", sa.String, nullable=False),
+    sa.Column("prob", sa.Double, nullable=False),
+)
+
+sequence_metrics = sa.Table(
+    "sequence_metrics", metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("metric", sa.String, nullable=False),
+    sa.Column("value", sa.Double),
+)
+
+layer_metrics = sa.Table(
+    "layer_metrics", metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("layer", sa.Integer, nullable=False),
+    sa.Column("metric", sa.String, nullable=False),
+    sa.Column("value", sa.Double),
+)
+
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("job_id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("params", sa.String, nullable=False),
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.String),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+BULK_TABLES = ("tokens", "token_metrics", "alternatives", "sequence_metrics", "layer_metrics")

@@ -1,0 +1,400 @@
+"""Reading and writing runs in the DuckDB token store.
+
+Writes go through SQLAlchemy Core for the small rows (model, run) and through Arrow for the bulk
+tables: the rows are built column-wise, registered as an Arrow table on the same connection and
+inserted with ``INSERT ... BY NAME SELECT``, all inside one transaction per call, so a crash
+leaves either the whole run or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import sqlalchemy as sa
+
+from backend.encoding import visible_whitespace
+from backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
+from backend.models import LoadedModel
+from backend.runner import ScoredText
+from backend.store import schema
+from backend.store.migrations import migrate
+
+# Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
+CORE_TOKEN_METRICS = ("logprob", "prob", "rank", "entropy")
+_READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+
+
+def _lock_message(path: Path, err: BaseException) -> str:
+    pid = re.search(r"PID (\d+)", str(err))
+    holder = f" (process {pid.group(1)})" if pid else ""
+    return (f"the database {path} is in use by another process{holder}; stop it, or point "
+            "TOKENPRISM_DB at another file")
+
+
+def _is_lock_error(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalar: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Store:
+    """A DuckDB token store in one file; the only writer of that file in its process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine = sa.create_engine(f"duckdb:///{self.path}")
+        try:
+            self.schema_version = migrate(self.engine)
+        except UserError:
+            self.engine.dispose()
+            raise
+        except (sa.exc.DBAPIError, duckdb.Error) as err:
+            self.engine.dispose()
+            if _is_lock_error(err):
+                raise DatabaseLocked(_lock_message(self.path, err)) from None
+            raise UserError(f"cannot open the database {self.path}: {str(err).splitlines()[0]}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def ensure_model(self, conn: sa.Connection, lm: LoadedModel) -> str:
+        key = hashlib.sha256(f"{lm.name}|{lm.source}|{lm.revision}".encode()).hexdigest()[:16]
+        exists = conn.execute(sa.select(schema.models.c.model_key)
+                              .where(schema.models.c.model_key == key)).first()
+        if exists is None:
+            conn.execute(schema.models.insert().values(
+                model_key=key, name=lm.name, source=lm.source, revision=lm.revision,
+                label=lm.label, architecture=type(lm.model).__name__,
+                context_length=lm.context_length, created_at=datetime.now(UTC),
+            ))
+        return key
+
+    def save_runs(self, lm: LoadedModel, scored: Sequence[ScoredText], *,
+                  upload_id: str | None = None, job_id: str | None = None,
+                  group_id: str | None = None,
+                  turn_indices: Sequence[int | None] | None = None) -> list[str]:
+        """Store scored texts in one transaction; return their new run ids."""
+        run_ids = [uuid.uuid4().hex for _ in scored]
+        now = datetime.now(UTC)
+        bulk: dict[str, list[pa.Table]] = {name: [] for name in schema.BULK_TABLES}
+        with self.engine.begin() as conn:
+            model_key = self.ensure_model(conn, lm)
+            for i, (run_id, item) in enumerate(zip(run_ids, scored, strict=True)):
+                enc = item.encoded
+                conn.execute(schema.runs.insert().values(
+                    run_id=run_id, model_key=model_key, kind=enc.kind, prompt=enc.prompt,
+                    response=enc.response, text=enc.text, system_prompt=enc.system_prompt,
+                    messages=json.dumps(enc.messages) if enc.messages is not None else None,
+                    n_tokens=enc.n_tokens,
+                    n_response_tokens=int(item.scores.response_mask.sum()),
+                    upload_id=upload_id, job_id=job_id, group_id=group_id,
+                    turn_index=turn_indices[i] if turn_indices is not None else None,
+                    provenance=json.dumps(item.provenance), created_at=now,
+                ))
+                for name, table in self._bulk_rows(run_id, item, lm).items():
+                    bulk[name].append(table)
+            raw = conn.connection.dbapi_connection
+            for name, tables in bulk.items():
+                if tables:
+                    self._append(raw, name, pa.concat_tables(tables))
+        return run_ids
+
+    @staticmethod
+    def _append(raw: Any, table: str, rows: pa.Table) -> None:
+        staged = f"staged_{table}_{uuid.uuid4().hex[:8]}"
+        raw.register(staged, rows)
+        try:
+            raw.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {staged}")
+        finally:
+            raw.unregister(staged)
+
+    def append_arrow(self, table: str, rows: pa.Table) -> None:
+        """Bulk-append an Arrow table whose columns name columns of ``table`` (one transaction)."""
+        if table not in schema.BULK_TABLES:
+            raise ValueError(f"{table!r} is not a bulk table")
+        with self.engine.begin() as conn:
+            self._append(conn.connection.dbapi_connection, table, rows)
+
+    @staticmethod
+    def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.Table]:
+        enc, sc = item.encoded, item.scores
+        n = enc.n_tokens
+        positions = np.arange(n, dtype=np.int32)
+        tok = {k: v.numpy() for k, v in sc.token.items()}
+        rank = tok["rank"]
+        tokens = pa.table({
+            "run_id": pa.array([run_id] * n),
+            "position": positions,
+            "token_id": np.asarray(enc.input_ids, dtype=np.int32),
+            "text": enc.token_texts,
+            "display": [visible_whitespace(t) for t in enc.token_texts],
+            "char_start": np.asarray([o[0] for o in enc.offsets], dtype=np.int32),
+            "char_end": np.asarray([o[1] for o in enc.offsets], dtype=np.int32),
+            "is_prompt": np.asarray(enc.is_prompt, dtype=bool),
+            "logprob": pa.array(tok["logprob"].astype(np.float64), from_pandas=True),
+            "prob": pa.array(tok["prob"].astype(np.float64), from_pandas=True),
+            "rank": pa.array(rank.astype(np.int32), mask=rank < 0),
+            "entropy": pa.array(tok["entropy"].astype(np.float64), from_pandas=True),
+        })
+        names, values, pos = [], [], []
+        for name, arr in tok.items():
+            if name in CORE_TOKEN_METRICS:
+                continue
+            vals = arr.astype(np.float64)
+            if np.issubdtype(arr.dtype, np.integer):
+                vals[arr < 0] = np.nan
+            keep = ~np.isnan(vals)
+            names.append(np.full(int(keep.sum()), name, dtype=object))
+            values.append(vals[keep])
+            pos.append(positions[keep])
+        metric_names = np.concatenate(names) if names else np.array([], dtype=object)
+        token_metrics = pa.table({
+            "run_id": pa.array([run_id] * len(metric_names), pa.string()),
+            "position": pa.array(np.concatenate(pos) if pos else [], pa.int32()),
+            "metric": pa.array(metric_names, pa.string()),
+            "value": pa.array(np.concatenate(values) if values else [], pa.float64()),
+        })
+        ids = sc.top_ids.numpy()
+        probs = sc.top_probs.numpy().astype(np.float64)
+        valid = ids >= 0
+        k = ids.shape[1] if ids.ndim == 2 else 0
+        alt_pos = np.repeat(positions, k).reshape(n, k)[valid]
+        alt_rank = np.tile(np.arange(1, k + 1, dtype=np.int16), n).reshape(n, k)[valid]
+        alt_ids = ids[valid]
+        vocab = lm.vocab_array
+        alternatives = pa.table({
+            "run_id": pa.array([run_id] * len(alt_ids), pa.string()),
+            "position": pa.array(alt_pos, pa.int32()),
+            "alt_rank": pa.array(alt_rank, pa.int16()),
+            "token_id": pa.array(alt_ids, pa.int32()),
+            "text": pa.array(vocab[alt_ids], pa.string()),
+            "prob": pa.array(probs[valid], pa.float64()),
+        })
+        seq_names = list(sc.sequence)
+        sequence = pa.table({
+            "run_id": pa.array([run_id] * len(seq_names), pa.string()),
+            "metric": pa.array(seq_names, pa.string()),
+            "value": pa.array([float(sc.sequence[s]) for s in seq_names], pa.float64()),
+        })
+        lay_rows: dict[str, list[Any]] = {"layer": [], "metric": [], "value": []}
+        for name, arr in sc.layers.items():
+            vals = arr.numpy().astype(np.float64)
+            lay_rows["layer"] += list(range(len(vals)))
+            lay_rows["metric"] += [name] * len(vals)
+            lay_rows["value"] += vals.tolist()
+        layers = pa.table({
+            "run_id": pa.array([run_id] * len(lay_rows["layer"]), pa.string()),
+            "layer": pa.array(lay_rows["layer"], pa.int32()),
+            "metric": pa.array(lay_rows["metric"], pa.string()),
+            "value": pa.array(lay_rows["value"], pa.float64()),
+        })
+        return {"tokens": tokens, "token_metrics": token_metrics, "alternatives": alternatives,
+                "sequence_metrics": sequence, "layer_metrics": layers}
+
+    # ---- reading -------------------------------------------------------------------------
+
+    @contextmanager
+    def _conn(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+
+    def list_runs(self, *, limit: int = 50, offset: int = 0, model: str | None = None,
+                  kind: str | None = None, upload_id: str | None = None,
+                  search: str | None = None) -> list[dict[str, Any]]:
+        """Runs newest first with their model and headline sequence metrics."""
+        r, m = schema.runs, schema.models
+        query = (sa.select(r.c.run_id, r.c.kind, r.c.prompt, r.c.response, r.c.n_tokens,
+                           r.c.n_response_tokens, r.c.upload_id, r.c.turn_index, r.c.created_at,
+                           m.c.name.label("model"), m.c.revision)
+                 .join(m, m.c.model_key == r.c.model_key)
+                 .order_by(r.c.created_at.desc(), r.c.run_id).limit(limit).offset(offset))
+        if model:
+            query = query.where(m.c.name == model)
+        if kind:
+            query = query.where(r.c.kind == kind)
+        if upload_id:
+            query = query.where(r.c.upload_id == upload_id)
+        if search:
+            query = query.where(r.c.text.ilike(f"%{search}%"))
+        with self._conn() as conn:
+            rows = [dict(row._mapping) for row in conn.execute(query)]
+            ids = [row["run_id"] for row in rows]
+            seq = self._sequence(conn, ids)
+        for row in rows:
+            row["created_at"] = row["created_at"].isoformat()
+            row["sequence"] = seq.get(row["run_id"], {})
+        return rows
+
+    def _sequence(self, conn: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not run_ids:
+            return {}
+        s = schema.sequence_metrics
+        out: dict[str, dict[str, Any]] = {}
+        for run_id, metric, value in conn.execute(
+            sa.select(s.c.run_id, s.c.metric, s.c.value).where(s.c.run_id.in_(run_ids))
+        ):
+            out.setdefault(run_id, {})[metric] = _clean(value)
+        return out
+
+    def get_run(self, run_id: str, *, metrics: Sequence[str] | None = None) -> dict[str, Any]:
+        """A run in the ``score --json`` shape; ``metrics`` limits the extra token metrics."""
+        with self._conn() as conn:
+            row = conn.execute(
+                sa.select(schema.runs, schema.models.c.name, schema.models.c.revision)
+                .join(schema.models, schema.models.c.model_key == schema.runs.c.model_key)
+                .where(schema.runs.c.run_id == run_id)
+            ).first()
+            if row is None:
+                raise UserError(f"no run with id {run_id!r}")
+            run = dict(row._mapping)
+            tokens = self._tokens(conn, run_id, metrics)
+            sequence = self._sequence(conn, [run_id]).get(run_id, {})
+            layers = self._layers(conn, run_id)
+        provenance = json.loads(run["provenance"])
+        steps = [{"position": t["position"], "surprisal": t["step_first_surprisal"]}
+                 for t in tokens if t.get("step_first_surprisal") is not None]
+        return {
+            "run_id": run_id,
+            "model": {"id": run["name"], "revision": run["revision"]},
+            "kind": run["kind"],
+            "prompt": run["prompt"],
+            "response": run["response"],
+            "text": run["text"],
+            "upload_id": run["upload_id"],
+            "turn_index": run["turn_index"],
+            "created_at": run["created_at"].isoformat(),
+            "tokens": tokens,
+            "sequence": sequence,
+            "layers": layers,
+            "steps": steps,
+            "provenance": provenance,
+        }
+
+    def _tokens(self, conn: sa.Connection, run_id: str,
+                metrics: Sequence[str] | None) -> list[dict[str, Any]]:
+        t = schema.tokens
+        result = conn.execute(sa.select(t).where(t.c.run_id == run_id).order_by(t.c.position))
+        tokens = [{k: _clean(v) for k, v in row._mapping.items() if k != "run_id"}
+                  for row in result]
+        alts = conn.execute(sa.text(
+            "SELECT position, list(token_id ORDER BY alt_rank), list(text ORDER BY alt_rank), "
+            "list(prob ORDER BY alt_rank) FROM alternatives WHERE run_id = :rid GROUP BY position"
+        ), {"rid": run_id})
+        for tok in tokens:
+            tok["top_k"] = []
+        for position, ids, texts, probs in alts:
+            tokens[position]["top_k"] = [
+                {"token_id": i, "text": s, "prob": p} for i, s, p in zip(ids, texts, probs, strict=True)
+            ]
+        tm = schema.token_metrics
+        query = sa.select(tm.c.position, tm.c.metric, tm.c.value).where(tm.c.run_id == run_id)
+        if metrics is not None:
+            query = query.where(tm.c.metric.in_(list(metrics)))
+        names: set[str] = set()
+        for position, metric, value in conn.execute(query):
+            tokens[position][metric] = _clean(value)
+            names.add(metric)
+        for tok in tokens:  # every token carries every metric name, null where absent
+            for name in names:
+                tok.setdefault(name, None)
+        return tokens
+
+    def _layers(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
+        lm = schema.layer_metrics
+        layers: dict[int, dict[str, Any]] = {}
+        for layer, metric, value in conn.execute(
+            sa.select(lm.c.layer, lm.c.metric, lm.c.value).where(lm.c.run_id == run_id)
+            .order_by(lm.c.layer)
+        ):
+            layers.setdefault(layer, {"layer": layer})[metric] = _clean(value)
+        return list(layers.values())
+
+    def delete_run(self, run_id: str) -> bool:
+        """Delete a run and all its rows in one transaction; False if it did not exist."""
+        with self.engine.begin() as conn:
+            gone = conn.execute(schema.runs.delete().where(schema.runs.c.run_id == run_id))
+            if not gone.rowcount:
+                return False
+            for name in schema.BULK_TABLES:
+                table = schema.metadata.tables[name]
+                conn.execute(table.delete().where(table.c.run_id == run_id))
+        return True
+
+    def count(self, table: str) -> int:
+        with self._conn() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(
+                schema.metadata.tables[table])).scalar() or 0)
+
+
+def check_read_only(query: str) -> str:
+    """Return the single statement in ``query`` if it only reads; raise otherwise."""
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as err:
+        raise UserError(f"SQL error: {str(err).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise UserError(f"give exactly one SQL statement (got {len(statements)})")
+    kind = statements[0].type.name
+    if kind not in _READ_ONLY_TYPES:
+        raise ReadOnlyViolation(
+            f"refused: this SQL interface is read-only and {kind} statements change data; "
+            "use SELECT (or EXPLAIN) queries"
+        )
+    return query
+
+
+def run_read_only_sql(path: Path, query: str, *, max_rows: int = 10_000) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+    """Run one read-only statement against the database file.
+
+    The statement is checked by the DuckDB parser and then run on a read-only connection with
+    external access (files, network) disabled, so neither data nor the file system can change.
+
+    Returns ``(column names, rows, truncated)``.
+    """
+    check_read_only(query)
+    if not Path(path).is_file():
+        raise UserError(f"no database at {path} yet: score something first")
+    try:
+        con = duckdb.connect(str(path), read_only=True, config={"enable_external_access": False})
+    except duckdb.Error as err:
+        if _is_lock_error(err):
+            raise DatabaseLocked(_lock_message(Path(path), err)) from None
+        raise UserError(f"cannot open the database {path}: {str(err).splitlines()[0]}") from None
+    try:
+        cur = con.execute(query)
+        columns = [d[0] for d in cur.description or []]
+        rows = cur.fetchmany(max_rows + 1)
+    except duckdb.Error as err:
+        raise UserError(f"SQL error: {str(err).splitlines()[0]}") from None
+    finally:
+        con.close()
+    return columns, rows[:max_rows], len(rows) > max_rows

@@ -29,11 +29,12 @@ run: install
 	$(BIN)/tokenprism prepare
 	$(BIN)/tokenprism audit data/samples/chats.jsonl
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check analysis backend app tests bench
+	$(BIN)/ruff format --check analysis backend app tests bench
 	$(BIN)/mypy
 
 bench: install

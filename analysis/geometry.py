@@ -23,18 +23,28 @@ def _erank_from_singular_values(s: Tensor) -> Tensor:
     return torch.exp(-(p * torch.log(p + EPS)).sum(-1))
 
 
-def singular_values(z: Tensor, method: SpectrumMethod = "gram") -> Tensor:
+def singular_values(
+    z: Tensor, method: SpectrumMethod = "gram", *, centered: bool = False
+) -> Tensor:
     """Singular values of ``[..., n, d]`` matrices, in float32.
 
     ``gram`` takes ``sqrt(relu(eigvalsh(G)))`` of the smaller Gram matrix, like VERL's optimised
     path: about 2x faster than ``svd`` on 31 layers x 1,000 x 576 (measured, 2 CPU cores), exact
     for well-conditioned matrices, but singular values below ~1e-3 of the largest are noise, which
     moves the effective rank of nearly low-rank inputs by up to ~1 %. ``svd`` is exact.
+
+    ``centered`` says the rows were mean-centred: with no more rows than columns one singular
+    value is then exactly 0, and the Gram path sets the smallest eigenvalue to 0 instead of
+    letting float32 noise (~1e-3 of the largest value) stand in for it.
     """
     if method == "svd":
         return torch.linalg.svdvals(z)
-    gram = z @ z.transpose(-1, -2) if z.shape[-2] <= z.shape[-1] else z.transpose(-1, -2) @ z
-    return torch.linalg.eigvalsh(gram).clamp_(min=0.0).sqrt_()
+    wide = z.shape[-2] <= z.shape[-1]
+    gram = z @ z.transpose(-1, -2) if wide else z.transpose(-1, -2) @ z
+    eig = torch.linalg.eigvalsh(gram)  # ascending
+    if centered and wide:
+        eig[..., 0] = 0.0
+    return eig.clamp_(min=0.0).sqrt_()
 
 
 def effective_rank(
@@ -57,7 +67,7 @@ def effective_rank(
         return torch.zeros(z.shape[:-2], dtype=torch.float32, device=z.device)
     if center:
         z = z - z.mean(dim=-2, keepdim=True)
-    return _erank_from_singular_values(singular_values(z, method))
+    return _erank_from_singular_values(singular_values(z, method, centered=center))
 
 
 def prefix_effective_ranks(

@@ -111,6 +111,9 @@ def _kurtosis_from(p: Tensor, *, excess: bool) -> Tensor:
     m2 = d2.mean(-1)
     m4 = d2.square_().mean(-1)
     k = m4 / (m2 * m2)
+    # A uniform row has equal entries that can still differ from the float32 1/|V| by an ulp,
+    # which would give K = 1 from rounding noise instead of the undefined 0/0: make it NaN.
+    k = k.masked_fill((p == p[..., :1]).all(-1), float("nan"))
     return k - 3.0 if excess else k
 
 
@@ -206,5 +209,8 @@ def logit_metrics(logits: Logits, targets: TokenIds, params: LogitMetricParams) 
     if len(parts) == 1:
         return parts[0]
     return LogitMetrics(
-        **{f.name: torch.cat([getattr(p, f.name) for p in parts], dim=1) for f in fields(LogitMetrics)}
+        **{
+            f.name: torch.cat([getattr(p, f.name) for p in parts], dim=1)
+            for f in fields(LogitMetrics)
+        }
     )

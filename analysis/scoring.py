@@ -166,8 +166,9 @@ def score_forward(
     for b, length in enumerate(lengths):
         token = {k: v[b, :length].cpu() for k, v in token_full.items()}
         sequence = {k: float(v[b]) for k, v in seq_values.items()}
-        steps = [p for p in (step_positions[b] if step_positions else []) if 0 < p < length]
+        steps = sorted({p for p in (step_positions[b] if step_positions else []) if 0 < p < length})
         surprisal = torch.full((length,), float("nan"))
+        sequence["mean_step_first_surprisal"] = float("nan")
         if steps:
             idx = torch.tensor(steps)
             surprisal[idx] = -token["logprob"][idx]
@@ -199,9 +200,7 @@ def _layer_metrics(
     if params.hidden_alignment == "predicting":
         positions = positions[positions > 0] - 1
     stacked = torch.stack([h[row, positions] for h in hidden_states])  # [layer, n, d_model]
-    ranks = layer_effective_ranks(
-        stacked, center=params.erank_center, method=params.erank_method
-    )
+    ranks = layer_effective_ranks(stacked, center=params.erank_center, method=params.erank_method)
     prefixes = prefix_effective_ranks(
         stacked[-1],
         stride=params.erv_stride,

@@ -25,13 +25,19 @@ def most_uncertain(run: dict[str, Any], metric: str, top: int) -> list[dict[str,
     if spec.level != "token":
         raise UserError(f"{metric!r} is a {spec.level} metric; rank tokens by a token metric")
     sign = -1.0 if spec.higher_means == "confident" else 1.0
-    candidates = [t for t in run["tokens"] if not t["is_prompt"]
-                  and isinstance(t.get(metric), int | float) and math.isfinite(t[metric])]
+    candidates = [
+        t
+        for t in run["tokens"]
+        if not t["is_prompt"]
+        and isinstance(t.get(metric), int | float)
+        and math.isfinite(t[metric])
+    ]
     return sorted(candidates, key=lambda t: -sign * t[metric])[:top]
 
 
-def summarise_turn(console: Console, item: TurnItem, run: dict[str, Any], *, rank_by: str,
-                   top: int) -> None:
+def summarise_turn(
+    console: Console, item: TurnItem, run: dict[str, Any], *, rank_by: str, top: int
+) -> None:
     seq = run["sequence"]
     prompt = item.messages[-2]["content"] if len(item.messages) > 1 else ""
     console.print(
@@ -41,7 +47,8 @@ def summarise_turn(console: Console, item: TurnItem, run: dict[str, Any], *, ran
     console.print(f"  prompt:   {prompt[:90]!r}", markup=False)
     console.print(f"  response: {run['response'][:90]!r}", markup=False)
     console.print(
-        f"  {int(seq.get('n_tokens') or 0)} tokens · GM confidence {seq['geometric_mean_confidence']:.3f}"
+        f"  {int(seq.get('n_tokens') or 0)} tokens"
+        f" · GM confidence {seq['geometric_mean_confidence']:.3f}"
         f" · mean prob {seq['mean_prob']:.3f} · perplexity {seq['perplexity']:.2f}"
         f" · mean entropy {seq['mean_entropy']:.3f} nats · top-10 share {seq['gltr_top10']:.0%}",
         markup=False,

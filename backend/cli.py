@@ -20,13 +20,18 @@ from rich.table import Table
 
 from backend.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="TokenPrism: token-level analysis of language-model outputs.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="TokenPrism: token-level analysis of language-model outputs.",
+)
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-ModelOpt = typer.Option(None, "--model", "-m",
-                        help="'default', a Hugging Face id, a local directory or a .gguf file")
+ModelOpt = typer.Option(
+    None, "--model", "-m", help="'default', a Hugging Face id, a local directory or a .gguf file"
+)
 
 
 def _settings() -> Any:
@@ -53,9 +58,11 @@ def prepare(model: str | None = ModelOpt) -> None:
     """Convert / load a model once so later commands start fast (the default GGUF is cached)."""
     began = time.perf_counter()
     lm = _load(model)
-    err.print(f"ready: {lm.label} on {lm.device} ({str(lm.dtype).removeprefix('torch.')}), "
-              f"context {lm.context_length} tokens, revision {lm.revision[:23]} "
-              f"[{time.perf_counter() - began:.1f}s]")
+    err.print(
+        f"ready: {lm.label} on {lm.device} ({str(lm.dtype).removeprefix('torch.')}), "
+        f"context {lm.context_length} tokens, revision {lm.revision[:23]} "
+        f"[{time.perf_counter() - began:.1f}s]"
+    )
 
 
 @app.command()
@@ -65,8 +72,9 @@ def score(
     text: str | None = typer.Option(None, "--text", "-t", help="raw text, scored exactly as given"),
     file: Path | None = typer.Option(None, "--file", "-f", help="UTF-8 file of raw text to score"),
     model: str | None = ModelOpt,
-    no_template: bool = typer.Option(False, "--no-template",
-                                     help="do not apply the chat template to --prompt/--response"),
+    no_template: bool = typer.Option(
+        False, "--no-template", help="do not apply the chat template to --prompt/--response"
+    ),
     system: str | None = typer.Option(None, "--system", help="system prompt (chat template)"),
     as_json: bool = typer.Option(False, "--json", help="print the run as JSON"),
 ) -> None:
@@ -87,8 +95,14 @@ def score(
         enc = encode_text(lm.tokenizer, raw, context_length=lm.context_length)
     else:
         assert prompt is not None and response is not None
-        enc = encode_pair(lm.tokenizer, prompt, response, context_length=lm.context_length,
-                          template=not no_template, system_prompt=system)
+        enc = encode_pair(
+            lm.tokenizer,
+            prompt,
+            response,
+            context_length=lm.context_length,
+            template=not no_template,
+            system_prompt=system,
+        )
     scored = score_one(lm, enc)
     with store:
         run_id = store.save_runs(lm, [scored])[0]
@@ -119,7 +133,7 @@ def runs(
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, default=str) + "\n")
         return
     if not rows:
-        out.print("no runs stored yet: try `tokenprism score --text \"...\"`")
+        out.print('no runs stored yet: try `tokenprism score --text "..."`')
         return
     table = Table(title=f"runs ({len(rows)} shown)")
     for col in ("run_id", "created", "model", "kind", "tokens", "GM conf.", "mean H", "response"):
@@ -127,10 +141,16 @@ def runs(
     for r in rows:
         seq = r["sequence"]
         gm, mh = seq.get("geometric_mean_confidence"), seq.get("mean_entropy")
-        table.add_row(r["run_id"], r["created_at"][:19], r["model"], r["kind"],
-                      str(r["n_response_tokens"]), f"{gm:.3f}" if gm is not None else "—",
-                      f"{mh:.3f}" if mh is not None else "—",
-                      (r["response"] or "")[:40].replace("\n", "↵"))
+        table.add_row(
+            r["run_id"],
+            r["created_at"][:19],
+            r["model"],
+            r["kind"],
+            str(r["n_response_tokens"]),
+            f"{gm:.3f}" if gm is not None else "—",
+            f"{mh:.3f}" if mh is not None else "—",
+            (r["response"] or "")[:40].replace("\n", "↵"),
+        )
     out.print(table)
 
 
@@ -183,8 +203,9 @@ def audit(
     items = parse_jsonl(read_text_file(file), source=str(file))
     store = _open_store()
     lm = _load(model)
-    encoded = [encode_chat(lm.tokenizer, it.messages, context_length=lm.context_length)
-               for it in items]
+    encoded = [
+        encode_chat(lm.tokenizer, it.messages, context_length=lm.context_length) for it in items
+    ]
     order = sorted(range(len(items)), key=lambda i: encoded[i].n_tokens)
     batches: list[list[int]] = [[]]
     for i in order:  # length-sorted batches keep padding small
@@ -232,8 +253,10 @@ def main() -> None:
         if os.environ.get("TOKENPRISM_DEBUG"):
             raise
         first = str(e).splitlines()[0] if str(e) else ""
-        err.print(f"error: unexpected {type(e).__name__}: {first} "
-                  "(set TOKENPRISM_DEBUG=1 for details)", markup=False)
+        err.print(
+            f"error: unexpected {type(e).__name__}: {first} (set TOKENPRISM_DEBUG=1 for details)",
+            markup=False,
+        )
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()

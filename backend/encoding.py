@@ -57,13 +57,23 @@ class EncodedText:
         return len(self.input_ids)
 
 
-def _tokenize(tokenizer: Any, text: str, *, add_special_tokens: bool) -> tuple[list[int], list[tuple[int, int]]]:
+def _tokenize(
+    tokenizer: Any, text: str, *, add_special_tokens: bool
+) -> tuple[list[int], list[tuple[int, int]]]:
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
-def _build(tokenizer: Any, kind: str, text: str, span: tuple[int, int], *, add_special: bool,
-           context_length: int, **fields: Any) -> EncodedText:
+def _build(
+    tokenizer: Any,
+    kind: str,
+    text: str,
+    span: tuple[int, int],
+    *,
+    add_special: bool,
+    context_length: int,
+    **fields: Any,
+) -> EncodedText:
     ids, offsets = _tokenize(tokenizer, text, add_special_tokens=add_special)
     if not ids:
         raise UserError("nothing to score: the text is empty")
@@ -84,23 +94,46 @@ def _build(tokenizer: Any, kind: str, text: str, span: tuple[int, int], *, add_s
             continue
         # Byte-level BPE can split one character over several tokens with overlapping spans;
         # the first token gets the character so the texts still concatenate to ``text``.
-        texts.append(text[max(start, covered):end])
+        texts.append(text[max(start, covered) : end])
         covered = max(covered, end)
         is_prompt.append(not (end > span[0] and start < span[1]))
-    return EncodedText(kind=kind, text=text, input_ids=ids, offsets=offsets, token_texts=texts,
-                       is_prompt=is_prompt, response_span=span, **fields)
+    return EncodedText(
+        kind=kind,
+        text=text,
+        input_ids=ids,
+        offsets=offsets,
+        token_texts=texts,
+        is_prompt=is_prompt,
+        response_span=span,
+        **fields,
+    )
 
 
 def encode_text(tokenizer: Any, text: str, *, context_length: int) -> EncodedText:
     """Raw text scored exactly as given (the tokenizer's own special tokens, e.g. BOS, added)."""
     if not text.strip():
         raise UserError("nothing to score: the text is empty")
-    return _build(tokenizer, "text", text, (0, len(text)), add_special=True,
-                  context_length=context_length, prompt=None, response=text)
+    return _build(
+        tokenizer,
+        "text",
+        text,
+        (0, len(text)),
+        add_special=True,
+        context_length=context_length,
+        prompt=None,
+        response=text,
+    )
 
 
-def encode_pair(tokenizer: Any, prompt: str, response: str, *, context_length: int,
-                template: bool = True, system_prompt: str | None = None) -> EncodedText:
+def encode_pair(
+    tokenizer: Any,
+    prompt: str,
+    response: str,
+    *,
+    context_length: int,
+    template: bool = True,
+    system_prompt: str | None = None,
+) -> EncodedText:
     """A prompt and its response; with ``template`` through the model's chat template.
 
     Without a template the two strings are concatenated as given and the prompt tokens are
@@ -112,17 +145,28 @@ def encode_pair(tokenizer: Any, prompt: str, response: str, *, context_length: i
         messages = []
         if system_prompt is not None:
             messages.append({"role": "system", "content": system_prompt})
-        messages += [{"role": "user", "content": prompt},
-                     {"role": "assistant", "content": response}]
+        messages += [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": response},
+        ]
         return encode_chat(tokenizer, messages, context_length=context_length)
     text = prompt + response
-    return _build(tokenizer, "pair", text, (len(prompt), len(text)), add_special=True,
-                  context_length=context_length, prompt=prompt, response=response,
-                  system_prompt=system_prompt)
+    return _build(
+        tokenizer,
+        "pair",
+        text,
+        (len(prompt), len(text)),
+        add_special=True,
+        context_length=context_length,
+        prompt=prompt,
+        response=response,
+        system_prompt=system_prompt,
+    )
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *,
-                context_length: int) -> EncodedText:
+def encode_chat(
+    tokenizer: Any, messages: list[dict[str, str]], *, context_length: int
+) -> EncodedText:
     """Score the last message (an assistant turn) in the context of the ones before it.
 
     The conversation is rendered with the model's chat template; the analysed span is the
@@ -136,7 +180,9 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *,
         raise UserError("nothing to score: the assistant message is empty")
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("this model has no chat template; score with --no-template instead")
-    prefix = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    prefix = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     start = len(prefix) if full.startswith(prefix) else full.rfind(content)
     found = full.find(content, start)
@@ -151,6 +197,16 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], *,
     text = full[:end]
     system = next((m["content"] for m in messages if m.get("role") == "system"), None)
     prompt = next((m["content"] for m in reversed(messages[:-1]) if m.get("role") == "user"), "")
-    return _build(tokenizer, "chat", text, (found, end), add_special=False,
-                  context_length=context_length, prompt=prompt, response=content,
-                  system_prompt=system, messages=messages, template=tokenizer.chat_template)
+    return _build(
+        tokenizer,
+        "chat",
+        text,
+        (found, end),
+        add_special=False,
+        context_length=context_length,
+        prompt=prompt,
+        response=content,
+        system_prompt=system,
+        messages=messages,
+        template=tokenizer.chat_template,
+    )

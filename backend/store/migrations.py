@@ -25,8 +25,11 @@ def _initial(conn: sa.Connection) -> None:
 
 
 MIGRATIONS: list[Migration] = [
-    (1, "initial schema: models, runs, tokens, token_metrics, alternatives, sequence, layer, jobs",
-     _initial),
+    (
+        1,
+        "initial schema: models, runs, tokens, token_metrics, alternatives, sequence, layer, jobs",
+        _initial,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -54,8 +57,10 @@ def migrate(engine: sa.Engine) -> int:
             continue
         with engine.begin() as conn:
             apply(conn)
-            conn.execute(schema.schema_version.insert().values(
-                version=number, description=description, applied_at=datetime.now(UTC)
-            ))
+            conn.execute(
+                schema.schema_version.insert().values(
+                    version=number, description=description, applied_at=datetime.now(UTC)
+                )
+            )
         version = number
     return version

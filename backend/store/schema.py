@@ -15,14 +15,16 @@ import sqlalchemy as sa
 metadata = sa.MetaData()
 
 schema_version = sa.Table(
-    "schema_version", metadata,
+    "schema_version",
+    metadata,
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("description", sa.String, nullable=False),
     sa.Column("applied_at", sa.DateTime, nullable=False),
 )
 
 models = sa.Table(
-    "models", metadata,
+    "models",
+    metadata,
     sa.Column("model_key", sa.String, primary_key=True),
     sa.Column("name", sa.String, nullable=False),
     sa.Column("source", sa.String, nullable=False),
@@ -34,7 +36,8 @@ models = sa.Table(
 )
 
 runs = sa.Table(
-    "runs", metadata,
+    "runs",
+    metadata,
     sa.Column("run_id", sa.String, primary_key=True),
     sa.Column("model_key", sa.String, nullable=False),
     sa.Column("kind", sa.String, nullable=False),
@@ -54,7 +57,8 @@ runs = sa.Table(
 )
 
 tokens = sa.Table(
-    "tokens", metadata,
+    "tokens",
+    metadata,
     sa.Column("run_id", sa.String, nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("token_id", sa.Integer, nullable=False),
@@ -70,7 +74,8 @@ tokens = sa.Table(
 )
 
 token_metrics = sa.Table(
-    "token_metrics", metadata,
+    "token_metrics",
+    metadata,
     sa.Column("run_id", sa.String, nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("metric", sa.String, nullable=False),
@@ -78,7 +83,8 @@ token_metrics = sa.Table(
 )
 
 alternatives = sa.Table(
-    "alternatives", metadata,
+    "alternatives",
+    metadata,
     sa.Column("run_id", sa.String, nullable=False),
     sa.Column("position", sa.Integer, nullable=False),
     sa.Column("alt_rank", sa.SmallInteger, nullable=False),
@@ -88,14 +94,16 @@ alternatives = sa.Table(
 )
 
 sequence_metrics = sa.Table(
-    "sequence_metrics", metadata,
+    "sequence_metrics",
+    metadata,
     sa.Column("run_id", sa.String, nullable=False),
     sa.Column("metric", sa.String, nullable=False),
     sa.Column("value", sa.Double),
 )
 
 layer_metrics = sa.Table(
-    "layer_metrics", metadata,
+    "layer_metrics",
+    metadata,
     sa.Column("run_id", sa.String, nullable=False),
     sa.Column("layer", sa.Integer, nullable=False),
     sa.Column("metric", sa.String, nullable=False),
@@ -103,7 +111,8 @@ layer_metrics = sa.Table(
 )
 
 jobs = sa.Table(
-    "jobs", metadata,
+    "jobs",
+    metadata,
     sa.Column("job_id", sa.String, primary_key=True),
     sa.Column("kind", sa.String, nullable=False),
     sa.Column("status", sa.String, nullable=False),

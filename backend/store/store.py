@@ -39,8 +39,10 @@ _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 def _lock_message(path: Path, err: BaseException) -> str:
     pid = re.search(r"PID (\d+)", str(err))
     holder = f" (process {pid.group(1)})" if pid else ""
-    return (f"the database {path} is in use by another process{holder}; stop it, or point "
-            "TOKENPRISM_DB at another file")
+    return (
+        f"the database {path} is in use by another process{holder}; stop it, or point "
+        "TOKENPRISM_DB at another file"
+    )
 
 
 def _is_lock_error(err: BaseException) -> bool:
@@ -73,7 +75,9 @@ class Store:
             self.engine.dispose()
             if _is_lock_error(err):
                 raise DatabaseLocked(_lock_message(self.path, err)) from None
-            raise UserError(f"cannot open the database {self.path}: {str(err).splitlines()[0]}") from None
+            raise UserError(
+                f"cannot open the database {self.path}: {str(err).splitlines()[0]}"
+            ) from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -88,20 +92,34 @@ class Store:
 
     def ensure_model(self, conn: sa.Connection, lm: LoadedModel) -> str:
         key = hashlib.sha256(f"{lm.name}|{lm.source}|{lm.revision}".encode()).hexdigest()[:16]
-        exists = conn.execute(sa.select(schema.models.c.model_key)
-                              .where(schema.models.c.model_key == key)).first()
+        exists = conn.execute(
+            sa.select(schema.models.c.model_key).where(schema.models.c.model_key == key)
+        ).first()
         if exists is None:
-            conn.execute(schema.models.insert().values(
-                model_key=key, name=lm.name, source=lm.source, revision=lm.revision,
-                label=lm.label, architecture=type(lm.model).__name__,
-                context_length=lm.context_length, created_at=datetime.now(UTC),
-            ))
+            conn.execute(
+                schema.models.insert().values(
+                    model_key=key,
+                    name=lm.name,
+                    source=lm.source,
+                    revision=lm.revision,
+                    label=lm.label,
+                    architecture=type(lm.model).__name__,
+                    context_length=lm.context_length,
+                    created_at=datetime.now(UTC),
+                )
+            )
         return key
 
-    def save_runs(self, lm: LoadedModel, scored: Sequence[ScoredText], *,
-                  upload_id: str | None = None, job_id: str | None = None,
-                  group_id: str | None = None,
-                  turn_indices: Sequence[int | None] | None = None) -> list[str]:
+    def save_runs(
+        self,
+        lm: LoadedModel,
+        scored: Sequence[ScoredText],
+        *,
+        upload_id: str | None = None,
+        job_id: str | None = None,
+        group_id: str | None = None,
+        turn_indices: Sequence[int | None] | None = None,
+    ) -> list[str]:
         """Store scored texts in one transaction; return their new run ids."""
         run_ids = [uuid.uuid4().hex for _ in scored]
         now = datetime.now(UTC)
@@ -110,16 +128,26 @@ class Store:
             model_key = self.ensure_model(conn, lm)
             for i, (run_id, item) in enumerate(zip(run_ids, scored, strict=True)):
                 enc = item.encoded
-                conn.execute(schema.runs.insert().values(
-                    run_id=run_id, model_key=model_key, kind=enc.kind, prompt=enc.prompt,
-                    response=enc.response, text=enc.text, system_prompt=enc.system_prompt,
-                    messages=json.dumps(enc.messages) if enc.messages is not None else None,
-                    n_tokens=enc.n_tokens,
-                    n_response_tokens=int(item.scores.response_mask.sum()),
-                    upload_id=upload_id, job_id=job_id, group_id=group_id,
-                    turn_index=turn_indices[i] if turn_indices is not None else None,
-                    provenance=json.dumps(item.provenance), created_at=now,
-                ))
+                conn.execute(
+                    schema.runs.insert().values(
+                        run_id=run_id,
+                        model_key=model_key,
+                        kind=enc.kind,
+                        prompt=enc.prompt,
+                        response=enc.response,
+                        text=enc.text,
+                        system_prompt=enc.system_prompt,
+                        messages=json.dumps(enc.messages) if enc.messages is not None else None,
+                        n_tokens=enc.n_tokens,
+                        n_response_tokens=int(item.scores.response_mask.sum()),
+                        upload_id=upload_id,
+                        job_id=job_id,
+                        group_id=group_id,
+                        turn_index=turn_indices[i] if turn_indices is not None else None,
+                        provenance=json.dumps(item.provenance),
+                        created_at=now,
+                    )
+                )
                 for name, table in self._bulk_rows(run_id, item, lm).items():
                     bulk[name].append(table)
             raw = conn.connection.dbapi_connection
@@ -151,20 +179,22 @@ class Store:
         positions = np.arange(n, dtype=np.int32)
         tok = {k: v.numpy() for k, v in sc.token.items()}
         rank = tok["rank"]
-        tokens = pa.table({
-            "run_id": pa.array([run_id] * n),
-            "position": positions,
-            "token_id": np.asarray(enc.input_ids, dtype=np.int32),
-            "text": enc.token_texts,
-            "display": [visible_whitespace(t) for t in enc.token_texts],
-            "char_start": np.asarray([o[0] for o in enc.offsets], dtype=np.int32),
-            "char_end": np.asarray([o[1] for o in enc.offsets], dtype=np.int32),
-            "is_prompt": np.asarray(enc.is_prompt, dtype=bool),
-            "logprob": pa.array(tok["logprob"].astype(np.float64), from_pandas=True),
-            "prob": pa.array(tok["prob"].astype(np.float64), from_pandas=True),
-            "rank": pa.array(rank.astype(np.int32), mask=rank < 0),
-            "entropy": pa.array(tok["entropy"].astype(np.float64), from_pandas=True),
-        })
+        tokens = pa.table(
+            {
+                "run_id": pa.array([run_id] * n),
+                "position": positions,
+                "token_id": np.asarray(enc.input_ids, dtype=np.int32),
+                "text": enc.token_texts,
+                "display": [visible_whitespace(t) for t in enc.token_texts],
+                "char_start": np.asarray([o[0] for o in enc.offsets], dtype=np.int32),
+                "char_end": np.asarray([o[1] for o in enc.offsets], dtype=np.int32),
+                "is_prompt": np.asarray(enc.is_prompt, dtype=bool),
+                "logprob": pa.array(tok["logprob"].astype(np.float64), from_pandas=True),
+                "prob": pa.array(tok["prob"].astype(np.float64), from_pandas=True),
+                "rank": pa.array(rank.astype(np.int32), mask=rank < 0),
+                "entropy": pa.array(tok["entropy"].astype(np.float64), from_pandas=True),
+            }
+        )
         names, values, pos = [], [], []
         for name, arr in tok.items():
             if name in CORE_TOKEN_METRICS:
@@ -177,12 +207,14 @@ class Store:
             values.append(vals[keep])
             pos.append(positions[keep])
         metric_names = np.concatenate(names) if names else np.array([], dtype=object)
-        token_metrics = pa.table({
-            "run_id": pa.array([run_id] * len(metric_names), pa.string()),
-            "position": pa.array(np.concatenate(pos) if pos else [], pa.int32()),
-            "metric": pa.array(metric_names, pa.string()),
-            "value": pa.array(np.concatenate(values) if values else [], pa.float64()),
-        })
+        token_metrics = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(metric_names), pa.string()),
+                "position": pa.array(np.concatenate(pos) if pos else [], pa.int32()),
+                "metric": pa.array(metric_names, pa.string()),
+                "value": pa.array(np.concatenate(values) if values else [], pa.float64()),
+            }
+        )
         ids = sc.top_ids.numpy()
         probs = sc.top_probs.numpy().astype(np.float64)
         valid = ids >= 0
@@ -191,34 +223,45 @@ class Store:
         alt_rank = np.tile(np.arange(1, k + 1, dtype=np.int16), n).reshape(n, k)[valid]
         alt_ids = ids[valid]
         vocab = lm.vocab_array
-        alternatives = pa.table({
-            "run_id": pa.array([run_id] * len(alt_ids), pa.string()),
-            "position": pa.array(alt_pos, pa.int32()),
-            "alt_rank": pa.array(alt_rank, pa.int16()),
-            "token_id": pa.array(alt_ids, pa.int32()),
-            "text": pa.array(vocab[alt_ids], pa.string()),
-            "prob": pa.array(probs[valid], pa.float64()),
-        })
+        alternatives = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(alt_ids), pa.string()),
+                "position": pa.array(alt_pos, pa.int32()),
+                "alt_rank": pa.array(alt_rank, pa.int16()),
+                "token_id": pa.array(alt_ids, pa.int32()),
+                "text": pa.array(vocab[alt_ids], pa.string()),
+                "prob": pa.array(probs[valid], pa.float64()),
+            }
+        )
         seq_names = list(sc.sequence)
-        sequence = pa.table({
-            "run_id": pa.array([run_id] * len(seq_names), pa.string()),
-            "metric": pa.array(seq_names, pa.string()),
-            "value": pa.array([float(sc.sequence[s]) for s in seq_names], pa.float64()),
-        })
+        sequence = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(seq_names), pa.string()),
+                "metric": pa.array(seq_names, pa.string()),
+                "value": pa.array([float(sc.sequence[s]) for s in seq_names], pa.float64()),
+            }
+        )
         lay_rows: dict[str, list[Any]] = {"layer": [], "metric": [], "value": []}
-        for name, arr in sc.layers.items():
-            vals = arr.numpy().astype(np.float64)
-            lay_rows["layer"] += list(range(len(vals)))
-            lay_rows["metric"] += [name] * len(vals)
-            lay_rows["value"] += vals.tolist()
-        layers = pa.table({
-            "run_id": pa.array([run_id] * len(lay_rows["layer"]), pa.string()),
-            "layer": pa.array(lay_rows["layer"], pa.int32()),
-            "metric": pa.array(lay_rows["metric"], pa.string()),
-            "value": pa.array(lay_rows["value"], pa.float64()),
-        })
-        return {"tokens": tokens, "token_metrics": token_metrics, "alternatives": alternatives,
-                "sequence_metrics": sequence, "layer_metrics": layers}
+        for name, layer_values in sc.layers.items():
+            per_layer = layer_values.double().tolist()
+            lay_rows["layer"] += list(range(len(per_layer)))
+            lay_rows["metric"] += [name] * len(per_layer)
+            lay_rows["value"] += per_layer
+        layers = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(lay_rows["layer"]), pa.string()),
+                "layer": pa.array(lay_rows["layer"], pa.int32()),
+                "metric": pa.array(lay_rows["metric"], pa.string()),
+                "value": pa.array(lay_rows["value"], pa.float64()),
+            }
+        )
+        return {
+            "tokens": tokens,
+            "token_metrics": token_metrics,
+            "alternatives": alternatives,
+            "sequence_metrics": sequence,
+            "layer_metrics": layers,
+        }
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -227,16 +270,37 @@ class Store:
         with self.engine.connect() as conn:
             yield conn
 
-    def list_runs(self, *, limit: int = 50, offset: int = 0, model: str | None = None,
-                  kind: str | None = None, upload_id: str | None = None,
-                  search: str | None = None) -> list[dict[str, Any]]:
+    def list_runs(
+        self,
+        *,
+        limit: int = 50,
+        offset: int = 0,
+        model: str | None = None,
+        kind: str | None = None,
+        upload_id: str | None = None,
+        search: str | None = None,
+    ) -> list[dict[str, Any]]:
         """Runs newest first with their model and headline sequence metrics."""
         r, m = schema.runs, schema.models
-        query = (sa.select(r.c.run_id, r.c.kind, r.c.prompt, r.c.response, r.c.n_tokens,
-                           r.c.n_response_tokens, r.c.upload_id, r.c.turn_index, r.c.created_at,
-                           m.c.name.label("model"), m.c.revision)
-                 .join(m, m.c.model_key == r.c.model_key)
-                 .order_by(r.c.created_at.desc(), r.c.run_id).limit(limit).offset(offset))
+        query = (
+            sa.select(
+                r.c.run_id,
+                r.c.kind,
+                r.c.prompt,
+                r.c.response,
+                r.c.n_tokens,
+                r.c.n_response_tokens,
+                r.c.upload_id,
+                r.c.turn_index,
+                r.c.created_at,
+                m.c.name.label("model"),
+                m.c.revision,
+            )
+            .join(m, m.c.model_key == r.c.model_key)
+            .order_by(r.c.created_at.desc(), r.c.run_id)
+            .limit(limit)
+            .offset(offset)
+        )
         if model:
             query = query.where(m.c.name == model)
         if kind:
@@ -280,8 +344,11 @@ class Store:
             sequence = self._sequence(conn, [run_id]).get(run_id, {})
             layers = self._layers(conn, run_id)
         provenance = json.loads(run["provenance"])
-        steps = [{"position": t["position"], "surprisal": t["step_first_surprisal"]}
-                 for t in tokens if t.get("step_first_surprisal") is not None]
+        steps = [
+            {"position": t["position"], "surprisal": t["step_first_surprisal"]}
+            for t in tokens
+            if t.get("step_first_surprisal") is not None
+        ]
         return {
             "run_id": run_id,
             "model": {"id": run["name"], "revision": run["revision"]},
@@ -299,21 +366,28 @@ class Store:
             "provenance": provenance,
         }
 
-    def _tokens(self, conn: sa.Connection, run_id: str,
-                metrics: Sequence[str] | None) -> list[dict[str, Any]]:
+    def _tokens(
+        self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None
+    ) -> list[dict[str, Any]]:
         t = schema.tokens
         result = conn.execute(sa.select(t).where(t.c.run_id == run_id).order_by(t.c.position))
-        tokens = [{k: _clean(v) for k, v in row._mapping.items() if k != "run_id"}
-                  for row in result]
-        alts = conn.execute(sa.text(
-            "SELECT position, list(token_id ORDER BY alt_rank), list(text ORDER BY alt_rank), "
-            "list(prob ORDER BY alt_rank) FROM alternatives WHERE run_id = :rid GROUP BY position"
-        ), {"rid": run_id})
+        tokens = [
+            {k: _clean(v) for k, v in row._mapping.items() if k != "run_id"} for row in result
+        ]
+        alts = conn.execute(
+            sa.text(
+                "SELECT position, list(token_id ORDER BY alt_rank), "
+                "list(text ORDER BY alt_rank), list(prob ORDER BY alt_rank) "
+                "FROM alternatives WHERE run_id = :rid GROUP BY position"
+            ),
+            {"rid": run_id},
+        )
         for tok in tokens:
             tok["top_k"] = []
         for position, ids, texts, probs in alts:
             tokens[position]["top_k"] = [
-                {"token_id": i, "text": s, "prob": p} for i, s, p in zip(ids, texts, probs, strict=True)
+                {"token_id": i, "text": s, "prob": p}
+                for i, s, p in zip(ids, texts, probs, strict=True)
             ]
         tm = schema.token_metrics
         query = sa.select(tm.c.position, tm.c.metric, tm.c.value).where(tm.c.run_id == run_id)
@@ -332,7 +406,8 @@ class Store:
         lm = schema.layer_metrics
         layers: dict[int, dict[str, Any]] = {}
         for layer, metric, value in conn.execute(
-            sa.select(lm.c.layer, lm.c.metric, lm.c.value).where(lm.c.run_id == run_id)
+            sa.select(lm.c.layer, lm.c.metric, lm.c.value)
+            .where(lm.c.run_id == run_id)
             .order_by(lm.c.layer)
         ):
             layers.setdefault(layer, {"layer": layer})[metric] = _clean(value)
@@ -351,8 +426,12 @@ class Store:
 
     def count(self, table: str) -> int:
         with self._conn() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(
-                schema.metadata.tables[table])).scalar() or 0)
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(schema.metadata.tables[table])
+                ).scalar()
+                or 0
+            )
 
 
 def check_read_only(query: str) -> str:
@@ -372,7 +451,9 @@ def check_read_only(query: str) -> str:
     return query
 
 
-def run_read_only_sql(path: Path, query: str, *, max_rows: int = 10_000) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+def run_read_only_sql(
+    path: Path, query: str, *, max_rows: int = 10_000
+) -> tuple[list[str], list[tuple[Any, ...]], bool]:
     """Run one read-only statement against the database file.
 
     The statement is checked by the DuckDB parser and then run on a read-only connection with

@@ -1,0 +1,128 @@
+"""Benchmark: cost of all one-pass metrics over the bare forward pass, and DuckDB ingest speed.
+
+Run with ``make bench`` (or ``.venv/bin/python bench/scoring.py``). On the embedded default
+model and a ~1,000-token text it measures, interleaved and repeated (median):
+
+* bare: the model's forward pass with hidden states (what any tool must pay);
+* full: TokenPrism's scoring = that forward pass + every metric (token, sequence, layer),
+  without storage;
+
+and the Arrow bulk load of 1M rows into ``token_metrics`` of a fresh DuckDB file. The last
+two lines are ``scoring_overhead_ratio=<full/bare>`` and ``ingest_rows_per_s=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from analysis.scoring import ScoringParams
+from backend.encoding import encode_text
+from backend.models import load_model
+from backend.runner import forward_batch, score_batch
+from backend.settings import get_settings
+from backend.store import Store
+
+CITIES = [
+    ("France", "Paris"),
+    ("Italy", "Rome"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Canada", "Ottawa"),
+    ("Norway", "Oslo"),
+    ("Egypt", "Cairo"),
+]
+
+
+def bench_text(target_tokens: int, tokenizer: object) -> str:
+    """Varied, deterministic prose of about ``target_tokens`` tokens (reasoning steps included)."""
+    rng = random.Random(0)
+    parts: list[str] = []
+    while True:
+        country, city = rng.choice(CITIES)
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        parts.append(
+            f"The capital of {country} is {city}, a city of about {rng.randint(1, 12)} million "
+            f"people. If a train leaves {city} at {rng.randint(1, 11)} o'clock and travels "
+            f"{a} kilometres every hour for {b} hours, it covers {a * b} kilometres.\n\n"
+            f"Step {len(parts) + 1}: we check that {a} times {b} equals {a * b}, which it does."
+        )
+        text = " ".join(parts)
+        if len(tokenizer(text)["input_ids"]) >= target_tokens:  # type: ignore[operator]
+            return text
+
+
+def time_scoring(tokens: int, repeats: int) -> tuple[float, float, int]:
+    settings = get_settings()
+    lm = load_model(settings.default_model, settings)
+    enc = encode_text(
+        lm.tokenizer, bench_text(tokens, lm.tokenizer), context_length=lm.context_length
+    )
+    params = ScoringParams()
+    forward_batch(lm, [enc])  # warm-up: allocator, kernels, lazy hidden-state hooks
+    score_batch(lm, [enc], params)
+    bare, full = [], []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        forward_batch(lm, [enc])
+        bare.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        score_batch(lm, [enc], params)
+        full.append(time.perf_counter() - began)
+    return statistics.median(bare), statistics.median(full), enc.n_tokens
+
+
+def time_ingest(rows: int) -> float:
+    rng = np.random.default_rng(0)
+    metrics = np.array(
+        ["surprisal_bits", "margin", "kurtosis", "window_entropy", "gltr_bucket"], dtype=object
+    )
+    table = pa.table(
+        {
+            "run_id": pa.array(
+                np.repeat([f"run{i:04d}" for i in range(rows // 1000)], 1000)[:rows]
+            ),
+            "position": pa.array(np.tile(np.arange(1000, dtype=np.int32), rows // 1000 + 1)[:rows]),
+            "metric": pa.array(metrics[rng.integers(0, len(metrics), rows)], pa.string()),
+            "value": pa.array(rng.random(rows)),
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "bench.duckdb") as store:
+        began = time.perf_counter()
+        store.append_arrow("token_metrics", table)
+        elapsed = time.perf_counter() - began
+        assert store.count("token_metrics") == rows
+    return rows / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    bare, full, n = time_scoring(args.tokens, args.repeats)
+    rate = time_ingest(args.rows)
+    print(f"tokens={n} threads={torch.get_num_threads()} device=cpu")
+    print(f"bare_forward_s={bare:.3f} full_scoring_s={full:.3f} tokens_per_s_full={n / full:.0f}")
+    print(f"ingest_rows={args.rows} ingest_s={args.rows / rate:.3f}")
+    print(f"scoring_overhead_ratio={full / bare:.3f}")
+    print(f"ingest_rows_per_s={rate:.0f}")
+
+
+if __name__ == "__main__":
+    main()
+    sys.stdout.flush()
+    os._exit(0)  # skip duckdb/nanobind's cosmetic leak report at interpreter finalisation

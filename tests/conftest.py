@@ -1,0 +1,146 @@
+"""Shared fixtures: a tiny local model, isolated data homes, the real default model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# One converted default model per checkout: make run and every test share it.
+SHARED_MODEL_CACHE = Path(
+    os.environ.get("TOKENPRISM_MODEL_CACHE", REPO / "data" / "home" / "models")
+)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty data home for this test, with the shared model cache."""
+    monkeypatch.setenv("TOKENPRISM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TOKENPRISM_MODEL_CACHE", str(SHARED_MODEL_CACHE))
+    monkeypatch.delenv("TOKENPRISM_DB", raising=False)
+    from backend.settings import get_settings
+
+    get_settings.cache_clear()
+    yield tmp_path / "home"
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def settings(home: Path):  # type: ignore[no-untyped-def]
+    from backend.settings import get_settings
+
+    settings = get_settings()
+    assert settings.home == home
+    return settings
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from backend.models import load_model
+    from backend.settings import Settings
+
+    return load_model(
+        str(tiny_model_dir), Settings(home=tmp_path_factory.mktemp("tiny-home"), device="cpu")
+    )
+
+
+@pytest.fixture(scope="session")
+def default_lm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from backend.models import load_model
+    from backend.settings import Settings
+
+    return load_model(
+        "default",
+        Settings(
+            home=tmp_path_factory.mktemp("default-home"),
+            model_cache=SHARED_MODEL_CACHE,
+            device="cpu",
+        ),
+    )
+
+
+def run_cli(
+    *args: str,
+    home: Path,
+    stdin: str | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``tokenprism`` console script in a subprocess."""
+    base = {k: v for k, v in os.environ.items() if k != "TOKENPRISM_DB"}
+    env = {
+        **base,
+        "TOKENPRISM_HOME": str(home),
+        "TOKENPRISM_MODEL_CACHE": str(SHARED_MODEL_CACHE),
+        "COLUMNS": "200",
+        **(env or {}),
+    }
+    exe = Path(sys.executable).parent / "tokenprism"
+    return subprocess.run(
+        [str(exe), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def db_lock_holder(tmp_path: Path) -> Iterator[Path]:
+    """A second process holding the write lock on a DuckDB file."""
+    path = tmp_path / "locked.duckdb"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('ready', flush=True); "
+            "sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    try:
+        yield path
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+_EXIT_STATUS = 0
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
+    global _EXIT_STATUS
+    _EXIT_STATUS = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:  # noqa: ARG001
+    # duckdb 2.0's nanobind bindings print screens of cosmetic "leaked instance" warnings at
+    # interpreter finalisation when torch is loaded too; the report is complete by now, so end
+    # the process with pytest's own exit status and skip finalisation (as the CLI does).
+    if os.environ.get("TOKENPRISM_TEST_FINALIZE"):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_EXIT_STATUS)

@@ -188,40 +188,120 @@ def sql(
 def audit(
     file: Path,
     model: str | None = ModelOpt,
+    export: Path | None = typer.Option(
+        None, "--export", help="also write report.html, tokens.csv or tokens.parquet"
+    ),
+    fmt: str | None = typer.Option(None, "--format", help="jsonl, csv or text (default: guess)"),
+    metric: str = typer.Option("mean_entropy", help="sequence metric that ranks turns in exports"),
     rank_by: str = typer.Option("entropy", help="token metric that ranks the uncertain tokens"),
     top: int = typer.Option(5, help="uncertain tokens to list per turn"),
-    batch_tokens: int = typer.Option(2048, help="max padded tokens per forward batch"),
 ) -> None:
-    """Score every assistant turn of a JSONL transcript and summarise each turn."""
+    """Score every assistant turn of a transcript, summarise each turn, optionally export."""
+    import hashlib
+
     from tqdm import tqdm
 
-    from backend.audit import summarise_turn
-    from backend.encoding import encode_chat
-    from backend.ingest import parse_jsonl, read_text_file
-    from backend.runner import score_batch
+    from backend.audit import export_upload, score_items, summarise_turn
+    from backend.ingest import decode_text, detect_format, parse_transcript
+    from backend.store.records import create_job, create_upload, set_upload_job, update_job
 
-    items = parse_jsonl(read_text_file(file), source=str(file))
+    if export is not None and export.suffix.lstrip(".") not in ("html", "csv", "parquet"):
+        raise UserError("--export needs a .html, .csv or .parquet file name")
+    data = file.read_bytes() if file.is_file() else None
+    if data is None:
+        raise UserError(f"no such file: {file}")
+    text = decode_text(data, str(file))
+    items = parse_transcript(text, fmt or detect_format(file.name, text), str(file))
     store = _open_store()
     lm = _load(model)
-    encoded = [
-        encode_chat(lm.tokenizer, it.messages, context_length=lm.context_length) for it in items
-    ]
-    order = sorted(range(len(items)), key=lambda i: encoded[i].n_tokens)
-    batches: list[list[int]] = [[]]
-    for i in order:  # length-sorted batches keep padding small
-        if batches[-1] and encoded[i].n_tokens * (len(batches[-1]) + 1) > batch_tokens:
-            batches.append([])
-        batches[-1].append(i)
-    run_ids: dict[int, str] = {}
-    with store, tqdm(total=len(items), desc="scoring turns", unit="turn", file=sys.stderr) as bar:
-        for batch in batches:
-            scored = score_batch(lm, [encoded[i] for i in batch])
-            ids = store.save_runs(lm, scored, turn_indices=[items[i].turn_index for i in batch])
-            run_ids.update(zip(batch, ids, strict=True))
-            bar.update(len(batch))
-        runs_ = [store.get_run(run_ids[i]) for i in range(len(items))]
-    for item, run in zip(items, runs_, strict=True):
-        summarise_turn(out, item, run, rank_by=rank_by, top=top)
+    with store:
+        upload_id = create_upload(
+            store,
+            filename=file.name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            format=fmt or detect_format(file.name, text),
+            size_bytes=len(data),
+            n_items=len(items),
+            content=text,
+            model=lm.name,
+        )
+        job_id = create_job(store, "audit", {"upload_id": upload_id, "model": lm.name}, len(items))
+        set_upload_job(store, upload_id, job_id)
+        update_job(store, job_id, status="running")
+        with tqdm(total=len(items), desc="scoring turns", unit="turn", file=sys.stderr) as bar:
+
+            def progress(done: int) -> None:
+                bar.update(done - bar.n)
+
+            try:
+                score_items(
+                    lm,
+                    store,
+                    items,
+                    source=str(file),
+                    upload_id=upload_id,
+                    job_id=job_id,
+                    batch_tokens=_settings().batch_tokens,
+                    on_progress=progress,
+                )
+            except BaseException as e:
+                update_job(store, job_id, status="failed", error=str(e) or type(e).__name__)
+                raise
+        update_job(store, job_id, status="done", done=len(items))
+        by_item = {
+            r["item_index"]: r["run_id"]
+            for r in store.list_runs(upload_id=upload_id, limit=len(items) + 1)
+        }
+        for item in items:
+            summarise_turn(out, item, store.get_run(by_item[item.index]), rank_by=rank_by, top=top)
+        if export is not None:
+            content, _, _ = export_upload(
+                store, upload_id, export.suffix.lstrip("."), metric=metric, token_metric=rank_by
+            )
+            export.write_bytes(content)
+            err.print(f"wrote {export} ({len(content):,} bytes)")
+    err.print(f"upload {upload_id}: {len(items)} turns stored")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    model: str | None = typer.Option(None, "--model", "-m", help="model to load at start-up"),
+) -> None:
+    """Run the HTTP API (one process: the only owner of the model and the database)."""
+    import uvicorn
+
+    from backend.api import create_app
+    from backend.settings import get_settings
+
+    settings = get_settings()
+    if model:
+        settings.default_model = model
+    if not _is_loopback(host) and not settings.api_token:
+        raise UserError(
+            f"refusing to listen on {host} without TOKENPRISM_API_TOKEN: anyone who can reach "
+            "the port could use the model and read the database"
+        )
+    _open_store().close()  # a locked or unreadable database fails here, with one line
+    err.print(
+        f"TokenPrism API on http://{host}:{port}/api/v1 (docs at /docs), "
+        f"model {settings.default_model}, database {settings.db_path}"
+    )
+    uvicorn.run(
+        create_app(settings, preload=True), host=host, port=port, workers=1, log_level="warning"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @app.command()

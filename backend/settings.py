@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         trust_remote_code: let model repositories run their own Python code (off by default).
         api_token: bearer token required when the API listens beyond loopback.
         allowed_model_dirs: local directories models may be loaded from through the API.
+        allow_hub_models: let API clients name Hugging Face Hub ids (downloads on demand).
+        upload_max_bytes: largest accepted upload.
+        upload_max_items: most turns an upload may ask to score.
+        max_body_bytes: largest JSON request body.
+        batch_tokens: most padded tokens per forward batch in jobs.
     """
 
     model_config = SettingsConfigDict(env_prefix="TOKENPRISM_", extra="ignore")
@@ -47,6 +52,11 @@ class Settings(BaseSettings):
     trust_remote_code: bool = False
     api_token: str | None = None
     allowed_model_dirs: list[Path] = Field(default_factory=list)
+    allow_hub_models: bool = False
+    upload_max_bytes: int = 50 * 1024 * 1024
+    upload_max_items: int = 20_000
+    max_body_bytes: int = 2 * 1024 * 1024
+    batch_tokens: int = 4096
 
     @property
     def db_path(self) -> Path:

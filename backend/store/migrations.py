@@ -1,35 +1,69 @@
 """Forward-only schema migrations, applied at open.
 
-Each migration is a version number, a description and a function of a connection. A database
-written by an older TokenPrism opens with a newer one: the missing migrations run in order, in
-one transaction each, and ``schema_version`` records them. Never edit a released migration;
-add a new one (prefer additive changes: new tables, ``ADD COLUMN``).
+Each migration is a version number, a description and literal SQL frozen at the time it was
+written (never generated from the current table definitions, which describe the latest schema
+only). A database written by an older TokenPrism opens with a newer one: the missing migrations
+run in order, each in its own transaction, and ``schema_version`` records them. Never edit a
+released migration; add a new one, preferring additive changes (new tables, ``ADD COLUMN``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+from backend.errors import UserError
 from backend.store import schema
 
-Migration = tuple[int, str, Callable[[sa.Connection], None]]
+_V1 = """
+CREATE TABLE IF NOT EXISTS models (
+    model_key VARCHAR NOT NULL PRIMARY KEY, name VARCHAR NOT NULL, source VARCHAR NOT NULL,
+    revision VARCHAR NOT NULL, label VARCHAR, architecture VARCHAR, context_length INTEGER,
+    created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR NOT NULL PRIMARY KEY, model_key VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+    prompt VARCHAR, response VARCHAR NOT NULL, text VARCHAR NOT NULL, system_prompt VARCHAR,
+    messages VARCHAR, n_tokens INTEGER NOT NULL, n_response_tokens INTEGER NOT NULL,
+    upload_id VARCHAR, job_id VARCHAR, group_id VARCHAR, turn_index INTEGER,
+    provenance VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    run_id VARCHAR NOT NULL, position INTEGER NOT NULL, token_id INTEGER NOT NULL,
+    text VARCHAR NOT NULL, display VARCHAR NOT NULL, char_start INTEGER NOT NULL,
+    char_end INTEGER NOT NULL, is_prompt BOOLEAN NOT NULL, logprob DOUBLE PRECISION,
+    prob DOUBLE PRECISION, rank INTEGER, entropy DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS token_metrics (
+    run_id VARCHAR NOT NULL, position INTEGER NOT NULL, metric VARCHAR NOT NULL,
+    value DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS alternatives (
+    run_id VARCHAR NOT NULL, position INTEGER NOT NULL, alt_rank SMALLINT NOT NULL,
+    token_id INTEGER NOT NULL, text VARCHAR NOT NULL, prob DOUBLE PRECISION NOT NULL);
+CREATE TABLE IF NOT EXISTS sequence_metrics (
+    run_id VARCHAR NOT NULL, metric VARCHAR NOT NULL, value DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS layer_metrics (
+    run_id VARCHAR NOT NULL, layer INTEGER NOT NULL, metric VARCHAR NOT NULL,
+    value DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id VARCHAR NOT NULL PRIMARY KEY, kind VARCHAR NOT NULL, status VARCHAR NOT NULL,
+    params VARCHAR NOT NULL, done INTEGER DEFAULT 0 NOT NULL, total INTEGER DEFAULT 0 NOT NULL,
+    error VARCHAR, created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL);
+"""
 
+_V2 = """
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id VARCHAR NOT NULL PRIMARY KEY, filename VARCHAR NOT NULL, sha256 VARCHAR NOT NULL,
+    format VARCHAR NOT NULL, size_bytes BIGINT NOT NULL, n_items INTEGER NOT NULL,
+    content VARCHAR NOT NULL, model VARCHAR NOT NULL, job_id VARCHAR,
+    created_at TIMESTAMP NOT NULL);
+ALTER TABLE runs ADD COLUMN item_index INTEGER;
+ALTER TABLE jobs ADD COLUMN started_at TIMESTAMP;
+ALTER TABLE jobs ADD COLUMN finished_at TIMESTAMP;
+ALTER TABLE jobs ADD COLUMN result VARCHAR;
+"""
 
-def _initial(conn: sa.Connection) -> None:
-    for table in schema.metadata.sorted_tables:
-        if table.name != "schema_version":
-            table.create(conn, checkfirst=True)
-
-
-MIGRATIONS: list[Migration] = [
-    (
-        1,
-        "initial schema: models, runs, tokens, token_metrics, alternatives, sequence, layer, jobs",
-        _initial,
-    ),
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
+    (2, "uploads; runs.item_index for resumable jobs; job timing and result", _V2),
 ]
 
 LATEST = MIGRATIONS[-1][0]
@@ -41,22 +75,21 @@ def current_version(conn: sa.Connection) -> int:
     return int(value or 0)
 
 
-def migrate(engine: sa.Engine) -> int:
-    """Apply every migration newer than the database; return the resulting version."""
+def migrate(engine: sa.Engine, *, target: int = LATEST) -> int:
+    """Apply every migration newer than the database up to ``target``; return the version."""
     with engine.begin() as conn:
         version = current_version(conn)
     if version > LATEST:
-        from backend.errors import UserError
-
         raise UserError(
             f"the database was written by a newer TokenPrism (schema {version} > {LATEST}); "
             "upgrade TokenPrism to open it"
         )
-    for number, description, apply in MIGRATIONS:
-        if number <= version:
+    for number, description, ddl in MIGRATIONS:
+        if number <= version or number > target:
             continue
         with engine.begin() as conn:
-            apply(conn)
+            for statement in filter(str.strip, ddl.split(";")):
+                conn.exec_driver_sql(statement)
             conn.execute(
                 schema.schema_version.insert().values(
                     version=number, description=description, applied_at=datetime.now(UTC)

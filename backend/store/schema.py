@@ -54,6 +54,7 @@ runs = sa.Table(
     sa.Column("turn_index", sa.Integer),
     sa.Column("provenance", sa.String, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("item_index", sa.Integer),  # v2: position of the run's item within its job
 )
 
 tokens = sa.Table(
@@ -122,6 +123,24 @@ jobs = sa.Table(
     sa.Column("error", sa.String),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("started_at", sa.DateTime),  # v2
+    sa.Column("finished_at", sa.DateTime),  # v2
+    sa.Column("result", sa.String),  # v2: small JSON result of a finished job
+)
+
+uploads = sa.Table(  # v2
+    "uploads",
+    metadata,
+    sa.Column("upload_id", sa.String, primary_key=True),
+    sa.Column("filename", sa.String, nullable=False),
+    sa.Column("sha256", sa.String, nullable=False),
+    sa.Column("format", sa.String, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("n_items", sa.Integer, nullable=False),
+    sa.Column("content", sa.String, nullable=False),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("job_id", sa.String),
+    sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
 BULK_TABLES = ("tokens", "token_metrics", "alternatives", "sequence_metrics", "layer_metrics")

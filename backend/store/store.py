@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,7 +66,15 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(f"duckdb:///{self.path}")
+        # No file or network access from SQL: the read-only SQL endpoint runs user queries on
+        # this engine, and nothing TokenPrism does needs it (Arrow tables are registered).
+        self.engine = sa.create_engine(
+            f"duckdb:///{self.path}",
+            connect_args={"config": {"enable_external_access": False}},
+        )
+        # DuckDB allows concurrent writers in one process but fails one of two conflicting
+        # transactions; serialising writes keeps request threads and the job worker apart.
+        self._write_lock = threading.RLock()
         try:
             self.schema_version = migrate(self.engine)
         except UserError:
@@ -89,6 +98,12 @@ class Store:
         self.close()
 
     # ---- writing -------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[sa.Connection]:
+        """A write transaction, serialised with every other write of this store."""
+        with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     def ensure_model(self, conn: sa.Connection, lm: LoadedModel) -> str:
         key = hashlib.sha256(f"{lm.name}|{lm.source}|{lm.revision}".encode()).hexdigest()[:16]
@@ -119,12 +134,13 @@ class Store:
         job_id: str | None = None,
         group_id: str | None = None,
         turn_indices: Sequence[int | None] | None = None,
+        item_indices: Sequence[int | None] | None = None,
     ) -> list[str]:
         """Store scored texts in one transaction; return their new run ids."""
         run_ids = [uuid.uuid4().hex for _ in scored]
         now = datetime.now(UTC)
         bulk: dict[str, list[pa.Table]] = {name: [] for name in schema.BULK_TABLES}
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             model_key = self.ensure_model(conn, lm)
             for i, (run_id, item) in enumerate(zip(run_ids, scored, strict=True)):
                 enc = item.encoded
@@ -144,6 +160,7 @@ class Store:
                         job_id=job_id,
                         group_id=group_id,
                         turn_index=turn_indices[i] if turn_indices is not None else None,
+                        item_index=item_indices[i] if item_indices is not None else None,
                         provenance=json.dumps(item.provenance),
                         created_at=now,
                     )
@@ -169,7 +186,7 @@ class Store:
         """Bulk-append an Arrow table whose columns name columns of ``table`` (one transaction)."""
         if table not in schema.BULK_TABLES:
             raise ValueError(f"{table!r} is not a bulk table")
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             self._append(conn.connection.dbapi_connection, table, rows)
 
     @staticmethod
@@ -270,6 +287,27 @@ class Store:
         with self.engine.connect() as conn:
             yield conn
 
+    @staticmethod
+    def _run_filters(
+        query: sa.Select[Any],
+        *,
+        model: str | None,
+        kind: str | None,
+        upload_id: str | None,
+        search: str | None,
+    ) -> sa.Select[Any]:
+        r, m = schema.runs, schema.models
+        if model:
+            query = query.where(m.c.name == model)
+        if kind:
+            query = query.where(r.c.kind == kind)
+        if upload_id:
+            query = query.where(r.c.upload_id == upload_id)
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(r.c.text.ilike(f"%{escaped}%", escape="\\"))
+        return query
+
     def list_runs(
         self,
         *,
@@ -291,24 +329,19 @@ class Store:
                 r.c.n_tokens,
                 r.c.n_response_tokens,
                 r.c.upload_id,
+                r.c.job_id,
                 r.c.turn_index,
+                r.c.item_index,
                 r.c.created_at,
                 m.c.name.label("model"),
                 m.c.revision,
             )
             .join(m, m.c.model_key == r.c.model_key)
-            .order_by(r.c.created_at.desc(), r.c.run_id)
+            .order_by(r.c.created_at.desc(), r.c.item_index, r.c.run_id)
             .limit(limit)
             .offset(offset)
         )
-        if model:
-            query = query.where(m.c.name == model)
-        if kind:
-            query = query.where(r.c.kind == kind)
-        if upload_id:
-            query = query.where(r.c.upload_id == upload_id)
-        if search:
-            query = query.where(r.c.text.ilike(f"%{search}%"))
+        query = self._run_filters(query, model=model, kind=kind, upload_id=upload_id, search=search)
         with self._conn() as conn:
             rows = [dict(row._mapping) for row in conn.execute(query)]
             ids = [row["run_id"] for row in rows]
@@ -317,6 +350,45 @@ class Store:
             row["created_at"] = row["created_at"].isoformat()
             row["sequence"] = seq.get(row["run_id"], {})
         return rows
+
+    def count_runs(
+        self,
+        *,
+        model: str | None = None,
+        kind: str | None = None,
+        upload_id: str | None = None,
+        search: str | None = None,
+    ) -> int:
+        r, m = schema.runs, schema.models
+        query = sa.select(sa.func.count()).select_from(r.join(m, m.c.model_key == r.c.model_key))
+        query = self._run_filters(query, model=model, kind=kind, upload_id=upload_id, search=search)
+        with self._conn() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def query_read_only(
+        self, query: str, *, max_rows: int = 10_000
+    ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
+        """Run one read-only statement inside this process (the server owns the file).
+
+        The DuckDB parser must classify it as SELECT or EXPLAIN, it runs in a transaction that
+        is rolled back, and the engine has no file or network access.
+        """
+        check_read_only(query)
+        with self._conn() as conn:
+            raw: Any = conn.connection.dbapi_connection
+            try:
+                cur = raw.cursor()
+                try:
+                    cur.execute(query)
+                    columns: list[str] = [d[0] for d in cur.description or []]
+                    rows: list[tuple[Any, ...]] = list(cur.fetchmany(max_rows + 1))
+                finally:
+                    cur.close()
+            except duckdb.Error as err:
+                raise UserError(f"SQL error: {str(err).splitlines()[0]}") from None
+            finally:
+                conn.rollback()
+        return columns, rows[:max_rows], len(rows) > max_rows
 
     def _sequence(self, conn: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not run_ids:
@@ -415,7 +487,7 @@ class Store:
 
     def delete_run(self, run_id: str) -> bool:
         """Delete a run and all its rows in one transaction; False if it did not exist."""
-        with self.engine.begin() as conn:
+        with self.writing() as conn:
             gone = conn.execute(schema.runs.delete().where(schema.runs.c.run_id == run_id))
             if not gone.rowcount:
                 return False

@@ -1,0 +1,231 @@
+"""The job queue: one worker thread drains it, so one model and one writer do the work.
+
+Jobs live in the ``jobs`` table (status, progress, error, result) and in memory while they run
+(cancel flag, pace for the ETA). Status moves ``queued -> running -> done | failed |
+cancelled``; a job left unfinished by a crash is marked ``interrupted`` at the next start and
+can be resumed: its handler skips the items already stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from backend.audit import JobCancelled, eta_seconds, score_items, upload_items
+from backend.errors import UserError
+from backend.models import LoadedModel
+from backend.settings import Settings
+from backend.store import Store
+from backend.store.records import TERMINAL, create_job, get_job, interrupt_unfinished, update_job
+
+log = logging.getLogger(__name__)
+
+RESUMABLE = ("interrupted", "failed", "cancelled")
+
+
+class JobStateError(UserError):
+    """The job is not in a state that allows the requested transition."""
+
+
+class JobNotFound(UserError):
+    """No job has this id."""
+
+
+@dataclass
+class LiveJob:
+    """In-memory state of the job being worked on."""
+
+    job_id: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+    skipped: int = 0
+    done: int = 0
+    total: int = 0
+
+
+class JobManager:
+    """Queue, worker thread and state transitions of background jobs."""
+
+    def __init__(
+        self,
+        store: Store,
+        get_model: Callable[[str], LoadedModel],
+        settings: Settings,
+        model_lock: threading.Lock,
+    ) -> None:
+        self.store = store
+        self.get_model = get_model
+        self.settings = settings
+        self.model_lock = model_lock
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._live: dict[str, LiveJob] = {}
+        self._thread: threading.Thread | None = None
+        self.interrupted = interrupt_unfinished(store)
+        self.handlers: dict[str, Callable[[dict[str, Any], LiveJob], dict[str, Any]]] = {
+            "audit": self._run_audit,
+        }
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._drain, name="tokenprism-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for live in list(self._live.values()):
+            live.cancel.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def queue_length(self) -> int:
+        return self._queue.qsize()
+
+    # ---- transitions -------------------------------------------------------------------
+
+    def submit(self, kind: str, params: dict[str, Any], total: int) -> str:
+        if kind not in self.handlers:
+            raise UserError(f"unknown job kind {kind!r}")
+        job_id = create_job(self.store, kind, params, total)
+        self._queue.put(job_id)
+        return job_id
+
+    def _require(self, job_id: str) -> dict[str, Any]:
+        job = get_job(self.store, job_id)
+        if job is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return job
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self._require(job_id)
+        if job["status"] in TERMINAL:
+            raise JobStateError(f"job {job_id} is already {job['status']}")
+        live = self._live.get(job_id)
+        if live is not None:
+            live.cancel.set()  # the worker stops between batches and records "cancelled"
+        else:
+            update_job(self.store, job_id, status="cancelled", finished_at=datetime.now(UTC))
+        return self.status(job_id)
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        job = self._require(job_id)
+        if job["status"] not in RESUMABLE:
+            raise JobStateError(
+                f"job {job_id} is {job['status']}; only {', '.join(RESUMABLE)} jobs resume"
+            )
+        update_job(self.store, job_id, status="queued", error=None, finished_at=None)
+        self._queue.put(job_id)
+        return self.status(job_id)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        job = self._require(job_id)
+        live = self._live.get(job_id)
+        eta = None
+        if live is not None and job["status"] == "running":
+            job["done"] = max(job["done"], live.done)
+            eta = eta_seconds(live.started, live.done, live.total, live.skipped)
+        job["eta_seconds"] = None if eta is None else round(eta, 1)
+        job["progress"] = job["done"] / job["total"] if job["total"] else None
+        return job
+
+    # ---- worker ------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            try:
+                self._run(job_id)
+            except Exception:  # keep the worker alive whatever a job does
+                log.exception("job %s crashed the worker loop", job_id)
+
+    def _run(self, job_id: str) -> None:
+        job = get_job(self.store, job_id)
+        if job is None or job["status"] != "queued":
+            return  # cancelled while waiting
+        live = LiveJob(job_id, total=job["total"])
+        self._live[job_id] = live
+        update_job(self.store, job_id, status="running", started_at=datetime.now(UTC))
+        try:
+            result = self.handlers[job["kind"]](job, live)
+        except JobCancelled:
+            update_job(
+                self.store,
+                job_id,
+                status="cancelled",
+                done=live.done,
+                finished_at=datetime.now(UTC),
+            )
+        except UserError as err:
+            update_job(
+                self.store,
+                job_id,
+                status="failed",
+                error=str(err),
+                done=live.done,
+                finished_at=datetime.now(UTC),
+            )
+        except Exception as err:
+            log.exception("job %s failed", job_id)
+            update_job(
+                self.store,
+                job_id,
+                status="failed",
+                done=live.done,
+                error=f"internal error: {type(err).__name__}: {err}",
+                finished_at=datetime.now(UTC),
+            )
+        else:
+            update_job(
+                self.store,
+                job_id,
+                status="done",
+                done=live.total,
+                result=result,
+                finished_at=datetime.now(UTC),
+            )
+        finally:
+            self._live.pop(job_id, None)
+
+    def _progress(self, live: LiveJob) -> Callable[[int], None]:
+        first = True
+
+        def report(done: int) -> None:
+            nonlocal first
+            if first:  # items stored by an earlier attempt do not count for the pace
+                live.skipped, live.started, first = done, time.monotonic(), False
+            live.done = done
+            update_job(self.store, live.job_id, done=done)
+
+        return report
+
+    def _run_audit(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        params = job["params"]
+        upload, items = upload_items(self.store, params["upload_id"])
+        live.total = len(items)
+        lm = self.get_model(params["model"])
+        stored = score_items(
+            lm,
+            self.store,
+            items,
+            source=upload["filename"],
+            upload_id=upload["upload_id"],
+            job_id=job["job_id"],
+            batch_tokens=self.settings.batch_tokens,
+            on_progress=self._progress(live),
+            should_stop=live.cancel.is_set,
+            model_lock=self.model_lock,
+        )
+        return {
+            "upload_id": upload["upload_id"],
+            "runs_stored_by_this_attempt": len(stored),
+            "items": len(items),
+        }

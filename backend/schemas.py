@@ -1,0 +1,51 @@
+"""Request bodies of the HTTP API (responses are plain JSON documented in the routes)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunRequest(_Body):
+    """Score one text: a prompt + response (chat template unless ``template`` is false) or raw
+    ``text``."""
+
+    model: str | None = Field(None, description="model name; the server's default if omitted")
+    prompt: str | None = None
+    response: str | None = None
+    text: str | None = None
+    system: str | None = Field(None, description="system prompt for the chat template")
+    template: bool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> RunRequest:
+        if (self.text is None) == (self.response is None):
+            raise ValueError("give either 'text' or 'response' (with 'prompt')")
+        if self.response is not None and self.prompt is None:
+            raise ValueError("'response' needs a 'prompt' (it may be empty)")
+        if self.text is not None and self.prompt is not None:
+            raise ValueError("'prompt' goes with 'response', not with 'text'")
+        return self
+
+
+class GenerateRequest(_Body):
+    """Sample responses to a prompt; each is re-scored teacher-forced and stored."""
+
+    prompt: str = Field(..., min_length=1)
+    model: str | None = None
+    system: str | None = None
+    n: int = Field(1, ge=1, le=16)
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+
+
+class SqlRequest(_Body):
+    """One read-only SQL statement."""
+
+    query: str = Field(..., min_length=1, max_length=20_000)
+    max_rows: int = Field(1000, ge=1, le=100_000)

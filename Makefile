@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install run serve test lint bench bench-audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ run: install
 	$(BIN)/tokenprism prepare
 	$(BIN)/tokenprism audit data/samples/chats.jsonl
 
+serve: install
+	$(BIN)/tokenprism serve
+
 test: install lint
 	$(BIN)/python -m pytest
 
@@ -39,6 +42,9 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/scoring.py
+
+bench-audit: install
+	$(BIN)/python bench/audit.py
 
 clean:
 	rm -rf $(VENV) data/home .pytest_cache .mypy_cache .ruff_cache

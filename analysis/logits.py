@@ -169,48 +169,68 @@ class LogitMetrics:
         return gltr_bucket(self.rank, edges)
 
 
-def logit_metrics(logits: Logits, targets: TokenIds, params: LogitMetricParams) -> LogitMetrics:
+def _chunk_metrics(chunk: Tensor, tgt: Tensor, params: LogitMetricParams) -> LogitMetrics:
+    chunk = chunk.float()
+    logp = torch.log_softmax(chunk, dim=-1)
+    p = logp.exp()
+    ids, probs = top_k(logp, params.top_k)
+    return LogitMetrics(
+        logprob=target_logprob(logp, tgt),
+        entropy=_entropy_from(p, logp),
+        rank=target_rank(chunk, tgt),
+        margin=top_margin(probs),
+        kurtosis=_kurtosis_from(p, excess=params.kurtosis_excess),
+        top_ids=ids,
+        top_probs=probs,
+    )
+
+
+def logit_metrics(
+    logits: Logits,
+    targets: TokenIds,
+    params: LogitMetricParams,
+    lengths: list[int] | None = None,
+) -> LogitMetrics:
     """Every logit-only token metric for aligned ``logits``/``targets`` in one sweep.
 
-    Processes ``params.chunk_positions`` positions at a time so the vocabulary-wide
-    temporaries stay bounded for long texts; each chunk computes log-softmax once and derives
-    all metrics from it.
+    Works through each row in chunks of ``params.chunk_positions`` positions (views, no copy),
+    so the vocabulary-wide temporaries stay small and in cache; each chunk computes
+    log-softmax once and derives all metrics from it. With ``lengths`` only the first
+    ``lengths[b]`` positions of row ``b`` are computed (right padding is skipped, which matters
+    for batches of short texts); the rest hold NaN (floats) or -1 (ints).
 
     Args:
         logits: ``[batch, n, vocab]`` logits, already aligned (see :func:`align_next_token`).
         targets: ``[batch, n]`` the tokens those logits predicted.
         params: metric parameters.
+        lengths: valid positions per row; ``None`` means all ``n``.
 
     Returns:
-        :class:`LogitMetrics` with float32 / int64 tensors on the logits' device.
+        :class:`LogitMetrics` with float32 / int64 tensors ``[batch, n]`` (``[batch, n, k]``
+        for the top-k fields) on the logits' device.
     """
     if params.top_k < 2:
         raise ValueError("top_k must be at least 2")
-    parts: list[LogitMetrics] = []
-    n = logits.shape[1]
-    step = max(1, params.chunk_positions)
-    for start in range(0, max(n, 1), step):
-        chunk = logits[:, start : start + step].float()
-        tgt = targets[:, start : start + step]
-        logp = torch.log_softmax(chunk, dim=-1)
-        p = logp.exp()
-        ids, probs = top_k(logp, params.top_k)
-        parts.append(
-            LogitMetrics(
-                logprob=target_logprob(logp, tgt),
-                entropy=_entropy_from(p, logp),
-                rank=target_rank(chunk, tgt),
-                margin=top_margin(probs),
-                kurtosis=_kurtosis_from(p, excess=params.kurtosis_excess),
-                top_ids=ids,
-                top_probs=probs,
-            )
-        )
-    if len(parts) == 1:
-        return parts[0]
-    return LogitMetrics(
-        **{
-            f.name: torch.cat([getattr(p, f.name) for p in parts], dim=1)
-            for f in fields(LogitMetrics)
-        }
+    batch, n, vocab = logits.shape
+    k = min(params.top_k, vocab)
+    dev = logits.device
+    out = LogitMetrics(
+        logprob=torch.full((batch, n), float("nan"), device=dev),
+        entropy=torch.full((batch, n), float("nan"), device=dev),
+        rank=torch.full((batch, n), -1, dtype=torch.long, device=dev),
+        margin=torch.full((batch, n), float("nan"), device=dev),
+        kurtosis=torch.full((batch, n), float("nan"), device=dev),
+        top_ids=torch.full((batch, n, k), -1, dtype=torch.long, device=dev),
+        top_probs=torch.full((batch, n, k), float("nan"), device=dev),
     )
+    step = max(1, params.chunk_positions)
+    for row in range(batch):
+        valid = n if lengths is None else min(n, max(0, lengths[row]))
+        for start in range(0, valid, step):
+            stop = min(valid, start + step)
+            part = _chunk_metrics(
+                logits[row : row + 1, start:stop], targets[row : row + 1, start:stop], params
+            )
+            for f in fields(LogitMetrics):
+                getattr(out, f.name)[row : row + 1, start:stop] = getattr(part, f.name)
+    return out

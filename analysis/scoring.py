@@ -121,7 +121,8 @@ def score_forward(
     attention_mask = attention_mask.bool()
     response_mask = response_mask.bool() & attention_mask
     aligned_logits, targets = align_next_token(logits, input_ids)
-    lm = logit_metrics(aligned_logits, targets, params.logits)
+    lengths = [max(0, int(n) - 1) for n in attention_mask.sum(-1).tolist()]
+    lm = logit_metrics(aligned_logits, targets, params.logits, lengths)
     counted = response_mask[:, 1:]  # tokens with a prediction that belong to the response
 
     win = window_entropy(lm.entropy, counted, window=params.window, mode=params.window_mode)

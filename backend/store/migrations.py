@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS uploads (
     content VARCHAR NOT NULL, model VARCHAR NOT NULL, job_id VARCHAR,
     created_at TIMESTAMP NOT NULL);
 ALTER TABLE runs ADD COLUMN item_index INTEGER;
+ALTER TABLE tokens ADD COLUMN top_k STRUCT(token_id INTEGER, text VARCHAR, prob DOUBLE)[];
+UPDATE tokens SET top_k = a.top_k FROM (
+    SELECT run_id, position,
+           list({'token_id': token_id, 'text': text, 'prob': prob} ORDER BY alt_rank) AS top_k
+    FROM alternatives GROUP BY run_id, position) AS a
+WHERE tokens.run_id = a.run_id AND tokens.position = a.position;
 ALTER TABLE jobs ADD COLUMN started_at TIMESTAMP;
 ALTER TABLE jobs ADD COLUMN finished_at TIMESTAMP;
 ALTER TABLE jobs ADD COLUMN result VARCHAR;
@@ -63,7 +69,7 @@ ALTER TABLE jobs ADD COLUMN result VARCHAR;
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
-    (2, "uploads; runs.item_index for resumable jobs; job timing and result", _V2),
+    (2, "uploads; runs.item_index for resumable jobs; tokens.top_k nested; job timing", _V2),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -14,6 +14,16 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
+
+class TopKList(sa.types.UserDefinedType[list[dict[str, object]]]):
+    """DuckDB ``STRUCT(token_id, text, prob)[]``: a token's alternatives, most probable first."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_: object) -> str:
+        return "STRUCT(token_id INTEGER, text VARCHAR, prob DOUBLE)[]"
+
+
 schema_version = sa.Table(
     "schema_version",
     metadata,
@@ -72,6 +82,8 @@ tokens = sa.Table(
     sa.Column("prob", sa.Double),
     sa.Column("rank", sa.Integer),
     sa.Column("entropy", sa.Double),
+    # v2: the token's alternatives nested (also in ``alternatives``, long form, for SQL)
+    sa.Column("top_k", TopKList()),
 )
 
 token_metrics = sa.Table(

@@ -35,6 +35,7 @@ from backend.store.migrations import migrate
 # Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
 CORE_TOKEN_METRICS = ("logprob", "prob", "rank", "entropy")
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 def _lock_message(path: Path, err: BaseException) -> str:
@@ -240,16 +241,28 @@ class Store:
         alt_rank = np.tile(np.arange(1, k + 1, dtype=np.int16), n).reshape(n, k)[valid]
         alt_ids = ids[valid]
         vocab = lm.vocab_array
+        alt_id_arr = pa.array(alt_ids, pa.int32())
+        alt_text_arr = pa.array(vocab[alt_ids], pa.string())
+        alt_prob_arr = pa.array(probs[valid], pa.float64())
         alternatives = pa.table(
             {
                 "run_id": pa.array([run_id] * len(alt_ids), pa.string()),
                 "position": pa.array(alt_pos, pa.int32()),
                 "alt_rank": pa.array(alt_rank, pa.int16()),
-                "token_id": pa.array(alt_ids, pa.int32()),
-                "text": pa.array(vocab[alt_ids], pa.string()),
-                "prob": pa.array(probs[valid], pa.float64()),
+                "token_id": alt_id_arr,
+                "text": alt_text_arr,
+                "prob": alt_prob_arr,
             }
         )
+        # the same alternatives nested per token: reads of whole runs need no aggregation
+        offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
+        top_k = pa.ListArray.from_arrays(
+            pa.array(offsets, pa.int32()),
+            pa.StructArray.from_arrays(
+                [alt_id_arr, alt_text_arr, alt_prob_arr], names=["token_id", "text", "prob"]
+            ),
+        )
+        tokens = tokens.append_column("top_k", top_k)
         seq_names = list(sc.sequence)
         sequence = pa.table(
             {
@@ -379,12 +392,22 @@ class Store:
             try:
                 cur = raw.cursor()
                 try:
-                    cur.execute(query)
-                    columns: list[str] = [d[0] for d in cur.description or []]
-                    rows: list[tuple[Any, ...]] = list(cur.fetchmany(max_rows + 1))
+                    # EXPLAIN ANALYZE runs the statement it explains (a DELETE or DROP too) and
+                    # the parser only sees "EXPLAIN": a read-only transaction refuses any write.
+                    cur.execute("BEGIN TRANSACTION READ ONLY")
+                    try:
+                        cur.execute(query)
+                        columns: list[str] = [d[0] for d in cur.description or []]
+                        rows: list[tuple[Any, ...]] = list(cur.fetchmany(max_rows + 1))
+                    finally:
+                        cur.execute("ROLLBACK")
                 finally:
                     cur.close()
             except duckdb.Error as err:
+                if "read-only mode" in str(err):
+                    raise ReadOnlyViolation(
+                        "refused: this SQL interface is read-only; use SELECT (or EXPLAIN) queries"
+                    ) from None
                 raise UserError(f"SQL error: {str(err).splitlines()[0]}") from None
             finally:
                 conn.rollback()
@@ -438,40 +461,58 @@ class Store:
             "provenance": provenance,
         }
 
+    def run_exists(self, run_id: str) -> bool:
+        r = schema.runs
+        with self._conn() as conn:
+            return (
+                conn.execute(sa.select(r.c.run_id).where(r.c.run_id == run_id)).first() is not None
+            )
+
+    def tokens_json(self, run_id: str, *, metrics: Sequence[str] | None = None) -> str:
+        """A run's tokens as a JSON array text, assembled by DuckDB in one query.
+
+        Building 10k token objects (each with top-k alternatives and every metric) in Python
+        takes seconds; DuckDB's ``to_json`` does it in tens of milliseconds. Every token carries
+        every stored metric name (null where absent); ``metrics`` limits the extra metrics.
+        """
+        with self._conn() as conn:
+            return self._tokens_json(conn, run_id, metrics)
+
+    def _tokens_json(self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None) -> str:
+        names = [
+            row[0]
+            for row in conn.execute(
+                sa.text("SELECT DISTINCT metric FROM token_metrics WHERE run_id = :rid ORDER BY 1"),
+                {"rid": run_id},
+            )
+        ]
+        if metrics is not None:
+            names = [n for n in names if n in set(metrics)]
+        # metric names become struct keys in SQL text: only plain identifiers are allowed
+        names = [n for n in names if _METRIC_NAME.fullmatch(n)]
+        pivot = "".join(f", max(value) FILTER (WHERE metric = '{n}') AS m_{n}" for n in names)
+        extra_keys = "".join(f", '{n}': e.m_{n}" for n in names)
+        query = f"""
+            WITH extra AS (
+                SELECT position{pivot} FROM token_metrics WHERE run_id = :rid GROUP BY position)
+            SELECT coalesce(string_agg(to_json({{
+                'position': t.position, 'token_id': t.token_id, 'text': t.text,
+                'display': t.display, 'char_start': t.char_start, 'char_end': t.char_end,
+                'is_prompt': t.is_prompt, 'logprob': t.logprob, 'prob': t.prob,
+                'rank': t.rank, 'entropy': t.entropy,
+                'top_k': coalesce(t.top_k, [])
+                {extra_keys}}})::VARCHAR, ',' ORDER BY t.position), '')
+            FROM tokens t
+            LEFT JOIN extra e ON e.position = t.position
+            WHERE t.run_id = :rid
+        """
+        body = conn.execute(sa.text(query), {"rid": run_id}).scalar()
+        return f"[{body or ''}]"
+
     def _tokens(
         self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None
     ) -> list[dict[str, Any]]:
-        t = schema.tokens
-        result = conn.execute(sa.select(t).where(t.c.run_id == run_id).order_by(t.c.position))
-        tokens = [
-            {k: _clean(v) for k, v in row._mapping.items() if k != "run_id"} for row in result
-        ]
-        alts = conn.execute(
-            sa.text(
-                "SELECT position, list(token_id ORDER BY alt_rank), "
-                "list(text ORDER BY alt_rank), list(prob ORDER BY alt_rank) "
-                "FROM alternatives WHERE run_id = :rid GROUP BY position"
-            ),
-            {"rid": run_id},
-        )
-        for tok in tokens:
-            tok["top_k"] = []
-        for position, ids, texts, probs in alts:
-            tokens[position]["top_k"] = [
-                {"token_id": i, "text": s, "prob": p}
-                for i, s, p in zip(ids, texts, probs, strict=True)
-            ]
-        tm = schema.token_metrics
-        query = sa.select(tm.c.position, tm.c.metric, tm.c.value).where(tm.c.run_id == run_id)
-        if metrics is not None:
-            query = query.where(tm.c.metric.in_(list(metrics)))
-        names: set[str] = set()
-        for position, metric, value in conn.execute(query):
-            tokens[position][metric] = _clean(value)
-            names.add(metric)
-        for tok in tokens:  # every token carries every metric name, null where absent
-            for name in names:
-                tok.setdefault(name, None)
+        tokens: list[dict[str, Any]] = json.loads(self._tokens_json(conn, run_id, metrics))
         return tokens
 
     def _layers(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:

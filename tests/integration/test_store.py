@@ -185,3 +185,48 @@ def test_a_locked_database_is_a_clear_error(db_lock_holder: Path) -> None:
         Store(db_lock_holder)
     with pytest.raises(DatabaseLocked, match="in use by another process"):
         run_read_only_sql(db_lock_holder, "SELECT 1")
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    """Migration 2 adds columns and tables and backfills the nested alternatives."""
+    from backend.store.migrations import migrate
+
+    path = tmp_path / "v1.duckdb"
+    engine = sa.create_engine(f"duckdb:///{path}")
+    assert migrate(engine, target=1) == 1
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO models VALUES ('m1', 'old', 'local', 'sha256:x', NULL, NULL, 8, now())"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO runs VALUES ('r1', 'm1', 'text', NULL, 'ab', 'ab', NULL, NULL, 2, 2, "
+            "NULL, NULL, NULL, NULL, '{}', now())"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO tokens VALUES ('r1', 0, 5, 'a', 'a', 0, 1, false, NULL, NULL, NULL, NULL),"
+            " ('r1', 1, 6, 'b', 'b', 1, 2, false, -0.5, 0.6, 1, 1.2)"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO alternatives VALUES ('r1', 1, 2, 7, 'c', 0.3), ('r1', 1, 1, 6, 'b', 0.6)"
+        )
+    engine.dispose()
+    with Store(path) as store:
+        assert store.schema_version == LATEST
+        run = store.get_run("r1")
+        assert run["tokens"][0]["top_k"] == []
+        assert run["tokens"][1]["top_k"] == [
+            {"token_id": 6, "text": "b", "prob": 0.6},
+            {"token_id": 7, "text": "c", "prob": 0.3},
+        ]
+        assert store.count("uploads") == 0
+        with store.engine.connect() as conn:
+            cols = {r[0] for r in conn.exec_driver_sql("DESCRIBE runs")}
+        assert "item_index" in cols
+
+
+def test_fresh_schema_matches_the_table_definitions(store: Store) -> None:
+    """Migrations (frozen SQL) and schema.py (used by queries) describe the same columns."""
+    with store.engine.connect() as conn:
+        for table in schema.metadata.sorted_tables:
+            cols = [r[0] for r in conn.exec_driver_sql(f"DESCRIBE {table.name}")]
+            assert cols == [c.name for c in table.columns], table.name

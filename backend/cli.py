@@ -293,6 +293,109 @@ def serve(
     )
 
 
+def _streamlit_command(port: int) -> list[str]:
+    from backend.settings import SOURCE_ROOT
+
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(SOURCE_ROOT / "app" / "streamlit_app.py"),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.maxUploadSize",
+        "50",
+    ]
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(8501, "--port", help="UI port (loopback)"),
+    api_url: str = typer.Option("http://127.0.0.1:8000", help="backend URL"),
+) -> None:
+    """Run the Streamlit UI against a running backend."""
+    import subprocess
+
+    env = {**os.environ, "TOKENPRISM_API_URL": api_url}
+    err.print(f"TokenPrism UI on http://127.0.0.1:{port} (backend {api_url})")
+    raise SystemExit(subprocess.call(_streamlit_command(port), env=env))
+
+
+@app.command()
+def up(
+    api_port: int = typer.Option(8000, help="API port (loopback)"),
+    ui_port: int = typer.Option(8501, help="UI port (loopback)"),
+    model: str | None = typer.Option(None, "--model", "-m", help="model to serve"),
+    demo: bool = typer.Option(True, help="load the sample transcripts on first start"),
+) -> None:
+    """Start the backend and the UI on loopback (what `make run` does); Ctrl-C stops both."""
+    import subprocess
+    import time as _time
+
+    import httpx
+
+    from backend.settings import SOURCE_ROOT
+
+    exe = [sys.executable, "-m", "backend.cli"]
+    api = f"http://127.0.0.1:{api_port}"
+    serve_cmd = [*exe, "serve", "--port", str(api_port), *(["--model", model] if model else [])]
+    procs = [subprocess.Popen(serve_cmd)]
+    try:
+        err.print("starting the backend (the first start converts the embedded model)…")
+        deadline = _time.monotonic() + 600
+        while True:
+            if procs[0].poll() is not None:
+                raise UserError("the backend stopped during start-up (see the lines above)")
+            try:
+                health = httpx.get(f"{api}/api/v1/health", timeout=2).json()
+                break
+            except httpx.HTTPError:
+                if _time.monotonic() > deadline:
+                    raise UserError("the backend did not answer within 10 minutes") from None
+                _time.sleep(0.5)
+        headers = (
+            {"Authorization": f"Bearer {_settings().api_token}"} if _settings().api_token else {}
+        )
+        sample = SOURCE_ROOT / "data" / "samples" / "chats.jsonl"
+        if demo and sample.is_file():
+            uploads = httpx.get(f"{api}/api/v1/uploads", headers=headers, timeout=30).json()
+            if not uploads.get("uploads"):
+                httpx.post(
+                    f"{api}/api/v1/uploads",
+                    headers=headers,
+                    timeout=120,
+                    files={"file": (sample.name, sample.read_bytes())},
+                )
+                err.print("loaded the demo transcripts (data/samples/chats.jsonl)")
+        env = {**os.environ, "TOKENPRISM_API_URL": api}
+        procs.append(
+            subprocess.Popen(_streamlit_command(ui_port), env=env, stdout=subprocess.DEVNULL)
+        )
+        out.print(
+            f"[bold green]TokenPrism is up:[/] http://127.0.0.1:{ui_port}  "
+            f"(API {api}/api/v1, model {health['default_model']}). Ctrl-C stops both."
+        )
+        while all(p.poll() is None for p in procs):
+            _time.sleep(0.5)
+        raise UserError("a TokenPrism process stopped; shutting down")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 

@@ -65,6 +65,9 @@ class JobManager:
         self.model_lock = model_lock
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._live: dict[str, LiveJob] = {}
+        # cancel() and the worker's queued -> running step must not interleave, or a cancel
+        # landing between the worker's read and its write is lost and the job runs anyway.
+        self._transition = threading.Lock()
         self._thread: threading.Thread | None = None
         self.interrupted = interrupt_unfinished(store)
         self.handlers: dict[str, Callable[[dict[str, Any], LiveJob], dict[str, Any]]] = {
@@ -104,14 +107,15 @@ class JobManager:
         return job
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        job = self._require(job_id)
-        if job["status"] in TERMINAL:
-            raise JobStateError(f"job {job_id} is already {job['status']}")
-        live = self._live.get(job_id)
-        if live is not None:
-            live.cancel.set()  # the worker stops between batches and records "cancelled"
-        else:
-            update_job(self.store, job_id, status="cancelled", finished_at=datetime.now(UTC))
+        with self._transition:
+            job = self._require(job_id)
+            if job["status"] in TERMINAL:
+                raise JobStateError(f"job {job_id} is already {job['status']}")
+            live = self._live.get(job_id)
+            if live is not None:
+                live.cancel.set()  # the worker stops between batches and records "cancelled"
+            else:
+                update_job(self.store, job_id, status="cancelled", finished_at=datetime.now(UTC))
         return self.status(job_id)
 
     def resume(self, job_id: str) -> dict[str, Any]:
@@ -148,12 +152,13 @@ class JobManager:
                 log.exception("job %s crashed the worker loop", job_id)
 
     def _run(self, job_id: str) -> None:
-        job = get_job(self.store, job_id)
-        if job is None or job["status"] != "queued":
-            return  # cancelled while waiting
-        live = LiveJob(job_id, total=job["total"])
-        self._live[job_id] = live
-        update_job(self.store, job_id, status="running", started_at=datetime.now(UTC))
+        with self._transition:
+            job = get_job(self.store, job_id)
+            if job is None or job["status"] != "queued":
+                return  # cancelled while waiting
+            live = LiveJob(job_id, total=job["total"])
+            self._live[job_id] = live
+            update_job(self.store, job_id, status="running", started_at=datetime.now(UTC))
         try:
             result = self.handlers[job["kind"]](job, live)
         except JobCancelled:

@@ -85,8 +85,16 @@ def _excerpt(text: Any) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
 
 
-def _visible_html(text: Any, *, breaks: bool = True) -> str:
-    """Escaped token text with whitespace drawn as glyphs; newlines also break the line."""
+def visible_html(text: Any, *, breaks: bool = True) -> str:
+    """Escape token text for HTML, drawing whitespace as glyphs (· ↵ →).
+
+    Args:
+        text: the token text; None counts as empty.
+        breaks: also put a real ``<br>`` after each ``↵``.
+
+    Returns:
+        HTML-safe text.
+    """
     parts = ("" if text is None else str(text)).split("\n")
     newline = "↵<br>" if breaks else "↵"
     return newline.join(_esc(visible_whitespace(part)) for part in parts)
@@ -265,7 +273,7 @@ def _token_row(rank: int, tok: dict[str, Any]) -> str:
     )
     return (
         f'<tr><td class="num">{rank}</td>'
-        f"<td><code>{_visible_html(tok.get('text'), breaks=False)}</code></td>"
+        f"<td><code>{visible_html(tok.get('text'), breaks=False)}</code></td>"
         f'<td class="num">{_esc(_fmt(tok.get("value")))}</td>'
         f'<td class="num">{_esc(_fmt(tok.get("prob")))}</td>'
         f'<td class="num">{_esc(_fmt(tok.get("entropy")))}</td>'
@@ -287,32 +295,67 @@ def _tokens_table(summary: dict[str, Any]) -> str:
     )
 
 
-def _tooltip(tok: dict[str, Any], metric: str) -> str:
-    """Plain-text tooltip of a token; the caller escapes it once as a whole."""
-    lines = [f"position {_fmt(tok.get('position'))}"]
+def token_tooltip(
+    tok: dict[str, Any],
+    metric: str,
+    *,
+    alternatives: int = TOP_ALTERNATIVES,
+    token_id: bool = False,
+) -> str:
+    """Plain-text tooltip of a token; the caller escapes it once as a whole.
+
+    Args:
+        tok: the token as stored (``position``, ``logprob``, ``top_k``, ...).
+        metric: the colouring metric, listed too when it is not one of the usual values.
+        alternatives: how many of the top-k alternatives to list.
+        token_id: also give the token id on the first line.
+
+    Returns:
+        Lines: position, exact logprob / prob / rank / entropy, the metric, alternatives.
+    """
+    first = f"position {_fmt(tok.get('position'))}"
+    lines = [f"{first} · token id {_fmt(tok.get('token_id'))}" if token_id else first]
     lines.append(" · ".join(f"{name} {_exact(tok.get(name))}" for name in TOOLTIP_VALUES))
     if metric not in TOOLTIP_VALUES:
         lines.append(f"{metric} {_exact(tok.get(metric))}")
-    alternatives = (tok.get("top_k") or [])[:TOP_ALTERNATIVES]
-    if alternatives:
+    shown = (tok.get("top_k") or [])[:alternatives]
+    if shown:
         lines.append("top alternatives:")
         lines += [
             f"  {visible_whitespace(str(a.get('text', '')))}  p={_exact(a.get('prob'))}"
-            for a in alternatives
+            for a in shown
         ]
     return "\n".join(lines)
 
 
-def _token_span(tok: dict[str, Any], scale: ColourScale) -> str:
+def token_span_html(
+    tok: dict[str, Any],
+    scale: ColourScale,
+    *,
+    alternatives: int = TOP_ALTERNATIVES,
+    token_id: bool = False,
+) -> str:
+    """One token as a ``<span class="tok">`` coloured by ``scale``, with its tooltip.
+
+    Args:
+        tok: the token as stored.
+        scale: the colour scale; its metric picks the token's value.
+        alternatives: how many top-k alternatives the tooltip lists.
+        token_id: also give the token id in the tooltip.
+
+    Returns:
+        The escaped span; newlines in the token also break the line.
+    """
     colour = scale.colour(tok.get(scale.metric))
-    title = _esc(_tooltip(tok, scale.metric))
+    title = _esc(token_tooltip(tok, scale.metric, alternatives=alternatives, token_id=token_id))
     return (
         f'<span class="tok" style="background:{colour}" title="{title}">'
-        f"{_visible_html(tok.get('text'))}</span>"
+        f"{visible_html(tok.get('text'))}</span>"
     )
 
 
-def _legend(scale: ColourScale) -> str:
+def legend_html(scale: ColourScale) -> str:
+    """A ``<p class="legend">`` saying which colour means uncertain, with the scale's ends."""
     green, red = scale.end_labels()
     if scale.direction == "neutral":
         meaning = f"green = low, red = high (<code>{_esc(scale.metric)}</code> has no uncertainty"
@@ -345,7 +388,7 @@ def _turn_section(
         f"(line {_fmt(turn.get('line'))})"
     )
     response = _response_tokens(tokens)
-    spans = "".join(_token_span(tok, scale) for tok in response)
+    spans = "".join(token_span_html(tok, scale) for tok in response)
     body = f'<div class="tokens">{spans}</div>' if spans else "<p>No token data for this turn.</p>"
     return (
         f'<section class="turn" id="turn-{_esc(run_id)}"><h3>{_esc(heading)}</h3>'
@@ -353,7 +396,7 @@ def _turn_section(
         f" · {_esc(_fmt(turn.get('n_tokens')))} tokens</p>"
         f"{_sequence_line(turn.get('sequence') or {})}"
         f"<h4>Prompt</h4><blockquote>{_esc(turn.get('prompt') or '')}</blockquote>"
-        f"<h4>Response</h4>{_legend(scale)}{body}"
+        f"<h4>Response</h4>{legend_html(scale)}{body}"
         '<p class="meta"><a href="#turns">back to the turns table</a></p></section>'
     )
 

@@ -9,14 +9,14 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_SOURCE_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _default_home() -> Path:
     # A source checkout keeps its data home next to the code (git-ignored data/home), so the
     # Makefile, the tests and a user typing `tokenprism` share one converted model and one DB.
-    if (_SOURCE_ROOT / "pyproject.toml").is_file() and (_SOURCE_ROOT / "data").is_dir():
-        return _SOURCE_ROOT / "data" / "home"
+    if (SOURCE_ROOT / "pyproject.toml").is_file() and (SOURCE_ROOT / "data").is_dir():
+        return SOURCE_ROOT / "data" / "home"
     return Path.home() / ".local" / "share" / "tokenprism"
 
 

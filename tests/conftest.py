@@ -144,3 +144,55 @@ def pytest_unconfigure(config: pytest.Config) -> None:  # noqa: ARG001
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(_EXIT_STATUS)
+
+
+def start_backend_thread(settings: object) -> tuple[str, object, object]:
+    """Serve ``create_app(settings)`` with uvicorn in a thread on a free loopback port.
+
+    Returns ``(base url, uvicorn server, thread)``; stop with ``server.should_exit = True``.
+    """
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from backend.api import create_app
+
+    app = create_app(settings, preload=True)  # type: ignore[arg-type]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                return url, server, thread
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test backend did not start")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def live_backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real backend (tiny model, fresh database) on loopback for UI tests."""
+    from backend.settings import Settings
+
+    settings = Settings(
+        home=tmp_path_factory.mktemp("ui-backend-home"),
+        default_model=str(tiny_model_dir),
+        device="cpu",
+    )
+    url, server, thread = start_backend_thread(settings)
+    try:
+        yield url
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)  # type: ignore[attr-defined]

@@ -5,60 +5,38 @@ Every operation gets a bounded number of generated requests; none may answer 5xx
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from backend.api import create_app
 from backend.settings import Settings
+from tests.conftest import start_backend_thread
 
 
 @pytest.fixture(scope="module")
 def api_schema(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     home = tmp_path_factory.mktemp("schemathesis-home")
-    app = create_app(
-        Settings(
-            home=home,
-            default_model=str(tiny_model_dir),
-            device="cpu",
-            upload_max_bytes=64 * 1024,
-            upload_max_items=50,
-        ),
-        preload=True,
+    settings = Settings(
+        home=home,
+        default_model=str(tiny_model_dir),
+        device="cpu",
+        upload_max_bytes=64 * 1024,
+        upload_max_items=50,
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
-    # one stored run and upload so that id-taking routes also meet existing ids sometimes
+    url, server, thread = start_backend_thread(settings)
+    # one stored run so that id-taking routes also meet existing ids sometimes
     httpx.post(url + "/api/v1/runs", json={"text": "The capital of France is Paris."})
     try:
         yield schemathesis.openapi.from_url(url + "/openapi.json")
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)  # type: ignore[attr-defined]
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -174,3 +174,6 @@ def test_token_required_when_set(tmp_path: Path, tiny_model_dir: Path) -> None:
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
         ok = httpx.get(url + API + "/runs", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+        assert httpx.get(url + "/openapi.json").status_code == 401  # the schema is private too
+        schema = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer s3cret"})
+        assert schema.status_code == 200 and "/api/v1/runs" in schema.json()["paths"]

@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run serve test lint bench bench-audit clean
+.PHONY: install run demo serve test lint browser bench bench-audit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,15 +25,34 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The whole app on loopback: backend + UI, demo transcripts loaded on first start.
 run: install
 	$(BIN)/tokenprism prepare
+	$(BIN)/tokenprism up
+
+# The sample transcripts scored in the terminal, no server.
+demo: install
 	$(BIN)/tokenprism audit data/samples/chats.jsonl
 
 serve: install
 	$(BIN)/tokenprism serve
 
-test: install lint
+test: install lint browser
 	$(BIN)/python -m pytest
+
+# Debian's chromium + chromedriver for the end-to-end browser test; when they cannot be
+# installed the test is skipped and says so.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium and chromium-driver for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver) >/dev/null \
+	      || echo "WARNING: could not install chromium: the browser test will be skipped"; \
+	  else \
+	    echo "WARNING: chromium/chromedriver missing and apt-get unusable: the browser test will be skipped"; \
+	  fi; \
+	fi
 
 lint: install
 	$(BIN)/ruff check analysis backend app tests bench

@@ -64,7 +64,7 @@ def transcripts(n: int) -> list[dict[str, str]]:
     return out
 
 
-def synthetic_run(lm: object, tokens: int) -> ScoredText:
+def synthetic_run(tokens: int) -> ScoredText:
     """A stored-run-shaped result with ``tokens`` positions and every metric filled."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 40000, (tokens,), generator=g).tolist()
@@ -145,7 +145,7 @@ def main() -> None:
 
             service = client.app.state.service  # type: ignore[attr-defined]
             lm = get_model(settings.default_model, settings)
-            run_id = service.store.save_runs(lm, [synthetic_run(lm, args.query_tokens)])[0]
+            run_id = service.store.save_runs(lm, [synthetic_run(args.query_tokens)])[0]
             timings = []
             for _ in range(21):
                 began = time.perf_counter()

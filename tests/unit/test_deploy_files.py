@@ -13,7 +13,7 @@ class _ComposeLoader(yaml.SafeLoader):
     """Understands Compose's ``!reset`` tag."""
 
 
-_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+_ComposeLoader.add_constructor("!reset", lambda _loader, _node: None)
 
 
 def _load(name: str) -> dict:  # type: ignore[type-arg]

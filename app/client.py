@@ -1,0 +1,204 @@
+"""The frontend's only way to data: a typed HTTP client of the TokenPrism API.
+
+Configured by ``TOKENPRISM_API_URL`` (default ``http://127.0.0.1:8000``) and
+``TOKENPRISM_API_TOKEN`` (sent as a bearer token when set). Failures become two exceptions the
+views turn into messages: :class:`BackendUnavailable` (nothing answers) and
+:class:`BackendError` (the API answered with an error).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class BackendUnavailable(Exception):
+    """The backend could not be reached."""
+
+
+@dataclass
+class BackendError(Exception):
+    """The backend answered with ``{"error": {"code", "message", ...}}``."""
+
+    status: int
+    code: str
+    message: str
+    problems: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TokenPrismClient:
+    """Typed wrapper of ``/api/v1``; one instance per Streamlit process (thread-safe httpx)."""
+
+    def __init__(
+        self, base_url: str | None = None, token: str | None = None, timeout: float = 600.0
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("TOKENPRISM_API_URL") or DEFAULT_URL).rstrip(
+            "/"
+        )
+        token = token if token is not None else os.environ.get("TOKENPRISM_API_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=self.base_url + "/api/v1", headers=headers, timeout=timeout
+        )
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            reply = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as err:
+            raise BackendUnavailable(
+                f"the TokenPrism backend at {self.base_url} is not reachable ({type(err).__name__})"
+            ) from None
+        if reply.status_code >= 400:
+            try:
+                error = reply.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": "http_error", "message": reply.text[:300] or reply.reason_phrase}
+            raise BackendError(
+                reply.status_code,
+                str(error.get("code", "error")),
+                str(error.get("message", "")),
+                list(error.get("problems", [])),
+            )
+        return reply
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    # ---- service ------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/health"))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/metrics"))
+
+    # ---- runs ---------------------------------------------------------------------------
+
+    def score(
+        self,
+        *,
+        prompt: str | None = None,
+        response: str | None = None,
+        text: str | None = None,
+        model: str | None = None,
+        template: bool = True,
+        system: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"template": template}
+        for key, value in (
+            ("prompt", prompt),
+            ("response", response),
+            ("text", text),
+            ("model", model),
+            ("system", system),
+        ):
+            if value is not None:
+                body[key] = value
+        return dict(self._json("POST", "/runs", json=body))
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        n: int = 1,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {
+            "prompt": prompt,
+            "n": n,
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        for key, value in (("model", model), ("system", system), ("seed", seed)):
+            if value is not None:
+                body[key] = value
+        return list(self._json("POST", "/generate", json=body)["runs"])
+
+    def runs(
+        self,
+        *,
+        q: str | None = None,
+        kind: str | None = None,
+        model: str | None = None,
+        upload_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        params = {
+            k: v
+            for k, v in {
+                "q": q,
+                "kind": kind,
+                "model": model,
+                "upload_id": upload_id,
+                "limit": limit,
+                "offset": offset,
+            }.items()
+            if v not in (None, "")
+        }
+        return dict(self._json("GET", "/runs", params=params))
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return dict(self._json("GET", f"/runs/{run_id}"))
+
+    def delete_run(self, run_id: str) -> None:
+        self._request("DELETE", f"/runs/{run_id}")
+
+    # ---- uploads and jobs ---------------------------------------------------------------
+
+    def upload(self, filename: str, data: bytes, *, model: str | None = None) -> dict[str, Any]:
+        form = {"model": model} if model else {}
+        return dict(self._json("POST", "/uploads", files={"file": (filename, data)}, data=form))
+
+    def uploads(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/uploads", params={"limit": limit})["uploads"])
+
+    def upload_summary(
+        self,
+        upload_id: str,
+        *,
+        metric: str = "mean_entropy",
+        token_metric: str = "entropy",
+        top: int = 20,
+    ) -> dict[str, Any]:
+        params = {"metric": metric, "token_metric": token_metric, "top": top}
+        return dict(self._json("GET", f"/uploads/{upload_id}", params=params))
+
+    def export(
+        self,
+        upload_id: str,
+        fmt: str,
+        *,
+        metric: str = "mean_entropy",
+        token_metric: str = "entropy",
+    ) -> bytes:
+        params = {"format": fmt, "metric": metric, "token_metric": token_metric}
+        return self._request("GET", f"/uploads/{upload_id}/export", params=params).content
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._json("GET", f"/jobs/{job_id}"))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._json("POST", f"/jobs/{job_id}/cancel"))
+
+    def resume_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self._json("POST", f"/jobs/{job_id}/resume"))
+
+    # ---- sql ----------------------------------------------------------------------------
+
+    def sql(self, query: str, max_rows: int = 1000) -> dict[str, Any]:
+        return dict(self._json("POST", "/sql", json={"query": query, "max_rows": max_rows}))

@@ -1,0 +1,257 @@
+"""Plotly figures of a run's token metrics, layer geometry, GLTR buckets and SQL results.
+
+Every function is pure: it takes API JSON and returns a ``go.Figure`` (or None). Text from the
+data that plotly renders (hover labels, tick labels) is HTML-escaped, since plotly reads a
+subset of HTML in them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from backend.encoding import visible_whitespace
+
+GLTR_LABELS = ("top 10", "top 100", "top 1000", "rest")
+# GLTR's own palette: green, yellow, red, purple.
+GLTR_COLOURS = ("#6fcf6f", "#f2d74e", "#f28b82", "#b39ddb")
+SQL_BAR_ROWS = 200
+LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _fmt(value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "—"
+    return str(int(number)) if isinstance(value, int) else f"{number:.6g}"
+
+
+def _response(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    return [t for t in tokens or [] if not t.get("is_prompt")]
+
+
+def _hover_text(text: Any) -> str:
+    return html.escape(visible_whitespace("" if text is None else str(text)), quote=True)
+
+
+def metric_lines_figure(tokens: Iterable[dict[str, Any]], metrics: Sequence[str]) -> go.Figure:
+    """One line per metric along the response-token positions.
+
+    Args:
+        tokens: a run's tokens (prompt tokens are skipped).
+        metrics: token metrics to draw; with exactly two, the second gets its own y-axis on
+            the right, otherwise all share one axis.
+
+    Returns:
+        The figure; x is the token position, missing values leave gaps, and the hover shows
+        the token's text (whitespace visible) and its value of every drawn metric.
+    """
+    shown = _response(tokens)
+    metrics = list(metrics)
+    positions = [t.get("position") for t in shown]
+    # customdata columns: token text, then every metric formatted (so None shows as "—").
+    custom = [[_hover_text(t.get("text"))] + [_fmt(t.get(m)) for m in metrics] for t in shown]
+    values = "".join(
+        f"<br>{html.escape(m, quote=True)} %{{customdata[{i}]}}"
+        for i, m in enumerate(metrics, start=1)
+    )
+    template = f"position %{{x}}<br>token <b>%{{customdata[0]}}</b>{values}<extra></extra>"
+    dual = len(metrics) == 2
+    fig = make_subplots(specs=[[{"secondary_y": True}]]) if dual else go.Figure()
+    for i, metric in enumerate(metrics):
+        trace = go.Scatter(
+            x=positions,
+            y=[_number(t.get(metric)) for t in shown],
+            customdata=custom,
+            hovertemplate=template,
+            mode="lines+markers",
+            marker={"size": 4},
+            line={"width": 1.5, "color": LINE_COLOURS[i % len(LINE_COLOURS)]},
+            name=metric,
+            connectgaps=False,
+        )
+        if dual:
+            fig.add_trace(trace, secondary_y=i == 1)
+        else:
+            fig.add_trace(trace)
+    if dual:
+        fig.update_yaxes(title_text=metrics[0], secondary_y=False)
+        fig.update_yaxes(title_text=metrics[1], secondary_y=True, showgrid=False)
+    elif len(metrics) == 1:
+        fig.update_yaxes(title_text=metrics[0])
+    fig.update_layout(
+        xaxis_title="token position",
+        hovermode="closest",
+        legend={"orientation": "h", "y": 1.08},
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return fig
+
+
+def layer_rank_figure(layers: Iterable[dict[str, Any]] | None) -> go.Figure:
+    """Effective rank of the response hidden states at every layer.
+
+    Args:
+        layers: ``[{"layer": int, "effective_rank": float}, ...]``; layer 0 is the embeddings.
+
+    Returns:
+        A line over the layers, sorted by layer; missing ranks leave gaps.
+    """
+    rows = sorted(
+        (row for row in layers or [] if _number(row.get("layer")) is not None),
+        key=lambda row: row["layer"],
+    )
+    fig = go.Figure(
+        go.Scatter(
+            x=[row["layer"] for row in rows],
+            y=[_number(row.get("effective_rank")) for row in rows],
+            mode="lines+markers",
+            name="effective rank",
+            hovertemplate="layer %{x}<br>effective rank %{y:.4g}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis_title="layer (0 = embeddings)",
+        yaxis_title="effective rank",
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return fig
+
+
+def gltr_counts(tokens: Iterable[dict[str, Any]] | None) -> list[int]:
+    """How many response tokens fall in each GLTR bucket.
+
+    Args:
+        tokens: a run's tokens; prompt tokens and tokens without a bucket are skipped.
+
+    Returns:
+        Counts of buckets 0..3 (top 10, top 100, top 1000, rest).
+    """
+    counts = [0] * len(GLTR_LABELS)
+    for tok in _response(tokens):
+        bucket = _number(tok.get("gltr_bucket"))
+        if bucket is not None and 0 <= int(bucket) < len(counts):
+            counts[int(bucket)] += 1
+    return counts
+
+
+def gltr_figure(tokens: Iterable[dict[str, Any]] | None) -> go.Figure:
+    """Bar chart of the response tokens' GLTR buckets (top-10 / 100 / 1000 / rest).
+
+    Args:
+        tokens: a run's tokens.
+
+    Returns:
+        One bar trace with x = the bucket labels and y = the counts; the hover gives shares.
+    """
+    counts = gltr_counts(tokens)
+    total = sum(counts)
+    shares = [f"{c / total:.1%}" if total else "—" for c in counts]
+    fig = go.Figure(
+        go.Bar(
+            x=list(GLTR_LABELS),
+            y=counts,
+            marker_color=list(GLTR_COLOURS),
+            customdata=shares,
+            text=counts,
+            textposition="auto",
+            hovertemplate="%{x}: %{y} tokens (%{customdata})<extra></extra>",
+            name="GLTR",
+        )
+    )
+    fig.update_layout(
+        xaxis_title="rank bucket of the actual token",
+        yaxis_title="tokens",
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    )
+    return fig
+
+
+def _numeric_columns(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[int]:
+    """Indexes of columns whose non-null values are all numbers, with at least one value."""
+    numeric = []
+    for i in range(len(columns)):
+        seen = False
+        for row in rows:
+            value = row[i] if i < len(row) else None
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                break
+            seen = True
+        else:
+            if seen:
+                numeric.append(i)
+    return numeric
+
+
+def _cell(row: Sequence[Any], i: int) -> Any:
+    return row[i] if i < len(row) else None
+
+
+def sql_chart(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> go.Figure | None:
+    """A quick chart of a SQL result, or None when there is nothing numeric to draw.
+
+    Args:
+        columns: the result's column names.
+        rows: the result rows (sequences in column order).
+
+    Returns:
+        None without rows or without a numeric column. When the first column is not numeric:
+        a bar chart of the first numeric column by the first column (first 200 rows). When it
+        is numeric: a line of each other numeric column against it (or of the first column
+        against the row number when it is the only numeric one).
+    """
+    if not columns or not rows:
+        return None
+    numeric = _numeric_columns(columns, rows)
+    if not numeric:
+        return None
+    names = [html.escape(str(c), quote=True) for c in columns]
+    fig = go.Figure()
+    if numeric[0] != 0:
+        y_col = numeric[0]
+        shown = rows[:SQL_BAR_ROWS]
+        fig.add_trace(
+            go.Bar(
+                x=[html.escape(str(_cell(r, 0)), quote=True) for r in shown],
+                y=[_number(_cell(r, y_col)) for r in shown],
+                name=names[y_col],
+            )
+        )
+        fig.update_layout(xaxis_title=names[0], yaxis_title=names[y_col])
+    elif len(numeric) == 1:
+        fig.add_trace(
+            go.Scatter(
+                x=list(range(1, len(rows) + 1)),
+                y=[_number(_cell(r, 0)) for r in rows],
+                mode="lines+markers",
+                name=names[0],
+            )
+        )
+        fig.update_layout(xaxis_title="row", yaxis_title=names[0])
+    else:
+        x = [_number(_cell(r, 0)) for r in rows]
+        for y_col in numeric[1:]:
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[_number(_cell(r, y_col)) for r in rows],
+                    mode="lines+markers",
+                    name=names[y_col],
+                )
+            )
+        fig.update_layout(xaxis_title=names[0])
+    fig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig

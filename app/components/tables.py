@@ -1,0 +1,140 @@
+"""DataFrames for the audit page (turns by risk) and the runs list, in the API's order."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+EXCERPT_CHARS = 80
+TURN_COLUMNS = (
+    "rank",
+    "conversation",
+    "turn",
+    "line",
+    "risk",
+    "geometric_mean_confidence",
+    "mean_entropy",
+    "perplexity",
+    "prompt",
+    "response",
+    "run_id",
+)
+RUN_COLUMNS = (
+    "created",
+    "model",
+    "kind",
+    "tokens",
+    "GM confidence",
+    "mean entropy",
+    "perplexity",
+    "response",
+    "run_id",
+)
+_INT_TURN_COLUMNS = ("rank", "conversation", "turn", "line")
+_FLOAT_TURN_COLUMNS = ("risk", "geometric_mean_confidence", "mean_entropy", "perplexity")
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value) if math.isfinite(value) else math.nan
+
+
+def excerpt(text: Any, limit: int = EXCERPT_CHARS) -> str:
+    """One-line excerpt: newlines drawn as ↵, cut to ``limit`` characters with an ellipsis.
+
+    Args:
+        text: any text; None counts as empty.
+        limit: most characters kept before the ellipsis.
+
+    Returns:
+        The excerpt.
+    """
+    flat = ("" if text is None else str(text)).replace("\r", "").replace("\n", "↵")
+    return flat if len(flat) <= limit else flat[:limit] + "…"
+
+
+def turns_frame(summary: dict[str, Any]) -> pd.DataFrame:
+    """The audit's turns, riskiest first, as the audit page shows them.
+
+    Args:
+        summary: the upload's audit summary (``summary["turns"]`` already ranked).
+
+    Returns:
+        Columns :data:`TURN_COLUMNS`: rank (1-based, the summary's order), conversation,
+        turn (1-based), line, risk, geometric-mean confidence, mean entropy, perplexity,
+        prompt and response excerpts and the run id. Missing numbers are ``<NA>`` / NaN.
+    """
+    records = []
+    for rank, turn in enumerate(summary.get("turns") or [], start=1):
+        sequence = turn.get("sequence") or {}
+        index = _int(turn.get("turn_index"))
+        records.append(
+            {
+                "rank": rank,
+                "conversation": _int(turn.get("conversation")),
+                "turn": None if index is None else index + 1,
+                "line": _int(turn.get("line")),
+                "risk": _float(turn.get("risk")),
+                "geometric_mean_confidence": _float(sequence.get("geometric_mean_confidence")),
+                "mean_entropy": _float(sequence.get("mean_entropy")),
+                "perplexity": _float(sequence.get("perplexity")),
+                "prompt": excerpt(turn.get("prompt")),
+                "response": excerpt(turn.get("response")),
+                "run_id": str(turn.get("run_id", "")),
+            }
+        )
+    frame = pd.DataFrame.from_records(records, columns=list(TURN_COLUMNS))
+    for col in _INT_TURN_COLUMNS:
+        frame[col] = frame[col].astype("Int64")
+    for col in _FLOAT_TURN_COLUMNS:
+        frame[col] = frame[col].astype("float64")
+    return frame
+
+
+def _model_name(model: Any) -> str:
+    if isinstance(model, dict):
+        return str(model.get("id") or model.get("name") or "")
+    return "" if model is None else str(model)
+
+
+def runs_frame(runs: Iterable[dict[str, Any]] | None) -> pd.DataFrame:
+    """The runs list of ``GET /api/v1/runs`` as a table, newest first as the API sent it.
+
+    Args:
+        runs: the ``runs`` items (``run_id``, ``kind``, ``response``, ``n_response_tokens``,
+            ``created_at``, ``model``, ``sequence``).
+
+    Returns:
+        Columns :data:`RUN_COLUMNS`; ``created`` is ``YYYY-MM-DD HH:MM:SS``, the metric
+        columns are floats (NaN when missing), ``response`` an excerpt.
+    """
+    records = []
+    for run in runs or []:
+        sequence = run.get("sequence") or {}
+        created = str(run.get("created_at") or "")[:19].replace("T", " ")
+        records.append(
+            {
+                "created": created,
+                "model": _model_name(run.get("model")),
+                "kind": str(run.get("kind") or ""),
+                "tokens": _int(run.get("n_response_tokens")),
+                "GM confidence": _float(sequence.get("geometric_mean_confidence")),
+                "mean entropy": _float(sequence.get("mean_entropy")),
+                "perplexity": _float(sequence.get("perplexity")),
+                "response": excerpt(run.get("response")),
+                "run_id": str(run.get("run_id", "")),
+            }
+        )
+    frame = pd.DataFrame.from_records(records, columns=list(RUN_COLUMNS))
+    frame["tokens"] = frame["tokens"].astype("Int64")
+    for col in ("GM confidence", "mean entropy", "perplexity"):
+        frame[col] = frame[col].astype("float64")
+    return frame

@@ -1,0 +1,161 @@
+"""Tokens of a run as coloured, hoverable HTML, with the same colour scale as the HTML report.
+
+The output is inert markup for ``st.html`` / ``st.markdown(unsafe_allow_html=True)``: one
+``<div class="tp-tokens">`` with a scoped ``<style>`` block, no scripts, no event attributes,
+and every string from the data escaped with ``html.escape(..., quote=True)``.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from backend import report
+from backend.report import ColourScale, colour_scale, token_span_html, token_tooltip
+
+TOOLTIP_ALTERNATIVES = 5
+# Keys of a token that are identity, offsets or text, never a metric to colour by.
+NON_METRIC_KEYS = frozenset(
+    {"position", "token_id", "char_start", "char_end", "is_prompt", "text", "display", "top_k"}
+)
+CORE_METRICS = (
+    "entropy",
+    "surprisal_bits",
+    "prob",
+    "logprob",
+    "rank",
+    "gltr_bucket",
+    "window_entropy",
+    "margin",
+    "kurtosis",
+)
+
+
+def _ramp_css() -> str:
+    """The legend's gradient, taken from the scale itself so it cannot drift from the tokens."""
+    probe = ColourScale("ramp", "uncertain", 0.0, 1.0)
+    stops = ", ".join(probe.colour(x) for x in (0.0, 0.5, 1.0))
+    return f"linear-gradient(to right, {stops})"
+
+
+TOKENS_CSS = (
+    ".tp-tokens { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;"
+    " font-size: .9em; line-height: 1.95; overflow-wrap: anywhere; color: #000; }"
+    " .tp-tokens .tok { color: #000; padding: .1em .12em; margin: 0 1px 0 0;"
+    " border-radius: 3px; }"
+    " .tp-tokens .tok.tp-prompt { color: #8a8a8a; background: transparent;"
+    " border: 1px dotted #c8c8c8; }"
+)
+LEGEND_CSS = (
+    ".tp-legend .legend { font-size: .9em; margin: .2em 0 .5em 0; }"
+    " .tp-legend .sw { padding: 0 .4em; color: #000; border-radius: 3px;"
+    " font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }"
+    " .tp-legend .ramp { display: inline-block; width: 8em; height: .9em;"
+    f" vertical-align: middle; background: {_ramp_css()}; }}"
+)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def response_tokens(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The analysed (non-prompt) tokens, in order.
+
+    Args:
+        tokens: a run's tokens; None counts as none.
+
+    Returns:
+        The tokens whose ``is_prompt`` is falsy.
+    """
+    return [t for t in tokens or [] if not t.get("is_prompt")]
+
+
+def token_scale(metric: str, tokens: Iterable[dict[str, Any]]) -> ColourScale:
+    """The report's colour scale of ``metric`` over the response tokens of ``tokens``.
+
+    Args:
+        metric: token metric that sets the colours.
+        tokens: a run's tokens (prompt tokens are left out of the scale).
+
+    Returns:
+        ``backend.report.colour_scale`` of the response tokens.
+    """
+    return colour_scale(metric, response_tokens(tokens))
+
+
+def _prompt_span(tok: dict[str, Any], metric: str) -> str:
+    title = html.escape(
+        token_tooltip(tok, metric, alternatives=TOOLTIP_ALTERNATIVES, token_id=True), quote=True
+    )
+    return (
+        f'<span class="tok tp-prompt" title="{title}">{report.visible_html(tok.get("text"))}</span>'
+    )
+
+
+def token_html(
+    tokens: Iterable[dict[str, Any]], metric: str, *, include_prompt: bool = False
+) -> str:
+    """A run's tokens inline, each a ``<span>`` coloured by ``metric`` with a value tooltip.
+
+    Args:
+        tokens: the run's tokens as the API returns them.
+        metric: token metric that sets the colours (same scale as the HTML report, built over
+            the response tokens).
+        include_prompt: also show the prompt tokens, dimmed and uncoloured.
+
+    Returns:
+        One ``<div class="tp-tokens">`` with its ``<style>``; whitespace is drawn as · ↵ →
+        (newlines also break the line), and each tooltip gives position, token id, exact
+        logprob / prob / rank / entropy, the metric's value and the top-5 alternatives.
+    """
+    tokens = list(tokens or [])
+    scale = token_scale(metric, tokens)
+    parts: list[str] = []
+    for tok in tokens:
+        if tok.get("is_prompt"):
+            if include_prompt:
+                parts.append(_prompt_span(tok, metric))
+            continue
+        parts.append(token_span_html(tok, scale, alternatives=TOOLTIP_ALTERNATIVES, token_id=True))
+    # <wbr> lets lines wrap between tokens, not only inside them.
+    body = "<wbr>".join(parts) if parts else '<span class="tp-empty">no tokens</span>'
+    return f'<div class="tp-tokens"><style>{TOKENS_CSS}</style>{body}</div>'
+
+
+def legend_html(metric: str, tokens: Iterable[dict[str, Any]]) -> str:
+    """The colour legend of ``metric`` for these tokens: which colour is uncertain, the ends.
+
+    Args:
+        metric: the colouring token metric.
+        tokens: the run's tokens (the scale is built over its response tokens, as in
+            :func:`token_html`).
+
+    Returns:
+        One ``<div class="tp-legend">`` with its ``<style>`` and the report's legend paragraph.
+    """
+    scale = token_scale(metric, tokens)
+    return f'<div class="tp-legend"><style>{LEGEND_CSS}</style>{report.legend_html(scale)}</div>'
+
+
+def available_token_metrics(tokens: Iterable[dict[str, Any]]) -> list[str]:
+    """Token metrics with at least one finite value among the response tokens.
+
+    Args:
+        tokens: a run's tokens.
+
+    Returns:
+        The core metrics first (entropy, surprisal_bits, prob, logprob, rank, gltr_bucket,
+        window_entropy, margin, kurtosis), then any others (probe, ccp, ...) alphabetically.
+    """
+    present: set[str] = set()
+    for tok in response_tokens(tokens):
+        for name, value in tok.items():
+            if name not in NON_METRIC_KEYS and name not in present and _number(value) is not None:
+                present.add(name)
+    core = [name for name in CORE_METRICS if name in present]
+    return core + sorted(present.difference(CORE_METRICS))

@@ -1,0 +1,73 @@
+"""One run on screen: coloured tokens, token details, charts and sequence cards.
+
+Used by the Explore page, the Audit drill-down and the Runs page, so a run looks the same
+everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure
+from app.components.token_view import available_token_metrics, legend_html, token_html
+from app.ui import sequence_cards
+
+DEFAULT_METRIC = "entropy"
+
+
+def render_run(run: dict[str, Any], *, key: str) -> None:
+    """Draw ``run``; ``key`` keeps widget keys unique when several runs are on one page."""
+    tokens = run["tokens"]
+    response = [t for t in tokens if not t["is_prompt"]]
+    model = run.get("model", {})
+    st.caption(
+        f"run `{run['run_id']}` · model `{model.get('id')}` · {len(response)} response tokens"
+        f" · {run.get('created_at', '')[:19]}"
+    )
+    sequence_cards(run.get("sequence", {}))
+    metrics = available_token_metrics(tokens)
+    if not metrics:
+        st.info("This run has no scored response tokens.")
+        return
+    left, right = st.columns([3, 1])
+    metric = left.selectbox(
+        "Colour tokens by",
+        metrics,
+        index=metrics.index(DEFAULT_METRIC) if DEFAULT_METRIC in metrics else 0,
+        key=f"{key}.metric",
+    )
+    with_prompt = right.toggle("show prompt tokens", key=f"{key}.show_prompt")
+    st.html(legend_html(metric, tokens))
+    st.html(token_html(tokens, metric, include_prompt=with_prompt))
+
+    positions = [t["position"] for t in response]
+    picked = st.selectbox(
+        "Token details",
+        positions,
+        format_func=lambda p: f"{p}: {tokens[p]['display']!r}",
+        key=f"{key}.token",
+    )
+    if picked is not None:
+        tok = tokens[picked]
+        values = {m: tok.get(m) for m in ("token_id", *metrics)}
+        cols = st.columns(2)
+        cols[0].dataframe(pd.DataFrame([values]).T.rename(columns={0: "value"}))
+        cols[1].dataframe(pd.DataFrame(tok["top_k"]), hide_index=True)
+
+    chosen = st.multiselect(
+        "Metrics along the response",
+        metrics,
+        default=[m for m in ("entropy", "surprisal_bits") if m in metrics],
+        key=f"{key}.lines",
+    )
+    if chosen:
+        st.plotly_chart(metric_lines_figure(tokens, chosen), key=f"{key}.lines_fig")
+    charts = st.columns(2)
+    if run.get("layers"):
+        charts[0].plotly_chart(layer_rank_figure(run["layers"]), key=f"{key}.layers_fig")
+    charts[1].plotly_chart(gltr_figure(tokens), key=f"{key}.gltr_fig")
+    with st.expander("Provenance"):
+        st.json(run.get("provenance", {}), expanded=False)

@@ -1,0 +1,41 @@
+"""TokenPrism's browser UI: the router. Pages live in app/views/ and read data over HTTP."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# `streamlit run app/streamlit_app.py` puts app/ on sys.path, not the repository root.
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from app.client import BackendError, BackendUnavailable  # noqa: E402
+from app.ui import client  # noqa: E402
+
+st.set_page_config(page_title="TokenPrism", page_icon=":material/biotech:", layout="wide")
+
+pages = {
+    "Analyse": [
+        st.Page("views/explore.py", title="Explore", icon=":material/search:", default=True),
+        st.Page("views/audit.py", title="Audit", icon=":material/fact_check:"),
+        st.Page("views/runs.py", title="Runs", icon=":material/table_rows:"),
+        st.Page("views/sql.py", title="SQL", icon=":material/terminal:"),
+    ],
+    # Groups and the steering / decoding lab join here as an "Experiment" section.
+}
+
+with st.sidebar:
+    st.markdown("### TokenPrism")
+    try:
+        health = client().health()
+        st.caption(
+            f"backend {client().base_url} · v{health['version']} · {health['device']}  \n"
+            f"model `{health['default_model']}` · queue {health['queue_length']}"
+        )
+    except (BackendUnavailable, BackendError) as err:
+        st.error(f"Backend unavailable: {err}")
+
+st.navigation(pages).run()

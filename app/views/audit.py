@@ -1,0 +1,141 @@
+"""Audit: upload transcripts, watch the job, rank turns by risk, drill in, download reports."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from app.components.tables import turns_frame
+from app.run_view import render_run
+from app.ui import backend_errors, client
+
+TURN_METRICS = [
+    "mean_entropy",
+    "perplexity",
+    "geometric_mean_confidence",
+    "mean_prob",
+    "gltr_rest",
+    "mean_step_first_surprisal",
+    "mean_kurtosis",
+]
+TOKEN_METRICS = ["entropy", "surprisal_bits", "prob", "margin", "window_entropy", "rank"]
+TERMINAL = ("done", "failed", "cancelled", "interrupted")
+
+st.title("Audit")
+st.caption(
+    "Upload a transcript (JSONL chats in OpenAI or ShareGPT form, JSONL or CSV with prompt and "
+    "response columns, or plain text). Every assistant turn is re-scored in its context."
+)
+
+with st.form("audit.form", clear_on_submit=False):
+    upload = st.file_uploader("Transcript", type=["jsonl", "json", "csv", "txt"], key="audit.file")
+    model = st.text_input("Model", key="audit.model", placeholder="server default")
+    sent = st.form_submit_button("Upload and audit", type="primary")
+if sent:
+    if upload is None:
+        st.warning("Choose a file first.")
+    else:
+        with backend_errors():
+            reply = client().upload(upload.name, upload.getvalue(), model=model or None)
+        if reply.get("duplicate"):
+            st.info(reply["message"])
+        st.session_state["audit.upload_id"] = reply["upload_id"]
+
+with backend_errors():
+    uploads = client().uploads()
+if not uploads:
+    st.info("No uploads yet. Try data/samples/chats.jsonl from the repository.")
+    st.stop()
+ids = [u["upload_id"] for u in uploads]
+current = st.session_state.get("audit.upload_id")
+chosen = st.selectbox(
+    "Upload",
+    ids,
+    index=ids.index(current) if current in ids else 0,
+    format_func=lambda i: next(
+        f"{u['filename']} · {u['n_items']} turns · {u['created_at'][:19]}"
+        for u in uploads
+        if u["upload_id"] == i
+    ),
+    key="audit.choice",
+)
+upload_row = next(u for u in uploads if u["upload_id"] == chosen)
+
+
+@st.fragment(run_every=1.0)
+def job_progress(job_id: str) -> None:
+    with backend_errors():
+        job = client().job(job_id)
+    total = max(job["total"], 1)
+    if job["status"] in TERMINAL:
+        if st.session_state.get("audit.watching") == job_id:
+            st.session_state.pop("audit.watching")
+            st.rerun()  # the whole page: the summary below needs the finished job
+        if job["status"] != "done":
+            st.error(f"Job {job['status']}: {job.get('error') or ''}")
+            if st.button("Resume job", key="audit.resume"):
+                with backend_errors():
+                    client().resume_job(job_id)
+                st.session_state["audit.watching"] = job_id
+        return
+    st.session_state["audit.watching"] = job_id
+    eta = f", about {job['eta_seconds']:.0f} s left" if job.get("eta_seconds") else ""
+    st.progress(
+        job["done"] / total, text=f"{job['status']}: {job['done']}/{job['total']} turns scored{eta}"
+    )
+
+
+if upload_row.get("job_id"):
+    job_progress(upload_row["job_id"])
+
+cols = st.columns(2)
+metric = cols[0].selectbox("Rank turns by", TURN_METRICS, key="audit.metric")
+token_metric = cols[1].selectbox("Rank tokens by", TOKEN_METRICS, key="audit.token_metric")
+with backend_errors():
+    summary = client().upload_summary(chosen, metric=metric, token_metric=token_metric)
+if not summary["turns"]:
+    st.info("No turn of this upload is scored yet.")
+    st.stop()
+
+direction = "highest" if summary["higher_means"] != "confident" else "lowest"
+st.subheader(f"Turns by risk ({metric}, {direction} first)")
+frame = turns_frame(summary)
+picked = st.dataframe(
+    frame, hide_index=True, on_select="rerun", selection_mode="single-row", key="audit.turns"
+)
+st.subheader(f"Most uncertain tokens ({token_metric})")
+st.dataframe(pd.DataFrame(summary["tokens"]), hide_index=True)
+
+st.subheader("Downloads")
+if st.button("Prepare CSV, Parquet and HTML report", key="audit.prepare"):
+    with backend_errors(), st.spinner("Building exports…"):
+        st.session_state["audit.exports"] = {
+            fmt: client().export(chosen, fmt, metric=metric, token_metric=token_metric)
+            for fmt in ("csv", "parquet", "html")
+        }
+        st.session_state["audit.exports_for"] = chosen
+exports = st.session_state.get("audit.exports")
+if exports and st.session_state.get("audit.exports_for") == chosen:
+    mime = {"csv": "text/csv", "parquet": "application/octet-stream", "html": "text/html"}
+    for col, fmt in zip(st.columns(3), ("csv", "parquet", "html"), strict=True):
+        col.download_button(
+            f"Download {fmt.upper()}",
+            exports[fmt],
+            mime=mime[fmt],
+            file_name=f"tokenprism-{chosen[:12]}.{fmt}",
+            key=f"audit.dl.{fmt}",
+        )
+
+rows = picked.selection.rows if picked is not None else []
+if rows:
+    run_id = frame.iloc[rows[0]]["run_id"]
+    started = time.perf_counter()
+    with backend_errors():
+        run = client().run(run_id)
+    st.subheader("Turn detail")
+    render_run(run, key="audit.detail")
+    st.caption(f"loaded in {time.perf_counter() - started:.2f} s")
+else:
+    st.caption("Select a turn in the table to see its tokens.")

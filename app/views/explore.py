@@ -1,0 +1,67 @@
+"""Explore: type a prompt, generate or score a response, see every token coloured by a metric."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from app.run_view import render_run
+from app.ui import backend_errors, client
+
+st.title("Explore")
+st.caption(
+    "Generate a response (or paste one to score) and see which tokens the model was unsure of. "
+    "Every response is scored in one teacher-forced pass."
+)
+
+with st.form("explore.form"):
+    prompt = st.text_area(
+        "Prompt", key="explore.prompt", height=100, placeholder="What is the capital of Australia?"
+    )
+    response = st.text_area(
+        "Response to score (leave empty to generate one)", key="explore.response", height=100
+    )
+    cols = st.columns(5)
+    model = cols[0].text_input("Model", key="explore.model", placeholder="server default")
+    temperature = cols[1].number_input("Temperature", 0.0, 5.0, 0.7, 0.1, key="explore.temp")
+    top_p = cols[2].number_input("Top-p", 0.05, 1.0, 0.95, 0.05, key="explore.top_p")
+    max_new = cols[3].number_input("Max new tokens", 1, 1024, 64, 8, key="explore.max_new")
+    seed = cols[4].number_input("Seed", 0, 2**31 - 1, 0, 1, key="explore.seed")
+    template = st.checkbox("Use the model's chat template", value=True, key="explore.template")
+    submitted = st.form_submit_button("Run", type="primary")
+
+if submitted:
+    if not prompt.strip() and not response.strip():
+        st.warning("Type a prompt (and optionally a response).")
+    else:
+        with backend_errors(), st.spinner("Scoring…" if response.strip() else "Generating…"):
+            if response.strip():
+                fresh = client().score(
+                    prompt=prompt, response=response, model=model or None, template=template
+                )
+            else:
+                fresh = client().generate(
+                    prompt,
+                    model=model or None,
+                    n=1,
+                    max_new_tokens=int(max_new),
+                    temperature=temperature,
+                    top_p=top_p,
+                    seed=int(seed),
+                )[0]
+        st.session_state["explore.run"] = fresh
+        st.query_params["run"] = fresh["run_id"]
+
+run: dict[str, Any] | None = st.session_state.get("explore.run")
+wanted = st.query_params.get("run")
+if wanted and (run is None or run["run_id"] != wanted):
+    with backend_errors():
+        run = client().run(wanted)
+    st.session_state["explore.run"] = run
+
+if run is None:
+    st.info("No run yet: type a prompt above and press Run, or open a run from the Runs page.")
+else:
+    st.subheader("Response")
+    render_run(run, key="explore")

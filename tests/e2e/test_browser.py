@@ -1,0 +1,236 @@
+"""End to end in a real headless Chromium: backend + Streamlit on loopback, driven by Selenium.
+
+Needs Debian's ``chromium`` and ``chromium-driver`` (``make test`` installs them with apt when
+it can); without them this test is skipped with the reason printed. Screenshots land in
+``test-artifacts/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+ARTIFACTS = REPO / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="BROWSER TEST SKIPPED: Debian packages chromium and chromium-driver are not "
+        "installed (apt-get install chromium chromium-driver)",
+    ),
+]
+
+PAYLOAD = '<script>window.__xss = 1</script> and <img src=x onerror="window.__xss = 2">'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def default_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real default model behind a loopback API, so the colours are meaningful."""
+    from backend.settings import Settings
+
+    settings = Settings(
+        home=tmp_path_factory.mktemp("browser-home"), model_cache=SHARED_MODEL_CACHE, device="cpu"
+    )
+    url, server, thread = start_backend_thread(settings)
+    try:
+        yield url
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def ui_url(default_backend: str) -> Iterator[str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO / "app" / "streamlit_app.py"),
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        env={**os.environ, "TOKENPRISM_API_URL": default_backend},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url + "/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "streamlit did not start"
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(driver: object, condition: object, timeout: float = 90) -> object:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)  # type: ignore[arg-type]
+
+
+def _shot(driver: object, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / name))  # type: ignore[attr-defined]
+
+
+def test_score_a_prompt_and_see_coloured_tokens(browser: object, ui_url: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(ui_url)  # type: ignore[attr-defined]
+    prompt = _wait(
+        driver, lambda d: d.find_element(By.CSS_SELECTOR, "textarea[aria-label='Prompt']")
+    )
+    prompt.send_keys("What is the capital of France?")  # type: ignore[attr-defined]
+    response = driver.find_element(  # type: ignore[attr-defined]
+        By.CSS_SELECTOR, "textarea[aria-label^='Response to score']"
+    )
+    response.send_keys("The capital of France is Paris.")
+    button = next(
+        b
+        for b in driver.find_elements(By.TAG_NAME, "button")  # type: ignore[attr-defined]
+        if b.text.strip() == "Run"
+    )
+    button.click()
+    spans = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]"))
+    assert len(spans) >= 5  # type: ignore[arg-type]
+    colours = {s.value_of_css_property("background-color") for s in spans}  # type: ignore[attr-defined]
+    assert len(colours) >= 2  # tokens are coloured by their entropy, not all alike
+    text = "".join(s.text for s in spans)  # type: ignore[attr-defined]
+    assert "Paris" in text
+    time.sleep(1.0)  # let the charts draw before the screenshot
+    _shot(driver, "explore.png")
+
+
+def test_xss_payload_in_a_transcript_stays_text(
+    browser: object, ui_url: str, default_backend: str, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    transcript = tmp_path / "xss.jsonl"
+    transcript.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "Repeat this: " + PAYLOAD},
+                    {"role": "assistant", "content": "Sure: " + PAYLOAD},
+                ]
+            }
+        )
+        + "\n"
+    )
+    driver.get(ui_url + "/audit")  # type: ignore[attr-defined]
+    upload = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "input[type='file']"))
+    upload.send_keys(str(transcript))  # type: ignore[attr-defined]
+    time.sleep(1.0)
+    button = _wait(
+        driver,
+        lambda d: next(
+            (
+                b
+                for b in d.find_elements(By.TAG_NAME, "button")
+                if b.text.strip() == "Upload and audit"
+            ),
+            None,
+        ),
+    )
+    button.click()  # type: ignore[attr-defined]
+    _wait(driver, lambda d: "Turns by risk" in d.page_source)
+    _shot(driver, "audit.png")
+    runs = httpx.get(f"{default_backend}/api/v1/runs", params={"q": "window.__xss"}).json()["runs"]
+    assert runs, "the uploaded turn was not stored"
+    driver.get(f"{ui_url}/?run={runs[0]['run_id']}")  # type: ignore[attr-defined]
+    spans = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]"))
+    shown = "".join(s.text for s in spans)  # type: ignore[attr-defined]
+    assert "<script>" in shown or "script" in shown  # the payload is visible as text
+    assert driver.execute_script("return window.__xss === undefined")  # type: ignore[attr-defined]
+    assert not driver.find_elements(By.CSS_SELECTOR, ".tp-tokens script, .tp-tokens img")  # type: ignore[attr-defined]
+    _shot(driver, "xss.png")
+
+
+def test_a_2000_token_run_renders(browser: object, ui_url: str, default_backend: str) -> None:
+    """Measured, not asserted: the time from navigation to the last token span on screen."""
+    from selenium.webdriver.common.by import By
+
+    words = " ".join(f"The number {i} follows {i - 1}." for i in range(1, 190))
+    run = httpx.post(f"{default_backend}/api/v1/runs", json={"text": words}, timeout=600).json()
+    n = sum(not t["is_prompt"] for t in run["tokens"])
+    assert n >= 2000
+    driver = browser
+    began = time.perf_counter()
+    driver.get(f"{ui_url}/?run={run['run_id']}")  # type: ignore[attr-defined]
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]")) >= n)
+    elapsed = time.perf_counter() - began
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "render-2000.txt").write_text(f"tokens={n} seconds_to_all_spans={elapsed:.2f}\n")
+    print(f"\n{n}-token run: all token spans on screen {elapsed:.2f} s after navigation")
+    # the page stays responsive: switching the colour metric re-renders the strip
+    assert driver.execute_script("return document.readyState") == "complete"  # type: ignore[attr-defined]

@@ -6,9 +6,9 @@ model, in one run, through the real API (FastAPI TestClient, fresh DuckDB file):
 * one by one: 200 transcript turns, each ``POST /api/v1/runs`` (score + store), sequentially;
 * batched: the same 200 turns uploaded as one JSONL file, scored by the job worker in
   length-sorted, padded batches;
-* ``GET /api/v1/runs/{id}/tokens`` on a stored 10,000-token run (median of 20 calls; the run is
-  synthetic, since the default model's context is 8,192 tokens, but has every column and
-  metric a real run has).
+* ``GET /api/v1/runs/{id}/tokens`` on a stored 10,000-token run: the first (cold) call, and the
+  median of the 20 calls after it (the run is synthetic, since the default model's context is
+  8,192 tokens, but has every column and metric a real run has).
 
 It ends with ``batched_speedup=<one-by-one time / batched time>`` and
 ``tokens_query_ms=<median ms>``.
@@ -64,10 +64,10 @@ def transcripts(n: int) -> list[dict[str, str]]:
     return out
 
 
-def synthetic_run(tokens: int) -> ScoredText:
+def synthetic_run(tokens: int, vocab: int = 40000) -> ScoredText:
     """A stored-run-shaped result with ``tokens`` positions and every metric filled."""
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, 40000, (tokens,), generator=g).tolist()
+    ids = torch.randint(0, vocab, (tokens,), generator=g).tolist()
     texts = [f" w{i}" for i in range(tokens)]
     offsets, pos = [], 0
     for t in texts:
@@ -104,7 +104,7 @@ def synthetic_run(tokens: int) -> ScoredText:
         length=tokens,
         response_mask=torch.ones(tokens, dtype=torch.bool),
         token=token,
-        top_ids=torch.randint(0, 40000, (tokens, 10), generator=g),
+        top_ids=torch.randint(0, vocab, (tokens, 10), generator=g),
         top_probs=torch.rand(tokens, 10, generator=g),
         sequence={"mean_entropy": 1.0},
         layers={"effective_rank": torch.rand(31, generator=g)},
@@ -151,13 +151,20 @@ def main() -> None:
                 began = time.perf_counter()
                 reply = client.get(f"/api/v1/runs/{run_id}/tokens")
                 timings.append(time.perf_counter() - began)
-                assert reply.status_code == 200 and len(reply.json()["tokens"]) == args.query_tokens
+                assert reply.status_code == 200
+                assert len(reply.json()["tokens"]) == args.query_tokens
+            # the first call builds the JSON in DuckDB; later ones (a UI re-rendering the same
+            # run) are served from the store's cache
+            cold_ms = timings[0] * 1000
             query_ms = statistics.median(timings[1:]) * 1000
     print(
         f"turns={args.turns} one_by_one_s={one_by_one:.2f} batched_s={batched:.2f} "
         f"batch_tokens={settings.batch_tokens}"
     )
-    print(f"query_tokens={args.query_tokens} bytes={len(reply.content)}")
+    print(
+        f"query_tokens={args.query_tokens} bytes={len(reply.content)} "
+        f"tokens_query_cold_ms={cold_ms:.1f}"
+    )
     print(f"batched_speedup={one_by_one / batched:.2f}")
     print(f"tokens_query_ms={query_ms:.1f}")
 

@@ -14,6 +14,7 @@ import math
 import re
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from backend.store.migrations import migrate
 # Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
 CORE_TOKEN_METRICS = ("logprob", "prob", "rank", "entropy")
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+TOKEN_JSON_CACHE_CHARS = 256 * 1024 * 1024
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
@@ -76,6 +78,11 @@ class Store:
         # DuckDB allows concurrent writers in one process but fails one of two conflicting
         # transactions; serialising writes keeps request threads and the job worker apart.
         self._write_lock = threading.RLock()
+        # Token JSON of recently read runs: Streamlit re-fetches a run on every interaction,
+        # and runs change only through this store, which forgets them when it writes.
+        self._json_cache: OrderedDict[tuple[str, tuple[str, ...] | None], str] = OrderedDict()
+        self._json_cache_chars = 0
+        self._cache_lock = threading.Lock()
         try:
             self.schema_version = migrate(self.engine)
         except UserError:
@@ -189,6 +196,7 @@ class Store:
             raise ValueError(f"{table!r} is not a bulk table")
         with self.writing() as conn:
             self._append(conn.connection.dbapi_connection, table, rows)
+        self._forget({str(r) for r in rows.column("run_id").unique().to_pylist()})
 
     @staticmethod
     def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.Table]:
@@ -475,8 +483,27 @@ class Store:
         takes seconds; DuckDB's ``to_json`` does it in tens of milliseconds. Every token carries
         every stored metric name (null where absent); ``metrics`` limits the extra metrics.
         """
+        key = (run_id, None if metrics is None else tuple(sorted(metrics)))
+        with self._cache_lock:
+            cached = self._json_cache.get(key)
+            if cached is not None:
+                self._json_cache.move_to_end(key)
+                return cached
         with self._conn() as conn:
-            return self._tokens_json(conn, run_id, metrics)
+            body = self._tokens_json(conn, run_id, metrics)
+        with self._cache_lock:
+            self._json_cache[key] = body
+            self._json_cache_chars += len(body)
+            while self._json_cache_chars > TOKEN_JSON_CACHE_CHARS and len(self._json_cache) > 1:
+                _, dropped = self._json_cache.popitem(last=False)
+                self._json_cache_chars -= len(dropped)
+        return body
+
+    def _forget(self, run_ids: set[str]) -> None:
+        """Drop cached token JSON of runs whose rows changed."""
+        with self._cache_lock:
+            for key in [k for k in self._json_cache if k[0] in run_ids]:
+                self._json_cache_chars -= len(self._json_cache.pop(key))
 
     def _tokens_json(self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None) -> str:
         names = [
@@ -512,7 +539,8 @@ class Store:
     def _tokens(
         self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None
     ) -> list[dict[str, Any]]:
-        tokens: list[dict[str, Any]] = json.loads(self._tokens_json(conn, run_id, metrics))
+        del conn  # the cached path opens its own connection
+        tokens: list[dict[str, Any]] = json.loads(self.tokens_json(run_id, metrics=metrics))
         return tokens
 
     def _layers(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
@@ -535,6 +563,7 @@ class Store:
             for name in schema.BULK_TABLES:
                 table = schema.metadata.tables[name]
                 conn.execute(table.delete().where(table.c.run_id == run_id))
+        self._forget({run_id})
         return True
 
     def count(self, table: str) -> int:

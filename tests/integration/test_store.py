@@ -230,3 +230,24 @@ def test_fresh_schema_matches_the_table_definitions(store: Store) -> None:
         for table in schema.metadata.sorted_tables:
             cols = [r[0] for r in conn.exec_driver_sql(f"DESCRIBE {table.name}")]
             assert cols == [c.name for c in table.columns], table.name
+
+
+def test_token_json_cache_follows_writes(store: Store, tiny_lm, scored) -> None:  # type: ignore[no-untyped-def]
+    run_id = store.save_runs(tiny_lm, scored[:1])[0]
+    first = store.tokens_json(run_id)
+    assert store.tokens_json(run_id) is first  # served from the cache
+    n = len(scored[0].encoded.input_ids)
+    store.append_arrow(
+        "token_metrics",
+        pa.table(
+            {
+                "run_id": [run_id] * n,
+                "position": list(range(n)),
+                "metric": ["probe"] * n,
+                "value": [0.5] * n,
+            }
+        ),
+    )
+    assert '"probe":0.5' in store.tokens_json(run_id)  # the new metric shows at once
+    assert store.delete_run(run_id)
+    assert store.tokens_json(run_id) == "[]"

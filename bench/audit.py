@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from fastapi.testclient import TestClient
+from scoring import CITIES  # bench/ is on sys.path when a bench script runs
 
 from analysis.scoring import ScoredSequence
 from backend.api import create_app
@@ -41,23 +42,13 @@ TOPICS = [
     ("Name a famous landmark in {c}.", "A famous landmark in {c} is in {x}, its capital."),
     ("Translate 'thank you' for a traveller to {c}.", "In {c} people say thank you politely."),
 ]
-PLACES = [
-    ("France", "Paris"),
-    ("Italy", "Rome"),
-    ("Japan", "Tokyo"),
-    ("Kenya", "Nairobi"),
-    ("Peru", "Lima"),
-    ("Canada", "Ottawa"),
-    ("Norway", "Oslo"),
-    ("Egypt", "Cairo"),
-]
 
 
 def transcripts(n: int) -> list[dict[str, str]]:
     out = []
     for i in range(n):
         q, a = TOPICS[i % len(TOPICS)]
-        c, x = PLACES[(i // len(TOPICS)) % len(PLACES)]
+        c, x = CITIES[(i // len(TOPICS)) % len(CITIES)]
         k = 2 + i % 17
         fill = {"c": c, "x": x, "n": str(k), "m": str(3 * k)}
         out.append({"prompt": q.format(**fill), "response": a.format(**fill) * (1 + i % 3)})

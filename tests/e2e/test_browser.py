@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.cli import _streamlit_command
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -64,21 +64,7 @@ def default_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def ui_url(default_backend: str) -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(REPO / "app" / "streamlit_app.py"),
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
+        _streamlit_command(port),
         env={**os.environ, "TOKENPRISM_API_URL": default_backend},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

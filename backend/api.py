@@ -47,7 +47,7 @@ from backend.errors import (
 from backend.generation import sample_responses
 from backend.ingest import TranscriptError, decode_text, detect_format, parse_transcript
 from backend.jobs import JobManager, JobNotFound, JobStateError
-from backend.models import DEFAULT_MODEL, LoadedModel, get_model
+from backend.models import DEFAULT_MODEL, LoadedModel, get_model, loaded_model_names
 from backend.runner import score_one
 from backend.schemas import GenerateRequest, RunRequest, SqlRequest
 from backend.settings import Settings, get_settings
@@ -135,11 +135,6 @@ class Service:
     def model(self, name: str) -> LoadedModel:
         with self._load_lock:
             return get_model(name, self.settings)
-
-    def loaded_models(self) -> list[str]:
-        from backend.models import _LOADED
-
-        return sorted({lm.name for lm in _LOADED.values()})
 
 
 def _service(request: Request) -> Service:
@@ -250,7 +245,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
             "status": "ok",
             "version": __version__,
             "default_model": svc.settings.default_model,
-            "models_loaded": svc.loaded_models(),
+            "models_loaded": loaded_model_names(),
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "db": str(svc.store.path),
             "queue_length": svc.jobs.queue_length,

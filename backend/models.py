@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,6 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     label: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @cached_property
     def vocab_strings(self) -> list[str]:
@@ -356,6 +355,11 @@ def _first_line(err: BaseException) -> str:
 
 
 _LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+
+
+def loaded_model_names() -> list[str]:
+    """Names of the models this process holds."""
+    return sorted({lm.name for lm in _LOADED.values()})
 
 
 def get_model(name: str, settings: Settings) -> LoadedModel:

@@ -443,9 +443,9 @@ class Store:
             if row is None:
                 raise UserError(f"no run with id {run_id!r}")
             run = dict(row._mapping)
-            tokens = self._tokens(conn, run_id, metrics)
             sequence = self._sequence(conn, [run_id]).get(run_id, {})
             layers = self._layers(conn, run_id)
+        tokens: list[dict[str, Any]] = json.loads(self.tokens_json(run_id, metrics=metrics))
         provenance = json.loads(run["provenance"])
         steps = [
             {"position": t["position"], "surprisal": t["step_first_surprisal"]}
@@ -535,13 +535,6 @@ class Store:
         """
         body = conn.execute(sa.text(query), {"rid": run_id}).scalar()
         return f"[{body or ''}]"
-
-    def _tokens(
-        self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None
-    ) -> list[dict[str, Any]]:
-        del conn  # the cached path opens its own connection
-        tokens: list[dict[str, Any]] = json.loads(self.tokens_json(run_id, metrics=metrics))
-        return tokens
 
     def _layers(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
         lm = schema.layer_metrics

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from app.components.compare import align_runs, compare_frame, compare_html
 from app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
 from app.components.token_view import available_token_metrics, legend_html, token_html
 from backend.report import NO_VALUE_COLOUR, colour_scale
+from tests.import_probe import packages_loaded_by
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
@@ -624,24 +622,6 @@ def test_runs_frame_columns_and_order() -> None:
 # ---- purity --------------------------------------------------------------------------------
 
 
-def _loaded_after_import(module: str, watched: tuple[str, ...]) -> list[str]:
-    """Import ``module`` in a fresh interpreter; return the loaded packages of ``watched``."""
-    code = (
-        f"import importlib, json, sys; importlib.import_module({module!r}); "
-        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({watched!r}))))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize(
     "module",
     [
@@ -652,9 +632,9 @@ def _loaded_after_import(module: str, watched: tuple[str, ...]) -> list[str]:
     ],
 )
 def test_components_import_no_ui_database_or_model_libraries(module: str) -> None:
-    assert _loaded_after_import(module, HEAVY) == []
+    assert packages_loaded_by(module, HEAVY) == []
 
 
 def test_the_import_probe_sees_imported_packages() -> None:
     """Guard against a vacuous purity check."""
-    assert _loaded_after_import("email.mime.text", ("email",)) == ["email"]
+    assert packages_loaded_by("email.mime.text", ("email",)) == ["email"]

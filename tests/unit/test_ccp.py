@@ -1,0 +1,399 @@
+"""Claim-Conditioned Probability against hand computations and naive loops."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+
+from analysis.ccp import (
+    CONTRA,
+    ENGLISH_STOPWORDS,
+    ENTAIL,
+    NEUTRAL,
+    CcpParams,
+    alternatives_with_target,
+    claim_ccp,
+    combine_directions,
+    label_alternatives,
+    normalise_word,
+    token_ccp,
+    token_log_ccp,
+)
+
+E, C, N = ENTAIL, CONTRA, NEUTRAL
+
+
+class StubJudge:
+    """Dict-based judge: unlisted pairs are neutral; it records every call."""
+
+    name = "stub"
+
+    def __init__(self, table: dict[tuple[str, str], int]) -> None:
+        self.table = table
+        self.calls: list[list[tuple[str, str]]] = []
+
+    def __call__(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        self.calls.append(list(pairs))
+        return [self.table.get(p, NEUTRAL) for p in pairs]
+
+    @property
+    def asked(self) -> set[tuple[str, str]]:
+        return {p for call in self.calls for p in call}
+
+
+def _both(a: str, b: str, label: int) -> dict[tuple[str, str], int]:
+    return {(a, b): label, (b, a): label}
+
+
+def _ccp_one(probs: list[float], alts: list[str], judge: StubJudge, **kw: object) -> float:
+    labels = label_alternatives([alts[0]], [alts], judge, CcpParams(**kw))  # type: ignore[arg-type]
+    lp = torch.tensor([probs], dtype=torch.float32).log()
+    return float(token_ccp(lp, labels)[0])
+
+
+def test_constants_and_normalise_word() -> None:
+    assert (ENTAIL, CONTRA, NEUTRAL) == (0, 1, 2)
+    assert normalise_word(" Paris,") == "Paris"
+    assert normalise_word("▁Paris") == "Paris"
+    assert normalise_word("ĠParis.Ċ") == "Paris"
+    assert normalise_word("\n\t(don't)\r") == "don't"
+    assert normalise_word("  ,.! ") == ""
+    assert normalise_word("New-York") == "New-York"
+    assert len(ENGLISH_STOPWORDS) >= 150
+    assert {"a", "an", "the", "of", "in", "on", "and", "or", "is", "was", "to"} <= ENGLISH_STOPWORDS
+    assert "paris" not in ENGLISH_STOPWORDS
+
+
+def test_params_validation_and_dict() -> None:
+    p = CcpParams()
+    assert p.as_dict() == {
+        "n_alternatives": 10,
+        "identity_casefold": True,
+        "empty": "neutral",
+        "stopword_rule": True,
+        "context": "none",
+    }
+    with pytest.raises(ValueError):
+        CcpParams(n_alternatives=0)
+    with pytest.raises(ValueError):
+        CcpParams(empty="drop")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        CcpParams(context="claim")  # type: ignore[arg-type]
+
+
+def test_hand_case_identity_and_contradictions() -> None:
+    judge = StubJudge({**_both("Paris", "London", C), **_both("Paris", "Rome", C)})
+    alts = ["Paris", " paris", "London", "Rome"]
+    labels = label_alternatives(["Paris"], [alts], judge, CcpParams())
+    assert labels.tolist() == [[E, E, C, C]]
+    ccp = _ccp_one([0.5, 0.2, 0.2, 0.1], alts, StubJudge(judge.table))
+    assert ccp == pytest.approx(0.7, rel=1e-6)
+    # the same word with other casing / spacing never reached the judge
+    assert judge.asked == {
+        ("Paris", "London"),
+        ("London", "Paris"),
+        ("Paris", "Rome"),
+        ("Rome", "Paris"),
+    }
+    assert len(judge.calls) == 1
+
+
+def test_identity_can_be_switched_off() -> None:
+    judge = StubJudge(_both("Paris", "paris", C))
+    labels = label_alternatives(
+        ["Paris"], [["Paris", " paris"]], judge, CcpParams(identity_casefold=False)
+    )
+    assert labels.tolist() == [[E, C]]
+    assert ("Paris", "paris") in judge.asked
+
+
+def test_neutral_alternative_is_dropped() -> None:
+    # France is neutral both ways: 0.5 / (0.5 + 0.3)
+    judge = StubJudge(_both("Paris", "London", C))
+    ccp = _ccp_one([0.5, 0.2, 0.3], ["Paris", "France", "London"], judge)
+    assert ccp == pytest.approx(0.5 / 0.8, rel=1e-6)
+
+
+def test_entail_one_way_neutral_other_is_entail() -> None:
+    judge = StubJudge({("Paris", "capital"): E, **_both("Paris", "London", C)})
+    alts = ["Paris", "capital", "London"]
+    assert label_alternatives(["Paris"], [alts], judge, CcpParams()).tolist() == [[E, E, C]]
+    judge = StubJudge({("capital", "Paris"): E, **_both("Paris", "London", C)})
+    assert _ccp_one([0.5, 0.3, 0.2], alts, judge) == pytest.approx(0.8, rel=1e-6)
+
+
+def test_entail_and_contra_is_neutral() -> None:
+    judge = StubJudge({("Paris", "X"): E, ("X", "Paris"): C, **_both("Paris", "London", C)})
+    alts = ["Paris", "X", "London"]
+    assert label_alternatives(["Paris"], [alts], judge, CcpParams()).tolist() == [[E, N, C]]
+    assert _ccp_one([0.5, 0.3, 0.2], alts, judge) == pytest.approx(0.5 / 0.7, rel=1e-6)
+
+
+def test_empty_alternatives() -> None:
+    alts = ["Paris", ",", " \n", "London"]
+    judge = StubJudge(_both("Paris", "London", C))
+    labels = label_alternatives(["Paris"], [alts], judge, CcpParams())
+    assert labels.tolist() == [[E, N, N, C]]
+    assert judge.asked == {("Paris", "London"), ("London", "Paris")}
+    labels = label_alternatives(["Paris"], [alts], judge, CcpParams(empty="entail"))
+    assert labels.tolist() == [[E, E, E, C]]
+    judge = StubJudge({**_both("Paris", ",", C), **_both("Paris", "London", C)})
+    labels = label_alternatives(["Paris"], [alts], judge, CcpParams(empty="judge"))
+    assert labels.tolist() == [[E, C, N, C]]
+    assert ("Paris", " \n") in judge.asked  # an empty word goes to the judge as raw text
+
+
+def test_empty_original() -> None:
+    judge = StubJudge({})
+    labels = label_alternatives([","], [[",", "Paris", "."]], judge, CcpParams())
+    assert labels.tolist() == [[E, N, N]]
+    assert judge.calls == []
+    labels = label_alternatives([","], [[",", "Paris", "."]], judge, CcpParams(empty="entail"))
+    assert labels.tolist() == [[E, E, E]]
+    assert judge.calls == []
+
+
+def test_stopword_rule() -> None:
+    alts = [" the", " a", " this"]
+    judge = StubJudge(_both("the", "a", C))
+    labels = label_alternatives([" The"], [alts], judge, CcpParams())
+    assert labels.tolist() == [[E, E, E]]
+    assert judge.calls == []
+    assert _ccp_one([0.4, 0.4, 0.2], alts, judge) == 1.0
+    off = CcpParams(stopword_rule=False)
+    labels = label_alternatives([" the"], [alts], judge, off)
+    assert labels.tolist() == [[E, C, N]]
+    assert _ccp_one([0.4, 0.4, 0.2], alts, judge, stopword_rule=False) == pytest.approx(0.5)
+
+
+def test_pairs_are_deduplicated_in_one_batched_call() -> None:
+    judge = StubJudge({**_both("Paris", "London", C), ("Paris", "Lyon"): E})
+    original = ["Paris", " Paris", "Paris.", "Lyon"]
+    alternatives = [
+        ["Paris", "London", "Lyon"],
+        [" Paris", " London", "Lyon"],
+        ["Paris.", "London", " Lyon"],
+        ["Lyon", "Paris"],
+    ]
+    labels = label_alternatives(original, alternatives, judge, CcpParams())
+    assert len(judge.calls) == 1
+    call = judge.calls[0]
+    assert len(call) == len(set(call))
+    assert set(call) == {
+        ("Paris", "London"),
+        ("London", "Paris"),
+        ("Paris", "Lyon"),
+        ("Lyon", "Paris"),
+    }
+    # ragged rows pad with neutral
+    assert labels.tolist() == [[E, C, E], [E, C, E], [E, C, E], [E, E, N]]
+
+
+def test_no_pairs_means_no_call() -> None:
+    judge = StubJudge({})
+    labels = label_alternatives(
+        ["Paris", "of"], [["Paris", "paris"], ["of", "in"]], judge, CcpParams()
+    )
+    assert labels.tolist() == [[E, E], [E, E]]
+    assert judge.calls == []
+    assert label_alternatives([], [], judge, CcpParams()).shape == (0, 0)
+
+
+def test_prefix_context() -> None:
+    judge = StubJudge(_both("The capital is Paris", "The capital is London", C))
+    params = CcpParams(context="prefix")
+    labels = label_alternatives(
+        [" Paris"],
+        [[" Paris", " PARIS", " London"]],
+        judge,
+        params,
+        prefixes=["The capital is "],
+    )
+    assert labels.tolist() == [[E, E, C]]
+    assert judge.asked == {
+        ("The capital is Paris", "The capital is London"),
+        ("The capital is London", "The capital is Paris"),
+    }
+    with pytest.raises(ValueError):
+        label_alternatives([" Paris"], [[" Paris", " London"]], judge, params)
+
+
+def test_judge_output_is_checked() -> None:
+    class Short(StubJudge):
+        def __call__(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+            return super().__call__(pairs)[:-1]
+
+    with pytest.raises(ValueError, match="labels"):
+        label_alternatives(["Paris"], [["Paris", "Rome"]], Short({}), CcpParams())
+    with pytest.raises(ValueError):
+        label_alternatives(
+            ["Paris"], [["Paris", "Rome"]], StubJudge(_both("Paris", "Rome", 7)), CcpParams()
+        )
+    with pytest.raises(ValueError):
+        label_alternatives(["Paris"], [], StubJudge({}), CcpParams())
+
+
+def test_combine_directions_truth_table() -> None:
+    table = {
+        (E, E): E,
+        (E, C): N,
+        (E, N): E,
+        (C, E): N,
+        (C, C): C,
+        (C, N): C,
+        (N, E): E,
+        (N, C): C,
+        (N, N): N,
+    }
+    fwd = torch.tensor([f for f, _ in table])
+    bwd = torch.tensor([b for _, b in table])
+    got = combine_directions(fwd, bwd)
+    assert got.tolist() == list(table.values())
+    # shape is preserved
+    assert combine_directions(fwd.view(3, 3), bwd.view(3, 3)).tolist() == got.view(3, 3).tolist()
+
+
+def _naive_alternatives(
+    top_ids: np.ndarray, top_lp: np.ndarray, target: np.ndarray, target_lp: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    ids_out, lp_out = [], []
+    for t in range(len(top_ids)):
+        ids, lps = list(top_ids[t]), list(top_lp[t])
+        if target[t] in ids:
+            i = ids.index(target[t])
+            del ids[i], lps[i]
+        else:
+            ids, lps = ids[:-1], lps[:-1]
+        ids_out.append([target[t], *ids])
+        lp_out.append([target_lp[t], *lps])
+    return np.array(ids_out), np.array(lp_out)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_alternatives_with_target_matches_naive_loop(k: int) -> None:
+    rng = np.random.default_rng(k)
+    t_len, vocab = 12, 50
+    top_ids = np.stack([rng.permutation(vocab)[:k] for _ in range(t_len)])
+    top_lp = np.sort(rng.normal(-3, 1, size=(t_len, k)), axis=1)[:, ::-1].copy()
+    target = np.empty(t_len, dtype=np.int64)
+    for t in range(t_len):  # targets at every column, and outside the top-k
+        col = t % (k + 1)
+        target[t] = (
+            top_ids[t, col] if col < k else rng.choice(np.setdiff1d(range(vocab), top_ids[t]))
+        )
+    top_ids[-1] = -1  # a padding row: its target is outside the "top-k"
+    target_lp = np.where(
+        (top_ids == target[:, None]).any(1),
+        top_lp[np.arange(t_len), (top_ids == target[:, None]).argmax(1)],
+        -9.0,
+    )
+    ids, lp = alternatives_with_target(
+        torch.tensor(top_ids),
+        torch.tensor(top_lp, dtype=torch.float32),
+        torch.tensor(target),
+        torch.tensor(target_lp, dtype=torch.float32),
+    )
+    ref_ids, ref_lp = _naive_alternatives(top_ids, top_lp, target, target_lp)
+    assert ids.shape == (t_len, k) and ids.dtype == torch.long
+    np.testing.assert_array_equal(ids.numpy(), ref_ids)
+    np.testing.assert_allclose(lp.numpy(), ref_lp, rtol=1e-6)
+
+
+def test_alternatives_with_target_hand_case_and_k() -> None:
+    top = torch.tensor([[7, 3, 9, 4], [7, 3, 9, 4], [7, 3, 9, 4]])
+    lp = torch.tensor([[-1.0, -2.0, -3.0, -4.0]] * 3)
+    target = torch.tensor([9, 7, 5])
+    ids, out = alternatives_with_target(top, lp, target, torch.tensor([-3.0, -1.0, -8.0]))
+    assert ids.tolist() == [[9, 7, 3, 4], [7, 3, 9, 4], [5, 7, 3, 9]]
+    assert out.tolist() == [
+        [-3.0, -1.0, -2.0, -4.0],
+        [-1.0, -2.0, -3.0, -4.0],
+        [-8.0, -1.0, -2.0, -3.0],
+    ]
+    ids, _ = alternatives_with_target(top, lp, target, torch.tensor([-3.0, -1.0, -8.0]), k=2)
+    assert ids.tolist() == [[9, 7], [7, 3], [5, 7]]
+    with pytest.raises(ValueError):
+        alternatives_with_target(top[:, :0], lp[:, :0], target, target.float())
+
+
+def _naive_ccp(lp: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    out = np.empty(len(lp))
+    for t in range(len(lp)):
+        ent = con = 0.0
+        for j in range(lp.shape[1]):
+            p = math.exp(float(lp[t, j]))
+            if j == 0 or labels[t, j] == E:
+                ent += p
+            elif labels[t, j] == C:
+                con += p
+        out[t] = ent / (ent + con)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_token_ccp_matches_naive_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t_len, k = 64, 10
+    logits = rng.normal(0, 3, size=(t_len, k + 20))
+    lp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    lp = np.sort(lp, axis=1)[:, ::-1][:, :k].copy()  # top-k of a larger vocabulary
+    labels = rng.integers(0, 3, size=(t_len, k))
+    labels[:, 0] = rng.integers(0, 3, size=t_len)  # column 0 must count as entail regardless
+    labels[:5, 1:] = N  # all-neutral rows
+    labels[5:8, 1:] = C  # all-contradicting rows
+    got_log = token_log_ccp(torch.tensor(lp, dtype=torch.float32), torch.tensor(labels))
+    got = token_ccp(torch.tensor(lp, dtype=torch.float32), torch.tensor(labels))
+    ref = _naive_ccp(lp, labels)
+    assert got.dtype == torch.float32 and got_log.dtype == torch.float32
+    np.testing.assert_allclose(got_log.numpy(), np.log(ref), atol=2e-5)
+    np.testing.assert_allclose(got.numpy(), ref, rtol=2e-5)
+    assert (got[:5] == 1.0).all()
+    assert ((got > 0) & (got <= 1)).all()
+
+
+def test_token_ccp_valid_mask_and_ignored_columns() -> None:
+    lp = torch.tensor([[-0.5, -1.0, float("nan")], [-0.1, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+    labels = torch.tensor([[E, C, N], [N, E, C], [C, C, C]])
+    valid = torch.tensor([True, True, False])
+    got = token_ccp(lp, labels, valid)
+    p = np.exp([-0.5, -1.0])
+    assert float(got[0]) == pytest.approx(p[0] / p.sum(), rel=1e-6)  # NaN neutral column ignored
+    q = np.exp([-0.1, -2.0, -3.0])
+    assert float(got[1]) == pytest.approx((q[0] + q[1]) / q.sum(), rel=1e-6)
+    assert math.isnan(float(got[2]))
+    assert token_ccp(torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long)).shape == (0,)
+
+
+def test_claim_ccp_products() -> None:
+    ccp = torch.tensor([0.5, 0.8, float("nan"), 1.0, 0.25, float("nan")])
+    positions = [
+        torch.tensor([0, 1]),  # 0.4
+        torch.tensor([1, 2, 3]),  # NaN skipped: 0.8
+        torch.tensor([], dtype=torch.long),  # empty claim
+        torch.tensor([2, 5]),  # only NaN tokens
+        torch.tensor([0, 1, 3, 4]),  # 0.1
+        torch.tensor([3]),  # 1.0
+    ]
+    got = claim_ccp(ccp, positions)
+    assert got.dtype == torch.float32
+    expected = [0.4, 0.8, math.nan, math.nan, 0.1, 1.0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, equal_nan=True)
+    assert claim_ccp(ccp, []).shape == (0,)
+    # a zero-probability token makes the claim CCP 0, not NaN
+    assert float(claim_ccp(torch.tensor([0.0, 0.5]), [torch.tensor([0, 1])])[0]) == 0.0
+
+
+def test_claim_ccp_matches_naive_product() -> None:
+    rng = np.random.default_rng(3)
+    ccp = rng.uniform(0.05, 1.0, size=200)
+    ccp[rng.random(200) < 0.1] = np.nan
+    positions = [
+        np.sort(rng.choice(200, size=rng.integers(1, 30), replace=False)) for _ in range(20)
+    ]
+    got = claim_ccp(torch.tensor(ccp, dtype=torch.float32), [torch.tensor(p) for p in positions])
+    ref = [float(np.prod([ccp[i] for i in p if not np.isnan(ccp[i])])) for p in positions]
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)

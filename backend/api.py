@@ -48,8 +48,10 @@ from backend.generation import sample_responses
 from backend.ingest import TranscriptError, decode_text, detect_format, parse_transcript
 from backend.jobs import JobManager, JobNotFound, JobStateError
 from backend.models import DEFAULT_MODEL, LoadedModel, get_model, loaded_model_names
+from backend.probe_apply import apply_probe_to_run
+from backend.probes import check_probe_name, list_probes, load_probe
 from backend.runner import score_one
-from backend.schemas import GenerateRequest, RunRequest, SqlRequest
+from backend.schemas import ApplyProbeRequest, GenerateRequest, RunRequest, SqlRequest
 from backend.settings import Settings, get_settings
 from backend.store import Store
 from backend.store.records import (
@@ -61,6 +63,7 @@ from backend.store.records import (
     list_uploads,
     set_upload_job,
 )
+from backend.uncertainty import ExtraRequest, parse_metrics, plan_extras
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
@@ -280,8 +283,17 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
                 template=body.template,
                 system_prompt=body.system,
             )
+        plan = None
+        extras = parse_metrics(body.metrics)
+        if extras:
+            request = ExtraRequest(
+                metrics=extras, judge=body.judge, probe=body.probe, samples=body.samples
+            )
+            plan = plan_extras(lm, request, svc.settings)
+        elif body.judge or body.probe:
+            raise ApiError(422, "invalid_request", "'judge' / 'probe' need 'metrics'")
         with svc.model_lock:
-            scored = score_one(lm, enc)
+            scored = score_one(lm, enc, extras=plan)
         run_id = svc.store.save_runs(lm, [scored])[0]
         return svc.store.get_run(run_id)
 
@@ -337,6 +349,8 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
     @router.post("/generate", summary="Sample responses, re-score each teacher-forced, store")
     def generate(body: GenerateRequest, svc: ServiceDep) -> dict[str, Any]:
         lm = svc.model(svc.model_name(body.model))
+        extras = parse_metrics(body.metrics)
+        plan = plan_extras(lm, ExtraRequest(metrics=extras), svc.settings) if extras else None
         with svc.model_lock:
             encoded = sample_responses(
                 lm,
@@ -350,7 +364,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
             )
             from backend.runner import score_batch
 
-            scored = score_batch(lm, encoded)
+            scored = score_batch(lm, encoded, extras=plan)
         run_ids = svc.store.save_runs(lm, scored)
         return {"runs": [svc.store.get_run(r) for r in run_ids]}
 
@@ -360,6 +374,9 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         file: Annotated[UploadFile, File(description="JSONL, CSV or plain text")],
         model: Annotated[str | None, Form()] = None,
         format: Annotated[str | None, Form(description="jsonl, csv or text")] = None,
+        metrics: Annotated[
+            str | None, Form(description="extra metric families, e.g. ccp,probe")
+        ] = None,
     ) -> JSONResponse:
         limit = svc.settings.upload_max_bytes
         data = file.file.read(limit + 1)
@@ -374,6 +391,12 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         model_name = svc.model_name(model)
         lm = svc.model(model_name)
         encode_items(lm, items, name)  # too-long or empty turns fail now, before any write
+        job_params: dict[str, Any] = {"model": model_name}
+        extras = parse_metrics(metrics)
+        if extras:
+            request = ExtraRequest(metrics=extras)
+            plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
+            job_params["extras"] = request.as_dict()
         digest = hashlib.sha256(data).hexdigest()
         existing = find_upload(svc.store, digest, model_name)
         if existing is not None:
@@ -399,7 +422,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
             content=text,
             model=model_name,
         )
-        job_id = svc.jobs.submit("audit", {"upload_id": upload_id, "model": model_name}, len(items))
+        job_id = svc.jobs.submit("audit", {"upload_id": upload_id, **job_params}, len(items))
         set_upload_job(svc.store, upload_id, job_id)
         return JSONResponse(
             status_code=202,
@@ -411,6 +434,91 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
                 "format": fmt,
             },
         )
+
+    @router.get("/probes", summary="Hallucination probes (shipped and trained)")
+    def probes(svc: ServiceDep) -> list[dict[str, Any]]:
+        return [p.summary() for p in list_probes(svc.settings)]
+
+    @router.get("/probes/{name}", summary="A probe's configuration and evaluation report")
+    def probe(name: str, svc: ServiceDep) -> dict[str, Any]:
+        try:
+            stored = load_probe(name, svc.settings)
+        except UserError as err:
+            raise ApiError(404, "not_found", str(err)) from None
+        return {**stored.summary(), "config": stored.config, "report": stored.report}
+
+    @router.post("/probes", status_code=202, summary="Train a probe on span-labelled JSONL (a job)")
+    def train_probe(
+        svc: ServiceDep,
+        file: Annotated[UploadFile, File(description="span-labelled JSONL")],
+        name: Annotated[str, Form(description="probe name")],
+        model: Annotated[str | None, Form()] = None,
+        layer: Annotated[str | None, Form(description="block index or 'auto'")] = None,
+        epochs: Annotated[int, Form(ge=1, le=500)] = 20,
+        lr: Annotated[float, Form(gt=0, le=1)] = 1e-3,
+        test_fraction: Annotated[float, Form(gt=0, lt=1)] = 0.3,
+        ccp: Annotated[bool, Form(description="evaluate CCP as a baseline")] = True,
+        judge: Annotated[str | None, Form(description="CCP judge")] = None,
+    ) -> JSONResponse:
+        from backend.probe_training import encode_labelled, parse_labelled
+
+        check_probe_name(name)
+        limit = svc.settings.upload_max_bytes
+        data = file.file.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, "too_large", f"the file is over the upload limit of {limit} bytes")
+        filename = Path(file.filename or "labelled.jsonl").name
+        text = decode_text(data, filename)
+        items = parse_labelled(text, filename)  # validated whole before anything is stored
+        chosen: int | str | None = None
+        if layer not in (None, ""):
+            if layer == "auto":
+                chosen = "auto"
+            elif layer.lstrip("-").isdigit():
+                chosen = int(layer)
+            else:
+                raise ApiError(422, "invalid_request", "layer must be a block index or 'auto'")
+        model_name = svc.model_name(model)
+        lm = svc.model(model_name)
+        encode_labelled(lm, items, filename)
+        n_layers = int(lm.model.config.num_hidden_layers)
+        if isinstance(chosen, int) and not 0 <= chosen < n_layers:
+            raise ApiError(422, "invalid_request", f"layer must be in 0..{n_layers - 1}")
+        upload_id = create_upload(
+            svc.store,
+            filename=filename,
+            sha256=hashlib.sha256(data).hexdigest(),
+            format="labelled-jsonl",
+            size_bytes=len(data),
+            n_items=len(items),
+            content=text,
+            model=model_name,
+        )
+        params = {
+            "upload_id": upload_id,
+            "model": model_name,
+            "name": name,
+            "layer": chosen,
+            "epochs": epochs,
+            "lr": lr,
+            "test_fraction": test_fraction,
+            "ccp": ccp,
+            "judge": judge,
+        }
+        job_id = svc.jobs.submit("probe_train", params, 1000)
+        set_upload_job(svc.store, upload_id, job_id)
+        return JSONResponse(
+            status_code=202,
+            content={"job_id": job_id, "upload_id": upload_id, "n_items": len(items)},
+        )
+
+    @router.post("/runs/{run_id}/probe", summary="Apply a stored probe to a stored run")
+    def apply_probe(run_id: str, body: ApplyProbeRequest, svc: ServiceDep) -> dict[str, Any]:
+        if not svc.store.run_exists(run_id):
+            raise ApiError(404, "not_found", f"no run with id {run_id!r}")
+        with svc.model_lock:
+            summary = apply_probe_to_run(svc.store, run_id, body.probe, svc.settings)
+        return {**summary, "run": svc.store.get_run(run_id)}
 
     @router.get("/uploads", summary="List uploads")
     def uploads(

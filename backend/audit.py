@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -28,6 +28,9 @@ from backend.runner import score_batch
 from backend.store import Store, schema
 from backend.store.records import finished_items, get_upload
 from backend.store.store import CORE_TOKEN_METRICS
+
+if TYPE_CHECKING:
+    from backend.uncertainty import ExtraPlan
 
 DEFAULT_TURN_METRIC = "mean_entropy"
 DEFAULT_TOKEN_METRIC = "entropy"
@@ -86,6 +89,7 @@ def score_items(
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     model_lock: threading.Lock | None = None,
+    extras: ExtraPlan | None = None,
 ) -> list[str]:
     """Score and store ``items`` in length-sorted batches; skip items the job already stored.
 
@@ -103,7 +107,7 @@ def score_items(
         if should_stop and should_stop():
             raise JobCancelled
         with model_lock or nullcontext():
-            scored = score_batch(lm, [encoded[i] for i in batch])
+            scored = score_batch(lm, [encoded[i] for i in batch], extras=extras)
         stored += store.save_runs(
             lm,
             scored,

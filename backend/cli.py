@@ -46,6 +46,33 @@ def _open_store() -> Any:
     return Store(_settings().db_path)
 
 
+MetricsOpt = typer.Option(
+    None,
+    "--metrics",
+    help="extra metric families, comma-separated: ccp, probe, sar, selfcheck (or all)",
+)
+JudgeOpt = typer.Option(
+    None, "--judge", help="CCP judge: 'fallback' or an NLI model id / path (default: setting)"
+)
+ProbeOpt = typer.Option(None, "--probe", help="probe name (default: newest for the model)")
+SamplesOpt = typer.Option(5, "--samples", help="responses sampled for selfcheck / sentence SAR")
+
+
+def _extras(
+    lm: Any, metrics: str | None, judge: str | None, probe: str | None, samples: int
+) -> Any:
+    """Resolve --metrics and friends into an ExtraPlan (None when no extras were asked for)."""
+    from backend.uncertainty import ExtraRequest, parse_metrics, plan_extras
+
+    names = parse_metrics(metrics)
+    if not names:
+        if judge or probe:
+            raise UserError("--judge / --probe need --metrics ccp / probe")
+        return None
+    request = ExtraRequest(metrics=names, judge=judge, probe=probe, samples=samples)
+    return plan_extras(lm, request, _settings())
+
+
 def _load(model: str | None) -> Any:
     from backend.models import get_model
 
@@ -77,8 +104,15 @@ def score(
     ),
     system: str | None = typer.Option(None, "--system", help="system prompt (chat template)"),
     as_json: bool = typer.Option(False, "--json", help="print the run as JSON"),
+    metrics: str | None = MetricsOpt,
+    judge: str | None = JudgeOpt,
+    probe: str | None = ProbeOpt,
+    samples: int = SamplesOpt,
 ) -> None:
-    """Score one text in a single forward pass, store it and show the per-token metrics."""
+    """Score one text in a single forward pass, store it and show the per-token metrics.
+
+    ``--metrics ccp,probe,sar,selfcheck`` adds the uncertainty / hallucination family.
+    """
     from backend.encoding import encode_pair, encode_text
     from backend.ingest import read_text_file
     from backend.runner import score_one
@@ -103,7 +137,8 @@ def score(
             template=not no_template,
             system_prompt=system,
         )
-    scored = score_one(lm, enc)
+    plan = _extras(lm, metrics, judge, probe, samples)
+    scored = score_one(lm, enc, extras=plan)
     with store:
         run_id = store.save_runs(lm, [scored])[0]
         run = store.get_run(run_id)
@@ -195,6 +230,10 @@ def audit(
     metric: str = typer.Option("mean_entropy", help="sequence metric that ranks turns in exports"),
     rank_by: str = typer.Option("entropy", help="token metric that ranks the uncertain tokens"),
     top: int = typer.Option(5, help="uncertain tokens to list per turn"),
+    metrics: str | None = MetricsOpt,
+    judge: str | None = JudgeOpt,
+    probe: str | None = ProbeOpt,
+    samples: int = SamplesOpt,
 ) -> None:
     """Score every assistant turn of a transcript, summarise each turn, optionally export."""
     import hashlib
@@ -214,6 +253,7 @@ def audit(
     items = parse_transcript(text, fmt or detect_format(file.name, text), str(file))
     store = _open_store()
     lm = _load(model)
+    plan = _extras(lm, metrics, judge, probe, samples)
     with store:
         upload_id = create_upload(
             store,
@@ -225,7 +265,10 @@ def audit(
             content=text,
             model=lm.name,
         )
-        job_id = create_job(store, "audit", {"upload_id": upload_id, "model": lm.name}, len(items))
+        params = {"upload_id": upload_id, "model": lm.name}
+        if plan is not None:
+            params["extras"] = plan.request.as_dict()
+        job_id = create_job(store, "audit", params, len(items))
         set_upload_job(store, upload_id, job_id)
         update_job(store, job_id, status="running")
         with tqdm(total=len(items), desc="scoring turns", unit="turn", file=sys.stderr) as bar:
@@ -243,6 +286,7 @@ def audit(
                     job_id=job_id,
                     batch_tokens=_settings().batch_tokens,
                     on_progress=progress,
+                    extras=plan,
                 )
             except BaseException as e:
                 update_job(store, job_id, status="failed", error=str(e) or type(e).__name__)
@@ -416,6 +460,15 @@ def metrics() -> None:
     for spec in list_metrics():
         table.add_row(spec.name, spec.level, spec.unit, spec.higher_means, spec.description)
     out.print(table)
+
+
+def _register_subcommands() -> None:
+    from backend.probe_cli import probe_app
+
+    app.add_typer(probe_app, name="probe")
+
+
+_register_subcommands()
 
 
 def main() -> None:

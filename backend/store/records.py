@@ -156,6 +156,10 @@ def list_uploads(store: Store, *, limit: int = 50, offset: int = 0) -> list[dict
     cols = [c for c in u.c if c.name != "content"]
     with store.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(*cols).order_by(u.c.created_at.desc()).limit(limit).offset(offset)
+            sa.select(*cols)
+            .where(u.c.format != "labelled-jsonl")  # probe training data is not a transcript
+            .order_by(u.c.created_at.desc())
+            .limit(limit)
+            .offset(offset)
         )
         return [r for r in (_row(x) for x in rows) if r is not None]

@@ -155,4 +155,34 @@ uploads = sa.Table(  # v2
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
-BULK_TABLES = ("tokens", "token_metrics", "alternatives", "sequence_metrics", "layer_metrics")
+claims = sa.Table(  # v3: the claims (sentences by default) of a run's response
+    "claims",
+    metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("claim_index", sa.Integer, nullable=False),
+    sa.Column("text", sa.String, nullable=False),
+    sa.Column("char_start", sa.Integer, nullable=False),
+    sa.Column("char_end", sa.Integer, nullable=False),
+    sa.Column("position_start", sa.Integer),  # first and last token position (inclusive)
+    sa.Column("position_end", sa.Integer),
+    sa.Column("n_tokens", sa.Integer, nullable=False),
+)
+
+claim_metrics = sa.Table(  # v3
+    "claim_metrics",
+    metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("claim_index", sa.Integer, nullable=False),
+    sa.Column("metric", sa.String, nullable=False),
+    sa.Column("value", sa.Double),
+)
+
+BULK_TABLES = (
+    "tokens",
+    "token_metrics",
+    "alternatives",
+    "sequence_metrics",
+    "layer_metrics",
+    "claims",
+    "claim_metrics",
+)

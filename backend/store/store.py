@@ -293,13 +293,58 @@ class Store:
                 "value": pa.array(lay_rows["value"], pa.float64()),
             }
         )
+        claims, claim_values = Store._claim_rows(run_id, item)
         return {
             "tokens": tokens,
             "token_metrics": token_metrics,
             "alternatives": alternatives,
             "sequence_metrics": sequence,
             "layer_metrics": layers,
+            "claims": claims,
+            "claim_metrics": claim_values,
         }
+
+    @staticmethod
+    def _claim_rows(run_id: str, item: ScoredText) -> tuple[pa.Table, pa.Table]:
+        rows: dict[str, list[Any]] = {
+            k: []
+            for k in ("claim_index", "text", "char_start", "char_end", "position_start")
+            + ("position_end", "n_tokens")
+        }
+        values: dict[str, list[Any]] = {"claim_index": [], "metric": [], "value": []}
+        for c in item.claims:
+            rows["claim_index"].append(c.claim.index)
+            rows["text"].append(c.claim.text)
+            rows["char_start"].append(c.claim.char_start)
+            rows["char_end"].append(c.claim.char_end)
+            rows["position_start"].append(min(c.positions) if c.positions else None)
+            rows["position_end"].append(max(c.positions) if c.positions else None)
+            rows["n_tokens"].append(len(c.positions))
+            for name, value in c.metrics.items():
+                values["claim_index"].append(c.claim.index)
+                values["metric"].append(name)
+                values["value"].append(None if value != value else float(value))
+        claims = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(rows["text"]), pa.string()),
+                "claim_index": pa.array(rows["claim_index"], pa.int32()),
+                "text": pa.array(rows["text"], pa.string()),
+                "char_start": pa.array(rows["char_start"], pa.int32()),
+                "char_end": pa.array(rows["char_end"], pa.int32()),
+                "position_start": pa.array(rows["position_start"], pa.int32()),
+                "position_end": pa.array(rows["position_end"], pa.int32()),
+                "n_tokens": pa.array(rows["n_tokens"], pa.int32()),
+            }
+        )
+        claim_values = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(values["metric"]), pa.string()),
+                "claim_index": pa.array(values["claim_index"], pa.int32()),
+                "metric": pa.array(values["metric"], pa.string()),
+                "value": pa.array(values["value"], pa.float64()),
+            }
+        )
+        return claims, claim_values
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -445,6 +490,7 @@ class Store:
             run = dict(row._mapping)
             sequence = self._sequence(conn, [run_id]).get(run_id, {})
             layers = self._layers(conn, run_id)
+            claims = self._claims(conn, run_id)
         tokens: list[dict[str, Any]] = json.loads(self.tokens_json(run_id, metrics=metrics))
         provenance = json.loads(run["provenance"])
         steps = [
@@ -465,6 +511,7 @@ class Store:
             "tokens": tokens,
             "sequence": sequence,
             "layers": layers,
+            "claims": claims,
             "steps": steps,
             "provenance": provenance,
         }
@@ -535,6 +582,96 @@ class Store:
         """
         body = conn.execute(sa.text(query), {"rid": run_id}).scalar()
         return f"[{body or ''}]"
+
+    def _claims(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
+        c, m = schema.claims, schema.claim_metrics
+        claims: dict[int, dict[str, Any]] = {}
+        for row in conn.execute(
+            sa.select(c).where(c.c.run_id == run_id).order_by(c.c.claim_index)
+        ).mappings():
+            claims[row["claim_index"]] = {
+                "index": row["claim_index"],
+                "text": row["text"],
+                "char_start": row["char_start"],
+                "char_end": row["char_end"],
+                "position_start": row["position_start"],
+                "position_end": row["position_end"],
+                "n_tokens": row["n_tokens"],
+                "metrics": {},
+            }
+        for index, metric, value in conn.execute(
+            sa.select(m.c.claim_index, m.c.metric, m.c.value).where(m.c.run_id == run_id)
+        ):
+            if index in claims:
+                claims[index]["metrics"][metric] = _clean(value)
+        return list(claims.values())
+
+    def replace_metrics(
+        self,
+        run_id: str,
+        *,
+        token: dict[str, np.ndarray],
+        sequence: dict[str, float],
+        claims: dict[int, dict[str, float]],
+        provenance_key: str,
+        provenance: dict[str, Any],
+    ) -> None:
+        """Add (or overwrite) metrics of an existing run in one transaction.
+
+        ``token`` maps metric names to ``[n_tokens]`` arrays (NaN = absent); ``claims`` maps
+        claim indices to claim-level values; the run's provenance gets ``provenance`` under
+        ``extras[provenance_key]`` so the stored values keep saying where they came from.
+        """
+        tm, sm, cm = schema.token_metrics, schema.sequence_metrics, schema.claim_metrics
+        names = list(token)
+        positions, metric, value = [], [], []
+        for name, arr in token.items():
+            vals = np.asarray(arr, dtype=np.float64)
+            keep = np.flatnonzero(~np.isnan(vals))
+            positions.append(keep.astype(np.int32))
+            metric += [name] * len(keep)
+            value.append(vals[keep])
+        rows = pa.table(
+            {
+                "run_id": pa.array([run_id] * len(metric), pa.string()),
+                "position": pa.array(np.concatenate(positions) if positions else [], pa.int32()),
+                "metric": pa.array(metric, pa.string()),
+                "value": pa.array(np.concatenate(value) if value else [], pa.float64()),
+            }
+        )
+        claim_names = sorted({k for v in claims.values() for k in v})
+        with self.writing() as conn:
+            row = conn.execute(
+                sa.select(schema.runs.c.provenance).where(schema.runs.c.run_id == run_id)
+            ).first()
+            if row is None:
+                raise UserError(f"no run with id {run_id!r}")
+            conn.execute(tm.delete().where(tm.c.run_id == run_id, tm.c.metric.in_(names)))
+            conn.execute(sm.delete().where(sm.c.run_id == run_id, sm.c.metric.in_(list(sequence))))
+            conn.execute(cm.delete().where(cm.c.run_id == run_id, cm.c.metric.in_(claim_names)))
+            self._append(conn.connection.dbapi_connection, "token_metrics", rows)
+            for seq_name, seq_val in sequence.items():
+                conn.execute(
+                    sm.insert().values(run_id=run_id, metric=seq_name, value=_clean(seq_val))
+                )
+            for index, claim_values in claims.items():
+                for claim_name, claim_val in claim_values.items():
+                    conn.execute(
+                        cm.insert().values(
+                            run_id=run_id,
+                            claim_index=index,
+                            metric=claim_name,
+                            value=_clean(claim_val),
+                        )
+                    )
+            prov = json.loads(row[0])
+            prov.setdefault("extras", {})[provenance_key] = provenance
+            conn.execute(
+                schema.runs.update()
+                .where(schema.runs.c.run_id == run_id)
+                .values(provenance=json.dumps(prov))
+            )
+        self._forget({run_id})
 
     def _layers(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
         lm = schema.layer_metrics

@@ -91,8 +91,11 @@ class TokenPrismClient:
         model: str | None = None,
         template: bool = True,
         system: str | None = None,
+        metrics: list[str] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"template": template}
+        if metrics:
+            body["metrics"] = metrics
         for key, value in (
             ("prompt", prompt),
             ("response", response),
@@ -115,8 +118,10 @@ class TokenPrismClient:
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        metrics: list[str] | None = None,
     ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {
+            "metrics": metrics or None,
             "prompt": prompt,
             "n": n,
             "max_new_tokens": max_new_tokens,
@@ -160,8 +165,17 @@ class TokenPrismClient:
 
     # ---- uploads and jobs ---------------------------------------------------------------
 
-    def upload(self, filename: str, data: bytes, *, model: str | None = None) -> dict[str, Any]:
+    def upload(
+        self,
+        filename: str,
+        data: bytes,
+        *,
+        model: str | None = None,
+        metrics: list[str] | None = None,
+    ) -> dict[str, Any]:
         form = {"model": model} if model else {}
+        if metrics:
+            form["metrics"] = ",".join(metrics)
         return dict(self._json("POST", "/uploads", files={"file": (filename, data)}, data=form))
 
     def uploads(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -197,6 +211,35 @@ class TokenPrismClient:
 
     def resume_job(self, job_id: str) -> dict[str, Any]:
         return dict(self._json("POST", f"/jobs/{job_id}/resume"))
+
+    # ---- probes -------------------------------------------------------------------------
+
+    def probes(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/probes"))
+
+    def probe(self, name: str) -> dict[str, Any]:
+        return dict(self._json("GET", f"/probes/{name}"))
+
+    def train_probe(
+        self,
+        filename: str,
+        data: bytes,
+        *,
+        name: str,
+        model: str | None = None,
+        layer: str | None = None,
+        epochs: int = 20,
+        ccp: bool = True,
+    ) -> dict[str, Any]:
+        form: dict[str, Any] = {"name": name, "epochs": str(epochs), "ccp": str(ccp).lower()}
+        if model:
+            form["model"] = model
+        if layer:
+            form["layer"] = layer
+        return dict(self._json("POST", "/probes", files={"file": (filename, data)}, data=form))
+
+    def apply_probe(self, run_id: str, probe: str | None = None) -> dict[str, Any]:
+        return dict(self._json("POST", f"/runs/{run_id}/probe", json={"probe": probe}))
 
     # ---- sql ----------------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure
+from app.components.claims import claims_frame, judge_caption
 from app.components.token_view import available_token_metrics, legend_html, token_html
-from app.ui import sequence_cards
+from app.ui import backend_errors, client, sequence_cards
 
 DEFAULT_METRIC = "entropy"
 
@@ -42,6 +43,10 @@ def render_run(run: dict[str, Any], *, key: str) -> None:
     with_prompt = right.toggle("show prompt tokens", key=f"{key}.show_prompt")
     st.html(legend_html(metric, tokens))
     st.html(token_html(tokens, metric, include_prompt=with_prompt))
+    caption = judge_caption(run)
+    if caption:
+        st.caption(caption)
+    render_claims(run, key=key)
 
     positions = [t["position"] for t in response]
     picked = st.selectbox(
@@ -71,3 +76,31 @@ def render_run(run: dict[str, Any], *, key: str) -> None:
     charts[1].plotly_chart(gltr_figure(tokens), key=f"{key}.gltr_fig")
     with st.expander("Provenance"):
         st.json(run.get("provenance", {}), expanded=False)
+
+
+def render_claims(run: dict[str, Any], *, key: str) -> None:
+    """The response's claims, worst first, and a button to add probe scores to the run."""
+    frame = claims_frame(run)
+    if frame.empty:
+        return
+    st.markdown("**Claims** (sentences, worst first)")
+    st.dataframe(frame, hide_index=True, key=f"{key}.claims")
+    has_probe = any(t.get("probe") is not None for t in run["tokens"])
+    if has_probe:
+        return
+    with st.expander("Score this run with a hallucination probe"):
+        with backend_errors():
+            probes = [
+                p for p in client().probes() if p["model_revision"] == run["model"]["revision"]
+            ]
+        if not probes:
+            st.caption("No probe is trained for this model yet (see the Probes page).")
+            return
+        name = st.selectbox("Probe", [p["name"] for p in probes], key=f"{key}.probe_pick")
+        if st.button("Apply probe", key=f"{key}.probe_apply"):
+            with backend_errors(), st.spinner("Running the probe…"):
+                fresh = client().apply_probe(run["run_id"], name)["run"]
+            for state in ("explore.run",):
+                if st.session_state.get(state, {}).get("run_id") == run["run_id"]:
+                    st.session_state[state] = fresh
+            st.rerun()

@@ -22,6 +22,7 @@ pages = {
         st.Page("views/explore.py", title="Explore", icon=":material/search:", default=True),
         st.Page("views/audit.py", title="Audit", icon=":material/fact_check:"),
         st.Page("views/runs.py", title="Runs", icon=":material/table_rows:"),
+        st.Page("views/probes.py", title="Probes", icon=":material/troubleshoot:"),
         st.Page("views/sql.py", title="SQL", icon=":material/terminal:"),
     ],
     # Groups and the steering / decoding lab join here as an "Experiment" section.

@@ -10,6 +10,10 @@ import streamlit as st
 
 from app.client import BackendError, BackendUnavailable, TokenPrismClient
 
+# The extra metric families a scoring request can ask for (backend.uncertainty.EXTRA_METRICS,
+# repeated so the UI does not import the backend's model code).
+EXTRA_METRICS = ["ccp", "probe", "sar", "selfcheck"]
+
 SEQUENCE_CARDS = (
     ("geometric_mean_confidence", "GM confidence", "{:.3f}"),
     ("mean_prob", "mean prob", "{:.3f}"),

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.components.tables import turns_frame
 from app.run_view import render_run
-from app.ui import backend_errors, client
+from app.ui import EXTRA_METRICS, backend_errors, client
 
 TURN_METRICS = [
     "mean_entropy",
@@ -19,8 +19,22 @@ TURN_METRICS = [
     "gltr_rest",
     "mean_step_first_surprisal",
     "mean_kurtosis",
+    "probe_max",
+    "ccp_uncertainty",
+    "claim_ccp_min",
+    "token_sar",
 ]
-TOKEN_METRICS = ["entropy", "surprisal_bits", "prob", "margin", "window_entropy", "rank"]
+TOKEN_METRICS = [
+    "entropy",
+    "surprisal_bits",
+    "prob",
+    "margin",
+    "window_entropy",
+    "rank",
+    "probe",
+    "ccp",
+    "sar",
+]
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 
 st.title("Audit")
@@ -31,14 +45,20 @@ st.caption(
 
 with st.form("audit.form", clear_on_submit=False):
     upload = st.file_uploader("Transcript", type=["jsonl", "json", "csv", "txt"], key="audit.file")
-    model = st.text_input("Model", key="audit.model", placeholder="server default")
+    form_cols = st.columns([1, 2])
+    model = form_cols[0].text_input("Model", key="audit.model", placeholder="server default")
+    extras = form_cols[1].multiselect(
+        "Uncertainty & hallucination metrics", EXTRA_METRICS, key="audit.extras"
+    )
     sent = st.form_submit_button("Upload and audit", type="primary")
 if sent:
     if upload is None:
         st.warning("Choose a file first.")
     else:
         with backend_errors():
-            reply = client().upload(upload.name, upload.getvalue(), model=model or None)
+            reply = client().upload(
+                upload.name, upload.getvalue(), model=model or None, metrics=extras
+            )
         if reply.get("duplicate"):
             st.info(reply["message"])
         st.session_state["audit.upload_id"] = reply["upload_id"]

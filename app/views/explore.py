@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from app.run_view import render_run
-from app.ui import backend_errors, client
+from app.ui import EXTRA_METRICS, backend_errors, client
 
 st.title("Explore")
 st.caption(
@@ -28,7 +28,15 @@ with st.form("explore.form"):
     top_p = cols[2].number_input("Top-p", 0.05, 1.0, 0.95, 0.05, key="explore.top_p")
     max_new = cols[3].number_input("Max new tokens", 1, 1024, 64, 8, key="explore.max_new")
     seed = cols[4].number_input("Seed", 0, 2**31 - 1, 0, 1, key="explore.seed")
-    template = st.checkbox("Use the model's chat template", value=True, key="explore.template")
+    left, right = st.columns([1, 2])
+    template = left.checkbox("Use the model's chat template", value=True, key="explore.template")
+    extras = right.multiselect(
+        "Uncertainty & hallucination metrics",
+        EXTRA_METRICS,
+        key="explore.extras",
+        help="CCP (NLI judge over alternatives), probe (hallucination probe), SAR "
+        "(relevance-weighted surprisal), selfcheck (samples the model 5 more times).",
+    )
     submitted = st.form_submit_button("Run", type="primary")
 
 if submitted:
@@ -38,7 +46,11 @@ if submitted:
         with backend_errors(), st.spinner("Scoring…" if response.strip() else "Generating…"):
             if response.strip():
                 fresh = client().score(
-                    prompt=prompt, response=response, model=model or None, template=template
+                    prompt=prompt,
+                    response=response,
+                    model=model or None,
+                    template=template,
+                    metrics=extras,
                 )
             else:
                 fresh = client().generate(
@@ -49,6 +61,7 @@ if submitted:
                     temperature=temperature,
                     top_p=top_p,
                     seed=int(seed),
+                    metrics=extras,
                 )[0]
         st.session_state["explore.run"] = fresh
         st.query_params["run"] = fresh["run_id"]

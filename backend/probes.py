@@ -191,6 +191,9 @@ def save_probe(
         if report is not None:
             (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         target = directory / name
+        tmp.chmod(0o755)  # mkdtemp makes it private; a probe is meant to be shared
+        for file in tmp.iterdir():
+            file.chmod(0o644)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -77,6 +77,14 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
+def _metric_families(spec: str | list[str] | None) -> tuple[str, ...]:
+    """:func:`parse_metrics`, with an unknown family answered as an invalid request (422)."""
+    try:
+        return parse_metrics(spec)
+    except UserError as err:
+        raise ApiError(422, "invalid_request", str(err)) from None
+
+
 class NotFound(ApiError):
     def __init__(self, message: str) -> None:
         super().__init__(404, "not_found", message)
@@ -284,7 +292,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
                 system_prompt=body.system,
             )
         plan = None
-        extras = parse_metrics(body.metrics)
+        extras = _metric_families(body.metrics)
         if extras:
             request = ExtraRequest(
                 metrics=extras, judge=body.judge, probe=body.probe, samples=body.samples
@@ -305,7 +313,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         kind: str | None = None,
         q: Annotated[str | None, Query(description="text search", max_length=500)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> dict[str, Any]:
         filters = {"model": model, "upload_id": upload_id, "kind": kind, "search": q}
         return {
@@ -349,7 +357,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
     @router.post("/generate", summary="Sample responses, re-score each teacher-forced, store")
     def generate(body: GenerateRequest, svc: ServiceDep) -> dict[str, Any]:
         lm = svc.model(svc.model_name(body.model))
-        extras = parse_metrics(body.metrics)
+        extras = _metric_families(body.metrics)
         plan = plan_extras(lm, ExtraRequest(metrics=extras), svc.settings) if extras else None
         with svc.model_lock:
             encoded = sample_responses(
@@ -392,7 +400,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         lm = svc.model(model_name)
         encode_items(lm, items, name)  # too-long or empty turns fail now, before any write
         job_params: dict[str, Any] = {"model": model_name}
-        extras = parse_metrics(metrics)
+        extras = _metric_families(metrics)
         if extras:
             request = ExtraRequest(metrics=extras)
             plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
@@ -524,7 +532,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
     def uploads(
         svc: ServiceDep,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
     ) -> dict[str, Any]:
         return {"uploads": list_uploads(svc.store, limit=limit, offset=offset)}
 

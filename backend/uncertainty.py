@@ -157,7 +157,7 @@ class ExtraPlan:
             extras: dict[str, Any] = {}
             claims = claims_of(enc, sc, self.request.claim_splitter)
             if probe_values is not None:
-                _add_probe(enc, sc, probe_values[row, : sc.length])
+                _add_probe(sc, probe_values[row, : sc.length])
             if self.judge is not None:
                 _add_ccp(lm, enc, sc, claims, self.judge, self.request.ccp)
             if self.encoder is not None and "sar" in self.metrics:
@@ -238,9 +238,10 @@ def _nanmax(x: Tensor) -> float:
 # ---- probe ----------------------------------------------------------------------------------
 
 
-def _add_probe(enc: EncodedText, sc: ScoredSequence, values: Tensor) -> None:
-    response = ~torch.tensor(enc.is_prompt, dtype=torch.bool)
-    token = torch.where(response, values.float(), torch.nan)
+def _add_probe(sc: ScoredSequence, values: Tensor) -> None:
+    # the scored response tokens only, as apply_probe_to_run stores them: position 0 of a
+    # raw-text run has no prediction and is part of no claim
+    token = torch.where(sc.response_mask, values.float(), torch.nan)
     sc.token["probe"] = token
     counted = token[sc.response_mask]
     sc.sequence["probe_max"] = _nanmax(counted)

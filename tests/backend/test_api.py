@@ -170,7 +170,7 @@ def _all_routes(c: TestClient) -> list[tuple[str, str]]:
     for path, operations in c.app.openapi()["paths"].items():  # type: ignore[attr-defined]
         assert path.startswith(API)
         path = path.replace("{run_id}", "r").replace("{upload_id}", "u")
-        path = path.replace("{job_id}", "j")
+        path = path.replace("{job_id}", "j").replace("{name}", "p")
         routes += [(method.upper(), path) for method in operations]
     return routes
 
@@ -197,6 +197,10 @@ def test_every_route_but_health_needs_the_token(make_client: ClientFactory) -> N
         ("POST", url("/jobs/j/resume")),
         ("GET", url("/jobs/j/events")),
         ("POST", url("/sql")),
+        ("GET", url("/probes")),
+        ("GET", url("/probes/p")),
+        ("POST", url("/probes")),
+        ("POST", url("/runs/r/probe")),
     }
     assert set(routes) == expected  # a new route must be added to this test
     for method, path in routes:

@@ -241,8 +241,8 @@ def test_legend_names_the_uncertain_colour_and_the_ends() -> None:
 
 
 def test_legend_of_an_unregistered_metric_has_no_direction() -> None:
-    tokens = [_tok(1, "a", 1.0, probe=0.2), _tok(2, "b", 1.0, probe=0.8)]
-    text = "".join(_parse(legend_html("probe", tokens)).text)
+    tokens = [_tok(1, "a", 1.0, my_score=0.2), _tok(2, "b", 1.0, my_score=0.8)]
+    text = "".join(_parse(legend_html("my_score", tokens)).text)
     assert "green = low, red = high" in text
 
 

@@ -20,6 +20,10 @@ MODULES = (
     "analysis.claims",
     "analysis.sar",
     "analysis.selfcheck",
+    "analysis.thr",
+    "analysis.critical",
+    "analysis.verifiers",
+    "analysis.prefix_tree",
 )
 
 

@@ -65,7 +65,7 @@ def claims_frame(run: dict[str, Any]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=["#", "claim", "tokens", *[lab for _, lab in present]])
     if rows:
         frame["risk"] = [r["risk"] for r in rows]
-        frame = frame.sort_values("risk", ascending=False, na_position="last")
+        frame = frame.sort_values("risk", ascending=False, na_position="last", kind="stable")
         frame = frame.drop(columns="risk").reset_index(drop=True)
     return frame
 

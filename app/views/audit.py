@@ -51,6 +51,7 @@ with st.form("audit.form", clear_on_submit=False):
         "Uncertainty & hallucination metrics", EXTRA_METRICS, key="audit.extras"
     )
     sent = st.form_submit_button("Upload and audit", type="primary")
+fresh_upload: str | None = None
 if sent:
     if upload is None:
         st.warning("Choose a file first.")
@@ -61,7 +62,7 @@ if sent:
             )
         if reply.get("duplicate"):
             st.info(reply["message"])
-        st.session_state["audit.upload_id"] = reply["upload_id"]
+        st.session_state["audit.upload_id"] = fresh_upload = reply["upload_id"]
 
 with backend_errors():
     uploads = client().uploads()
@@ -69,11 +70,13 @@ if not uploads:
     st.info("No uploads yet. Try data/samples/chats.jsonl from the repository.")
     st.stop()
 ids = [u["upload_id"] for u in uploads]
-current = st.session_state.get("audit.upload_id")
+if fresh_upload in ids:
+    # A keyed selectbox keeps its value across reruns whatever its index says, so the upload
+    # just sent is shown by setting the widget's state before the widget is created.
+    st.session_state["audit.choice"] = fresh_upload
 chosen = st.selectbox(
     "Upload",
     ids,
-    index=ids.index(current) if current in ids else 0,
     format_func=lambda i: next(
         f"{u['filename']} · {u['n_items']} turns · {u['created_at'][:19]}"
         for u in uploads

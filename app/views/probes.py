@@ -22,12 +22,13 @@ with backend_errors():
 
 if probes:
     names = [p["name"] for p in probes]
+    # A keyed selectbox keeps its value across reruns whatever its index says, so a newly
+    # trained probe is shown by setting the widget's state before the widget is created.
+    if (trained := st.session_state.pop("probes.trained", None)) in names:
+        st.session_state["probes.choice"] = trained
     chosen = st.selectbox(
         "Probe",
         names,
-        index=names.index(st.session_state["probes.trained"])
-        if st.session_state.get("probes.trained") in names
-        else 0,
         format_func=lambda n: next(
             f"{p['name']} · {p['model']} · layer {p['layer']}"
             + (" · shipped" if p["shipped"] else "")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
+import pandas as pd
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
@@ -143,3 +147,226 @@ def test_backend_down_is_a_message_not_a_traceback(monkeypatch: pytest.MonkeyPat
         if page in ("audit", "runs"):
             assert any("not reachable" in e.value for e in at.error)
     st.cache_resource.clear()
+
+
+# ---- uncertainty & hallucination metrics: claims, probes -------------------------------------
+
+PROBE_CITIES = ("Paris", "Rome", "Berlin", "Madrid", "Lisbon", "Vienna", "Oslo", "Prague")
+EXTRA_OPTIONS = ["ccp", "probe", "sar", "selfcheck"]
+
+
+def _labelled_jsonl(n: int = 30) -> bytes:
+    """Span-labelled answers: the city of every answer is one span, every third one false."""
+    lines = []
+    for i in range(n):
+        city = PROBE_CITIES[i % len(PROBE_CITIES)]
+        response = f"The answer is {city}."
+        spans = [{"start": 14, "end": 14 + len(city), "label": int(i % 3 == 0)}]
+        lines.append(json.dumps({"prompt": f"Question {i}?", "response": response, "spans": spans}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _job_done(url: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = httpx.get(f"{url}/api/v1/jobs/{job_id}").json()
+        if job["status"] == "done":
+            return job
+        assert job["status"] in ("queued", "running"), job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def trained_probe(live_backend: str) -> str:
+    """A probe for the tiny model, trained through the API (the tiny model ships none)."""
+    name = f"ui-probe-{uuid.uuid4().hex[:8]}"
+    reply = httpx.post(
+        f"{live_backend}/api/v1/probes",
+        files={"file": ("labelled.jsonl", _labelled_jsonl())},
+        data={"name": name, "epochs": "3", "ccp": "false", "layer": "0"},
+        timeout=120,
+    )
+    assert reply.status_code == 202, reply.text
+    _job_done(live_backend, reply.json()["job_id"])
+    return name
+
+
+def _scored_run(url: str, metrics: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "prompt": "What is the capital of France?",
+        "response": "The capital of France is Paris. It lies on the Seine.",
+    }
+    if metrics:
+        body["metrics"] = metrics
+    reply = httpx.post(f"{url}/api/v1/runs", json=body, timeout=300)
+    assert reply.status_code < 300, reply.text
+    run: dict[str, Any] = reply.json()
+    return run
+
+
+def _explore_run(run_id: str) -> AppTest:
+    """The Explore page opened on a stored run, as a `?run=` link does."""
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = run_id
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.session_state["explore.run"]["run_id"] == run_id
+    return at
+
+
+def _claims_table(at: AppTest) -> pd.DataFrame:
+    tables = [d.value for d in at.dataframe if "claim" in d.value.columns]
+    assert len(tables) == 1, "no claims table on the page"
+    return tables[0]
+
+
+def _html_bodies(at: AppTest) -> str:
+    return "\n".join(str(getattr(el.proto, "body", "")) for el in at.get("html"))
+
+
+def _plotly_specs(at: AppTest) -> list[dict[str, Any]]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def test_probes_page_shows_auc_table_and_roc_chart(backend: str, trained_probe: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
+    at = _app("probes")
+    choice = at.selectbox(key="probes.choice")
+    choice.set_value(trained_probe).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="probes.choice").value == trained_probe
+    assert any("Held-out split" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert table.columns.tolist() == ["score", "token AUC", "span-max AUC"]
+    assert {"probe", "entropy", "one_minus_prob"} <= set(table["score"])
+    assert table["token AUC"].between(0, 1).all()
+    specs = _plotly_specs(at)
+    assert len(specs) == 1
+    names = [trace.get("name") for trace in specs[0]["data"]]
+    assert names[0] == "chance"
+    assert any(str(n).startswith("probe (AUC ") for n in names), names
+
+
+def test_probes_page_trains_a_probe_from_an_upload(backend: str) -> None:
+    at = _app("probes")
+    name = f"ui-form-{uuid.uuid4().hex[:8]}"
+    at.get("file_uploader")[0].set_value(
+        ("labelled.jsonl", _labelled_jsonl(24), "application/jsonl")
+    )
+    at.text_input(key="probes.name").set_value(name)
+    at.text_input(key="probes.layer").set_value("0")
+    at.number_input(key="probes.epochs").set_value(2)
+    at.checkbox(key="probes.ccp").uncheck()
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job_id = at.session_state["probes.job"]
+    assert at.get("progress")  # the training job's progress bar
+    _job_done(backend, job_id)
+    at.run()  # the progress fragment sees the finished job and reloads the page
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="probes.choice").value == name  # the new probe's report is shown
+    assert len(_plotly_specs(at)) == 1
+    assert name in [p["name"] for p in httpx.get(f"{backend}/api/v1/probes").json()]
+
+
+def test_metric_multiselects_offer_and_send_the_extra_families(backend: str) -> None:
+    at = _app()
+    assert at.multiselect(key="explore.extras").options == EXTRA_OPTIONS
+    at.text_area(key="explore.prompt").set_value("What is the capital of Italy?")
+    at.text_area(key="explore.response").set_value("The capital of Italy is Rome.")
+    at.multiselect(key="explore.extras").set_value(["ccp"])
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    run = at.session_state["explore.run"]
+    assert run["provenance"]["extras"]["request"]["metrics"] == ["ccp"]
+    assert any(t.get("ccp") is not None for t in run["tokens"] if not t["is_prompt"])
+    at = _app("audit")
+    assert at.multiselect(key="audit.extras").options == EXTRA_OPTIONS
+    chat = {
+        "messages": [
+            {"role": "user", "content": f"Name a river ({uuid.uuid4().hex[:6]})."},
+            {"role": "assistant", "content": "The Danube flows through Vienna."},
+        ]
+    }
+    transcript = (json.dumps(chat) + "\n").encode()
+    at.get("file_uploader")[0].set_value(("river.jsonl", transcript, "application/jsonl"))
+    at.multiselect(key="audit.extras").set_value(["ccp"])
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    upload_id = at.session_state["audit.upload_id"]
+    summary = httpx.get(f"{backend}/api/v1/uploads/{upload_id}").json()
+    _job_done(backend, summary["job"]["job_id"])
+    runs = httpx.get(f"{backend}/api/v1/runs", params={"upload_id": upload_id}).json()["runs"]
+    assert len(runs) == 1
+    turn = httpx.get(f"{backend}/api/v1/runs/{runs[0]['run_id']}").json()
+    assert any(t.get("ccp") is not None for t in turn["tokens"] if not t["is_prompt"])
+
+
+def test_ccp_run_shows_claims_and_the_fallback_judge(backend: str) -> None:
+    run = _scored_run(backend, ["ccp"])
+    at = _explore_run(run["run_id"])
+    metric = at.selectbox(key="explore.metric")
+    assert "ccp" in metric.options
+    claims = _claims_table(at)
+    assert len(claims) == len(run["claims"]) == 2
+    assert "CCP" in claims.columns and claims["CCP"].notna().all()
+    assert claims["CCP"].is_monotonic_increasing  # no probe: lowest CCP (worst) first
+    assert set(claims["claim"]) == {c["text"] for c in run["claims"]}
+    judge = [c.value for c in at.caption if c.value.startswith("CCP judge:")]
+    assert judge and "fallback" in judge[0]
+    metric.set_value("ccp").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "\nccp " in _html_bodies(at)  # the tooltips give each token's CCP
+
+
+def test_apply_probe_from_the_run_view(backend: str, trained_probe: str) -> None:
+    run = _scored_run(backend)
+    run_id = run["run_id"]
+    assert all(t.get("probe") is None for t in run["tokens"])
+    at = _explore_run(run_id)
+    assert _claims_table(at).shape[0] >= 1
+    assert any(e.label.startswith("Score this run") for e in at.expander)
+    pick = at.selectbox(key="explore.probe_pick")
+    assert trained_probe in pick.options
+    pick.set_value(trained_probe)
+    at.button(key="explore.probe_apply").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    stored = httpx.get(f"{backend}/api/v1/runs/{run_id}").json()
+    probe = [t.get("probe") for t in stored["tokens"] if not t["is_prompt"]]
+    assert sum(v is not None for v in probe) >= len(probe) - 1  # position 0 has no value
+    assert stored["provenance"]["extras"]["probe"]["probe"] == trained_probe
+    # the page shows the probed run: probe colours and column, no offer to apply one again
+    assert at.session_state["explore.run"]["provenance"]["extras"]["probe"]["probe"] == (
+        trained_probe
+    )
+    assert "probe" in at.selectbox(key="explore.metric").options
+    assert "probe (max)" in _claims_table(at).columns
+    assert "explore.probe_pick" not in [s.key for s in at.selectbox]
+    assert any(f"probe: {trained_probe} (layer 0)" in c.value for c in at.caption)
+
+
+def test_audit_shows_a_new_upload_when_older_ones_exist(backend: str) -> None:
+    def chat(tag: str) -> bytes:
+        messages = [
+            {"role": "user", "content": f"Say something about {tag}."},
+            {"role": "assistant", "content": f"Here is something about {tag}."},
+        ]
+        return (json.dumps({"messages": messages}) + "\n").encode()
+
+    at = _app("audit")
+    uploaded = []
+    for tag in (f"first-{uuid.uuid4().hex[:6]}", f"second-{uuid.uuid4().hex[:6]}"):
+        at.get("file_uploader")[0].set_value((f"{tag}.jsonl", chat(tag), "application/jsonl"))
+        at.button[0].click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        uploaded.append(at.session_state["audit.upload_id"])
+        summary = httpx.get(f"{backend}/api/v1/uploads/{uploaded[-1]}").json()
+        _job_done(backend, summary["job"]["job_id"])
+        # the upload just sent is the one on screen, even with older uploads in the list
+        assert at.selectbox(key="audit.choice").value == uploaded[-1]
+    at.run()
+    assert at.selectbox(key="audit.choice").value == uploaded[-1]
+    # and the user can still switch to another upload
+    at.selectbox(key="audit.choice").set_value(uploaded[0]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="audit.choice").value == uploaded[0]

@@ -220,3 +220,156 @@ def test_a_2000_token_run_renders(browser: object, ui_url: str, default_backend:
     print(f"\n{n}-token run: all token spans on screen {elapsed:.2f} s after navigation")
     # the page stays responsive: switching the colour metric re-renders the strip
     assert driver.execute_script("return document.readyState") == "complete"  # type: ignore[attr-defined]
+
+
+def _wait_rerender(driver: object, condition: object, timeout: float = 30) -> object:
+    """:func:`_wait` that also retries while Streamlit swaps the elements it is looking at."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    wait = WebDriverWait(driver, timeout, ignored_exceptions=ignored)  # type: ignore[type-var]
+    return wait.until(condition)  # type: ignore[arg-type]
+
+
+def _widget(driver: object, testid: str, label: str) -> object:
+    """The Streamlit widget of kind ``testid`` (e.g. stSelectbox) whose label is ``label``."""
+    from selenium.webdriver.common.by import By
+
+    return _wait_rerender(
+        driver,
+        lambda d: next(
+            (
+                w
+                for w in d.find_elements(By.CSS_SELECTOR, f"[data-testid='{testid}']")
+                if w.find_element(By.CSS_SELECTOR, "[data-testid='stWidgetLabel']").text.strip()
+                == label
+            ),
+            None,
+        ),
+        timeout=30,
+    )
+
+
+def _choose(driver: object, widget: object, option: str) -> None:
+    """Open a select / multiselect, type ``option`` and click the matching entry."""
+    from selenium.webdriver.common.by import By
+
+    box = widget.find_element(By.CSS_SELECTOR, "input[role='combobox']")  # type: ignore[attr-defined]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)  # type: ignore[attr-defined]
+    box.click()
+    box.send_keys(option)
+    entry = _wait_rerender(
+        driver,
+        lambda d: next(
+            (
+                o
+                for o in d.find_elements(By.CSS_SELECTOR, "[role='option']")
+                if o.text.strip() == option
+            ),
+            None,
+        ),
+        timeout=15,
+    )
+    entry.click()  # type: ignore[attr-defined]
+
+
+def test_audit_with_ccp_colours_a_turn_by_ccp(
+    browser: object, ui_url: str, default_backend: str, tmp_path: Path
+) -> None:
+    """Upload with CCP chosen, open the scored turn, colour its tokens by CCP."""
+    import re
+
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    marker = f"ccp-{time.time_ns()}"
+    transcript = tmp_path / f"{marker}.jsonl"
+    transcript.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is the capital of France? ({marker})"},
+                    {"role": "assistant", "content": "The capital of France is Paris."},
+                ]
+            }
+        )
+        + "\n"
+    )
+    driver.get(ui_url + "/audit")  # type: ignore[attr-defined]
+    upload = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "input[type='file']"))
+    upload.send_keys(str(transcript))  # type: ignore[attr-defined]
+    extras = _widget(driver, "stMultiSelect", "Uncertainty & hallucination metrics")
+    _choose(driver, extras, "ccp")
+    _wait(driver, lambda _: "ccp" in extras.text, timeout=10)  # type: ignore[attr-defined]
+    button = _wait(
+        driver,
+        lambda d: next(
+            (
+                b
+                for b in d.find_elements(By.TAG_NAME, "button")
+                if b.text.strip() == "Upload and audit"
+            ),
+            None,
+        ),
+    )
+    button.click()  # type: ignore[attr-defined]
+
+    # the upload's job, found through the API, asked for CCP and finishes
+    def _job(_: object) -> dict[str, object] | None:
+        ups = httpx.get(f"{default_backend}/api/v1/uploads").json()["uploads"]
+        mine = [u for u in ups if u["filename"] == transcript.name and u.get("job_id")]
+        if not mine:
+            return None
+        job = httpx.get(f"{default_backend}/api/v1/jobs/{mine[0]['job_id']}").json()
+        assert job["status"] in ("queued", "running", "done"), job
+        return job if job["status"] == "done" else None
+
+    job = _wait(driver, _job, timeout=60)
+    assert "ccp" in json.dumps(job["params"])  # type: ignore[index]
+    # the page reloads itself when the job ends and lists our upload's single turn
+    _wait_rerender(
+        driver,
+        lambda d: (
+            "Turns by risk" in d.page_source
+            and "No turn of this upload is scored yet" not in d.page_source
+        ),
+        timeout=30,
+    )
+    for _attempt in range(3):  # the grid can be redrawn under the pointer: retry the click
+        time.sleep(1.0)  # let the grid settle before clicking on its canvas
+        table = _wait_rerender(
+            driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stDataFrame']")
+        )
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", table)  # type: ignore[attr-defined]
+        # tick the first row's selection box (the grid is a canvas: click by position)
+        size = table.size  # type: ignore[attr-defined]
+        ActionChains(driver).move_to_element_with_offset(  # type: ignore[arg-type]
+            table,  # type: ignore[arg-type]
+            -size["width"] // 2 + 18,
+            -size["height"] // 2 + 35 + 17,
+        ).click().perform()
+        try:
+            _wait_rerender(driver, lambda d: "Turn detail" in d.page_source, timeout=15)
+            break
+        except TimeoutException:
+            continue
+    else:
+        _shot(driver, "audit-ccp-no-selection.png")
+        raise AssertionError("selecting the turn in the table did not open it")
+    colour_by = _widget(driver, "stSelectbox", "Colour tokens by")
+    _choose(driver, colour_by, "ccp")
+
+    def _ccp_titles(d: object) -> list[str] | None:
+        spans = d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]")  # type: ignore[attr-defined]
+        titles = [s.get_attribute("title") or "" for s in spans]
+        with_ccp = [t for t in titles if re.search(r"^ccp -?[0-9]", t, re.MULTILINE)]
+        return with_ccp or None
+
+    titles = _wait_rerender(driver, _ccp_titles, timeout=30)
+    assert len(titles) >= 3  # type: ignore[arg-type]
+    assert "Paris" in driver.find_element(By.CSS_SELECTOR, ".tp-tokens").text  # type: ignore[attr-defined]
+    assert "CCP judge:" in driver.page_source  # type: ignore[attr-defined]
+    _shot(driver, "audit-ccp.png")

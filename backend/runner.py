@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -68,11 +69,14 @@ def score_batch(
     encoded: list[EncodedText],
     params: ScoringParams | None = None,
     extras: ExtraPlan | None = None,
+    on_forward: Callable[[Any, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> list[ScoredText]:
     """Score texts in one forward pass (right-padded); all metrics come from that pass.
 
     ``extras`` (see :mod:`backend.uncertainty`) adds CCP, probe, SAR and sampling-consistency
     metrics; the probe reads this pass's hidden states. Claims (sentences) are always found.
+    ``on_forward(output, input_ids, attention_mask)`` sees the model output of the same pass
+    (group metrics such as THR read its logits and hidden states) before it is released.
     """
     from backend.uncertainty import claim_metrics, claims_of
 
@@ -93,6 +97,8 @@ def score_batch(
             [step_positions(e) for e in encoded],
         )
         probe_values = extras.probe_values(out.hidden_states) if extras is not None else None
+        if on_forward is not None:
+            on_forward(out, ids, mask)
     del out  # hidden states of a long batch are large; extras that sample need the memory
     if extras is not None:
         applied = extras.apply(lm, encoded, scored, probe_values)

@@ -77,10 +77,19 @@ CREATE TABLE IF NOT EXISTS claim_metrics (
     value DOUBLE PRECISION);
 """
 
+_V4 = """
+CREATE TABLE IF NOT EXISTS groups (
+    group_id VARCHAR NOT NULL PRIMARY KEY, job_id VARCHAR, model VARCHAR NOT NULL,
+    model_revision VARCHAR NOT NULL, prompt VARCHAR NOT NULL, verifier VARCHAR NOT NULL,
+    params VARCHAR NOT NULL, n INTEGER NOT NULL, tree VARCHAR NOT NULL, summary VARCHAR NOT NULL,
+    rollouts VARCHAR, contrastive VARCHAR, created_at TIMESTAMP NOT NULL);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
     (2, "uploads; runs.item_index for resumable jobs; tokens.top_k nested; job timing", _V2),
     (3, "claims (sentences of a response) and claim-level metrics", _V3),
+    (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
 ]
 
 LATEST = MIGRATIONS[-1][0]

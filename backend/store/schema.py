@@ -177,6 +177,24 @@ claim_metrics = sa.Table(  # v3
     sa.Column("value", sa.Double),
 )
 
+groups = sa.Table(  # v4: a group of responses sampled for one prompt (runs carry group_id)
+    "groups",
+    metadata,
+    sa.Column("group_id", sa.String, primary_key=True),
+    sa.Column("job_id", sa.String),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("model_revision", sa.String, nullable=False),
+    sa.Column("prompt", sa.String, nullable=False),
+    sa.Column("verifier", sa.String, nullable=False),
+    sa.Column("params", sa.String, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("tree", sa.String, nullable=False),  # JSON: the compacted prefix tree
+    sa.Column("summary", sa.String, nullable=False),  # JSON: rewards, advantages, THR summary
+    sa.Column("rollouts", sa.String),  # JSON: critical-token rollouts by run id
+    sa.Column("contrastive", sa.String),  # JSON: the cDPO adapters' provenance
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
 BULK_TABLES = (
     "tokens",
     "token_metrics",

@@ -51,7 +51,15 @@ from backend.models import DEFAULT_MODEL, LoadedModel, get_model, loaded_model_n
 from backend.probe_apply import apply_probe_to_run
 from backend.probes import check_probe_name, list_probes, load_probe
 from backend.runner import score_one
-from backend.schemas import ApplyProbeRequest, GenerateRequest, RunRequest, SqlRequest
+from backend.schemas import (
+    ApplyProbeRequest,
+    ContrastiveBody,
+    GenerateRequest,
+    GroupBody,
+    RolloutBody,
+    RunRequest,
+    SqlRequest,
+)
 from backend.settings import Settings, get_settings
 from backend.store import Store
 from backend.store.records import (
@@ -527,6 +535,68 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         with svc.model_lock:
             summary = apply_probe_to_run(svc.store, run_id, body.probe, svc.settings)
         return {**summary, "run": svc.store.get_run(run_id)}
+
+    @router.get("/groups/prompts", summary="The shipped verifiable prompts")
+    def group_prompts() -> list[dict[str, str]]:
+        from backend.groups import shipped_prompts
+
+        return shipped_prompts()
+
+    @router.post("/groups", status_code=202, summary="Sample, verify and score a group (a job)")
+    def create_group(body: GroupBody, svc: ServiceDep) -> JSONResponse:
+        from backend.groups import GroupRequest, check_request
+
+        params = body.model_dump()
+        model_name = svc.model_name(params.pop("model"))
+        check_request(GroupRequest(**params))  # a bad verifier fails now, not in the job
+        job_id = svc.jobs.submit("group", {**params, "model": model_name}, 1000)
+        return JSONResponse(status_code=202, content={"job_id": job_id})
+
+    @router.get("/groups", summary="Recent groups")
+    def groups(svc: ServiceDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
+        from backend.groups import list_groups
+
+        return {"groups": list_groups(svc.store, limit)}
+
+    @router.get("/groups/{group_id}", summary="A group: responses, rewards, tokens, prefix tree")
+    def group(group_id: str, svc: ServiceDep) -> dict[str, Any]:
+        from backend.groups import get_group
+
+        try:
+            return dict(_jsonable(get_group(svc.store, group_id)))
+        except UserError as err:
+            raise NotFound(str(err)) from None
+
+    def _group_model(svc: Service, group_id: str) -> str:
+        from backend.groups import get_group
+
+        try:
+            group = get_group(svc.store, group_id, tokens=False)
+        except UserError as err:
+            raise NotFound(str(err)) from None
+        return svc.model_name(group["model"]["id"])
+
+    @router.post(
+        "/groups/{group_id}/rollouts",
+        status_code=202,
+        summary="Critical token of an incorrect response by verified rollouts (a job)",
+    )
+    def group_rollouts(group_id: str, body: RolloutBody, svc: ServiceDep) -> JSONResponse:
+        model_name = _group_model(svc, group_id)
+        params = {**body.model_dump(), "group_id": group_id, "model": model_name}
+        job_id = svc.jobs.submit("rollouts", params, 1000)
+        return JSONResponse(status_code=202, content={"job_id": job_id})
+
+    @router.post(
+        "/groups/{group_id}/contrastive",
+        status_code=202,
+        summary="Train cDPO positive / negative adapters and score p_CE (a job)",
+    )
+    def group_contrastive(group_id: str, body: ContrastiveBody, svc: ServiceDep) -> JSONResponse:
+        model_name = _group_model(svc, group_id)
+        params = {**body.model_dump(), "group_id": group_id, "model": model_name}
+        job_id = svc.jobs.submit("contrastive", params, 1000)
+        return JSONResponse(status_code=202, content={"job_id": job_id})
 
     @router.get("/uploads", summary="List uploads")
     def uploads(

@@ -463,9 +463,11 @@ def metrics() -> None:
 
 
 def _register_subcommands() -> None:
+    from backend.group_cli import register
     from backend.probe_cli import probe_app
 
     app.add_typer(probe_app, name="probe")
+    register(app)
 
 
 _register_subcommands()

@@ -316,6 +316,17 @@ def _tree_json(
     }
 
 
+def json_safe(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become null (``json.dumps`` would write bare NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _group_row(store: Store, group_id: str) -> dict[str, Any]:
     g = schema.groups
     with store.engine.connect() as conn:

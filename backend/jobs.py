@@ -73,6 +73,9 @@ class JobManager:
         self.handlers: dict[str, Callable[[dict[str, Any], LiveJob], dict[str, Any]]] = {
             "audit": self._run_audit,
             "probe_train": self._run_probe_train,
+            "group": self._run_group,
+            "rollouts": self._run_rollouts,
+            "contrastive": self._run_contrastive,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -293,3 +296,65 @@ class JobManager:
             "token_auc": held["token_auc"],
             "span_max_auc": held["span_max_auc"],
         }
+
+    # ---- groups --------------------------------------------------------------------------
+
+    def _staged(self, live: LiveJob, stages: dict[str, tuple[int, int]]) -> Any:
+        """A progress callback mapping (stage, done, total) onto the job's 1000 units."""
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if live.cancel.is_set():
+                raise JobCancelled
+            low, high = stages.get(stage, (0, 1000))
+            live.done = low + int((high - low) * done / max(total, 1))
+            update_job(self.store, live.job_id, done=live.done)
+
+        return progress
+
+    def _run_group(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        from backend.groups import GroupRequest, run_group
+
+        params = dict(job["params"])
+        lm = self.get_model(params.pop("model"))
+        live.total = 1000
+        progress = self._staged(live, {"sampling": (0, 600), "scoring": (600, 1000)})
+        with self.model_lock:
+            group_id = run_group(
+                lm, self.store, GroupRequest(**params), job_id=job["job_id"], progress=progress
+            )
+        return {"group_id": group_id}
+
+    def _run_rollouts(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        from backend.rollouts import RolloutRequest, run_rollouts
+
+        params = dict(job["params"])
+        lm = self.get_model(params.pop("model"))
+        live.total = 1000
+        staged = self._staged(live, {})
+        with self.model_lock:
+            result = run_rollouts(
+                lm,
+                self.store,
+                RolloutRequest(**params),
+                progress=lambda done, total: staged("rollouts", done, total),
+            )
+        return {k: result[k] for k in ("run_id", "critical_position", "critical_token")}
+
+    def _run_contrastive(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        from backend.contrastive import ContrastiveRequest, train_contrastive
+
+        params = dict(job["params"])
+        lm = self.get_model(params.pop("model"))
+        if "target_modules" in params:
+            params["target_modules"] = tuple(params["target_modules"])
+        live.total = 1000
+        staged = self._staged(live, {})
+        with self.model_lock:
+            summary = train_contrastive(
+                lm,
+                self.store,
+                self.settings,
+                ContrastiveRequest(**params),
+                progress=lambda done, total: staged("training", done, total),
+            )
+        return {"group_id": summary["group_id"], "final_loss": summary["final_loss"]}

@@ -59,6 +59,55 @@ class ApplyProbeRequest(_Body):
     probe: str | None = Field(None, description="probe name (default: newest for the model)")
 
 
+class GroupBody(_Body):
+    """Sample a group of responses to one prompt and score them with a verifier (a job)."""
+
+    prompt: str = Field(..., min_length=1, max_length=20_000)
+    verifier: str = Field(
+        ...,
+        min_length=3,
+        max_length=600,
+        description="number:42, number:42@0.5, exact:Paris, regex:PATTERN or choice:B",
+    )
+    model: str | None = None
+    system: str | None = None
+    n: int = Field(8, ge=1, le=64)
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(96, ge=1, le=1024)
+    seed: int | None = Field(0, ge=0, le=2**32 - 1)
+    thr_p: float = Field(0.1, ge=-1.0, le=1.0, description="THR reweighting knob p")
+    thr_beta: float = Field(1.0, description="beta of the dominant-token threshold")
+    latr_tau_abs: float = Field(0.25, ge=0.0, le=1.0)
+    latr_tau_rel: float = Field(0.15, ge=0.0, le=1.0)
+    cure_k: int = Field(20, ge=1, le=200)
+
+
+class RolloutBody(_Body):
+    """Find an incorrect response's critical token by verified rollouts (a job)."""
+
+    run_id: str | None = Field(None, description="default: the first incorrect response")
+    k: int = Field(8, ge=1, le=64, description="continuations per prefix")
+    budget: int = Field(12, ge=1, le=512, description="prefixes evaluated first")
+    refine: int = Field(8, ge=0, le=256, description="extra prefixes to pin the token down")
+    max_new_tokens: int = Field(64, ge=1, le=1024)
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    counterfactuals: int = Field(4, ge=0, le=32)
+    seed: int | None = Field(0, ge=0, le=2**32 - 1)
+
+
+class ContrastiveBody(_Body):
+    """Train positive / negative LoRA adapters on a group and score p_CE per token (a job)."""
+
+    steps: int = Field(30, ge=1, le=2000)
+    lr: float = Field(3e-4, gt=0.0, le=1.0)
+    rank: int = Field(8, ge=1, le=256)
+    alpha: int = Field(16, ge=1, le=1024)
+    beta: float = Field(1.0, ge=0.0, le=10.0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
 class SqlRequest(_Body):
     """One read-only SQL statement."""
 

@@ -269,17 +269,17 @@ class JobManager:
             live.done = low + int((high - low) * done / max(total, 1))
             update_job(self.store, live.job_id, done=live.done)
 
-        with self.model_lock:
-            probe, layer, report = train_and_evaluate(
-                lm,
-                upload["content"],
-                upload["filename"],
-                layer=params.get("layer"),
-                params=ProbeTrainParams(epochs=params["epochs"], lr=params["lr"]),
-                test_fraction=params["test_fraction"],
-                ccp_plan=plan,
-                progress=progress,
-            )
+        probe, layer, report = train_and_evaluate(
+            lm,
+            upload["content"],
+            upload["filename"],
+            layer=params.get("layer"),
+            params=ProbeTrainParams(epochs=params["epochs"], lr=params["lr"]),
+            test_fraction=params["test_fraction"],
+            ccp_plan=plan,
+            progress=progress,
+            model_lock=self.model_lock,
+        )
         save_probe(
             probe,
             params["name"],

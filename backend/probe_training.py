@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,14 +382,17 @@ def train_and_evaluate(
     test_fraction: float = 0.3,
     ccp_plan: ExtraPlan | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    model_lock: AbstractContextManager[Any] | None = None,
 ) -> tuple[LinearProbe, int, dict[str, Any]]:
     """Parse, encode, collect features, train on the train split, evaluate on the test split.
 
     ``layer``: a block index, ``auto`` (select on a validation part of the training split
     among every third block), or None (the second-to-last block). ``ccp_plan`` adds CCP as a
     baseline on the held-out split (it needs an NLI judge). Returns the probe, its layer and
-    the report.
+    the report. ``model_lock`` is held while the model runs (features, CCP), not while the
+    head trains, so a server keeps scoring other requests meanwhile.
     """
+    lock = model_lock or nullcontext()
     params = params or ProbeTrainParams()
     items = parse_labelled(data, source)
     encoded = encode_labelled(lm, items, source)
@@ -407,7 +411,8 @@ def train_and_evaluate(
     def report_progress(stage: str) -> Callable[[int, int], None]:
         return lambda done, total: progress(stage, done, total) if progress else None
 
-    collected = collect(lm, encoded, candidates, progress=report_progress("features"))
+    with lock:
+        collected = collect(lm, encoded, candidates, progress=report_progress("features"))
     train = [c for c, s in zip(collected, splits, strict=True) if s == "train"]
     test = [c for c, s in zip(collected, splits, strict=True) if s == "test"]
     if not train or not test:
@@ -431,7 +436,8 @@ def train_and_evaluate(
     probe, history = train_probe(_examples(train, chosen), params, on_step)
     if ccp_plan is not None:
         for i, c in enumerate(test):
-            ccp_plan.apply(lm, [c.encoded], [c.scored], None)
+            with lock:
+                ccp_plan.apply(lm, [c.encoded], [c.scored], None)
             if progress:
                 progress("ccp baseline", i + 1, len(test))
     report = {

@@ -356,5 +356,105 @@ _EXTRAS = [
         ("samples",),
     ),
 ]
-for _spec in _BUILTIN + _EXTRAS:
+# Group metrics (a group of sampled responses scored by a verifier).
+_GROUPS = [
+    MetricSpec(
+        "thr",
+        "token",
+        "score",
+        "neutral",
+        "Token Hidden Reward: first-order influence of the token's GRPO update on the "
+        "likelihood of the group's correct responses (> 0 exploitation, < 0 exploration).",
+        ("logits", "hidden_states", "group"),
+    ),
+    MetricSpec(
+        "thr_advantage",
+        "token",
+        "advantage",
+        "neutral",
+        "THR-reweighted advantage 1[|THR| > tau] (1 + sign(THR) p) A for the group's p.",
+        ("logits", "hidden_states", "group"),
+    ),
+    MetricSpec(
+        "tempo_td",
+        "token",
+        "reward",
+        "neutral",
+        "Prefix-tree TD term V(s_t+1) - V(s_t): non-zero where the token splits the group.",
+        ("group",),
+    ),
+    MetricSpec(
+        "tempo_advantage",
+        "token",
+        "advantage",
+        "neutral",
+        "TEMPO token advantage (r - mean + TD) / (std + eps).",
+        ("group",),
+    ),
+    MetricSpec(
+        "latr_branch",
+        "token",
+        "flag",
+        "uncertain",
+        "LATR branching indicator: 1 where p2 > tau_abs and p1 - p2 < tau_rel.",
+    ),
+    MetricSpec(
+        "cure_rank",
+        "token",
+        "rank",
+        "neutral",
+        "Rank among CURE's top-K high-entropy critical-token candidates (1 = highest).",
+    ),
+    MetricSpec(
+        "rollout_correct",
+        "token",
+        "fraction",
+        "confident",
+        "Share of sampled continuations from the prefix ending at the token whose answer "
+        "verifies (critical-token rollouts).",
+        ("group", "rollouts"),
+    ),
+    MetricSpec(
+        "ce_score",
+        "token",
+        "probability",
+        "confident",
+        "cDPO contrastive estimation p_CE = softmax((1+b) z_pos - b z_neg)[token]; low = "
+        "critical (the negative adapter prefers the token).",
+        ("group", "adapters"),
+    ),
+    MetricSpec("reward", "sequence", "reward", "confident", "Verifier reward (1 correct)."),
+    MetricSpec(
+        "advantage",
+        "sequence",
+        "advantage",
+        "confident",
+        "GRPO advantage (reward - group mean) / (group std + eps).",
+    ),
+    MetricSpec(
+        "rollout_baseline",
+        "sequence",
+        "fraction",
+        "confident",
+        "Share of continuations from the bare prompt that verify.",
+        ("group", "rollouts"),
+    ),
+    MetricSpec(
+        "critical_position",
+        "sequence",
+        "position",
+        "neutral",
+        "Position of the critical token found by rollouts.",
+        ("group", "rollouts"),
+    ),
+    MetricSpec(
+        "ce_min",
+        "sequence",
+        "probability",
+        "confident",
+        "Lowest p_CE over the response.",
+        ("group", "adapters"),
+    ),
+]
+for _spec in _BUILTIN + _EXTRAS + _GROUPS:
     register_metric(_spec)

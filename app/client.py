@@ -241,6 +241,32 @@ class TokenPrismClient:
     def apply_probe(self, run_id: str, probe: str | None = None) -> dict[str, Any]:
         return dict(self._json("POST", f"/runs/{run_id}/probe", json={"probe": probe}))
 
+    # ---- groups -------------------------------------------------------------------------
+
+    def group_prompts(self) -> list[dict[str, Any]]:
+        """The shipped verifiable prompts: ``id``, ``kind``, ``prompt``, ``verifier``."""
+        return list(self._json("GET", "/groups/prompts"))
+
+    def create_group(self, **params: Any) -> dict[str, Any]:
+        """Start sampling a group (``GroupBody`` fields: prompt, verifier, n, ...); the job."""
+        return dict(self._json("POST", "/groups", json=params))
+
+    def groups(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent groups, newest first."""
+        return list(self._json("GET", "/groups", params={"limit": limit})["groups"])
+
+    def group(self, group_id: str) -> dict[str, Any]:
+        """A group: responses with their tokens, summary, prefix tree, rollouts, cDPO."""
+        return dict(self._json("GET", f"/groups/{group_id}"))
+
+    def group_rollouts(self, group_id: str, **params: Any) -> dict[str, Any]:
+        """Start a rollout job (``RolloutBody`` fields: run_id, k, budget, ...); the job."""
+        return dict(self._json("POST", f"/groups/{group_id}/rollouts", json=params))
+
+    def group_contrastive(self, group_id: str, **params: Any) -> dict[str, Any]:
+        """Start training the cDPO adapters (``ContrastiveBody`` fields); the job."""
+        return dict(self._json("POST", f"/groups/{group_id}/contrastive", json=params))
+
     # ---- sql ----------------------------------------------------------------------------
 
     def sql(self, query: str, max_rows: int = 1000) -> dict[str, Any]:

@@ -19,8 +19,12 @@ from app.ui import backend_errors, client, sequence_cards
 DEFAULT_METRIC = "entropy"
 
 
-def render_run(run: dict[str, Any], *, key: str) -> None:
-    """Draw ``run``; ``key`` keeps widget keys unique when several runs are on one page."""
+def render_run(run: dict[str, Any], *, key: str, default_metric: str | None = None) -> None:
+    """Draw ``run``; ``key`` keeps widget keys unique when several runs are on one page.
+
+    ``default_metric`` is the first choice of "Colour tokens by" when the run has it (else
+    entropy); like any keyed widget, the selectbox then keeps what the user picked.
+    """
     tokens = run["tokens"]
     response = [t for t in tokens if not t["is_prompt"]]
     model = run.get("model", {})
@@ -34,10 +38,11 @@ def render_run(run: dict[str, Any], *, key: str) -> None:
         st.info("This run has no scored response tokens.")
         return
     left, right = st.columns([3, 1])
+    preferred = default_metric if default_metric in metrics else DEFAULT_METRIC
     metric = left.selectbox(
         "Colour tokens by",
         metrics,
-        index=metrics.index(DEFAULT_METRIC) if DEFAULT_METRIC in metrics else 0,
+        index=metrics.index(preferred) if preferred in metrics else 0,
         key=f"{key}.metric",
     )
     with_prompt = right.toggle("show prompt tokens", key=f"{key}.show_prompt")

@@ -25,7 +25,10 @@ pages = {
         st.Page("views/probes.py", title="Probes", icon=":material/troubleshoot:"),
         st.Page("views/sql.py", title="SQL", icon=":material/terminal:"),
     ],
-    # Groups and the steering / decoding lab join here as an "Experiment" section.
+    "Experiment": [
+        st.Page("views/groups.py", title="Groups", icon=":material/account_tree:"),
+        # the steering / decoding lab joins here
+    ],
 }
 
 with st.sidebar:

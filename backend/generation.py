@@ -18,11 +18,13 @@ def sample_responses(
     temperature: float = 1.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    skip_empty: bool = False,
 ) -> list[EncodedText]:
     """Sample ``n`` responses and return them encoded for scoring (prompt marked as context).
 
     Uses the chat template when the model has one (the prompt is the user turn), else the raw
-    prompt. ``temperature == 0`` means greedy decoding. The decoded text is re-tokenised for
+    prompt. ``temperature == 0`` means greedy decoding. ``skip_empty`` drops samples with no
+    text (they cannot be scored) instead of failing. The decoded text is re-tokenised for
     scoring, so generated and uploaded text go through the same path.
     """
     tok = lm.tokenizer
@@ -53,6 +55,9 @@ def sample_responses(
             pad_token_id=pad,
         )
     texts = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+    if skip_empty:
+        # a model that stops at once leaves nothing to score; groups record how many
+        texts = [t for t in texts if t.strip()]
     return [
         encode_pair(
             tok,

@@ -184,7 +184,7 @@ def contrastive(
 ) -> None:
     """Train cDPO positive / negative LoRA adapters on a group; store p_CE per token."""
     from backend.contrastive import ContrastiveRequest, train_contrastive
-    from backend.groups import get_group
+    from backend.groups import get_group, json_safe
     from backend.models import get_model
     from backend.store import Store
 
@@ -203,7 +203,7 @@ def contrastive(
         finally:
             close()
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json.dumps(json_safe(summary), ensure_ascii=False) + "\n")
         return
     out.print(
         f"adapters saved to {summary['directory']}; final loss positive "

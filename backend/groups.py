@@ -159,7 +159,10 @@ def run_group(
         temperature=request.temperature,
         top_p=request.top_p,
         seed=request.seed,
+        skip_empty=True,
     )
+    if not encoded:
+        raise UserError("every sampled response was empty: nothing to verify or score")
     report("sampling", request.n, request.n)
     verdicts: list[Verdict] = [verifier(e.response) for e in encoded]
     rewards = [v.reward for v in verdicts]
@@ -179,6 +182,7 @@ def run_group(
         )
         report("scoring", rows[-1] + 1, len(encoded))
     summary = _group_metrics(lm, request, encoded, scored, responses, rewards, vocab, captured)
+    summary["n_empty_dropped"] = request.n - len(encoded)
     group_id = uuid.uuid4().hex
     for i, (st, verdict) in enumerate(zip(scored, verdicts, strict=True)):
         st.provenance["group"] = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 import uuid
@@ -370,3 +371,190 @@ def test_audit_shows_a_new_upload_when_older_ones_exist(backend: str) -> None:
     at.selectbox(key="audit.choice").set_value(uploaded[0]).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.selectbox(key="audit.choice").value == uploaded[0]
+
+
+# ---- groups --------------------------------------------------------------------------------
+
+GROUP_PROMPT = "What is 2 + 2? Give the final number."
+
+
+def _make_group(url: str, verifier: str, n: int = 3, max_new_tokens: int = 12) -> dict[str, Any]:
+    """A group sampled through the API (the tiny model: seed 0 makes it reproducible)."""
+    body = {"prompt": GROUP_PROMPT, "verifier": verifier, "n": n, "max_new_tokens": max_new_tokens}
+    reply = httpx.post(f"{url}/api/v1/groups", json=body, timeout=60)
+    assert reply.status_code == 202, reply.text
+    group_id = _job_done(url, reply.json()["job_id"])["result"]["group_id"]
+    group: dict[str, Any] = httpx.get(f"{url}/api/v1/groups/{group_id}", timeout=60).json()
+    return group
+
+
+@pytest.fixture(scope="module")
+def wrong_group(live_backend: str) -> dict[str, Any]:
+    """Every response wrong: THR has no correct anchor, every response can be rolled out."""
+    group = _make_group(live_backend, "exact:zzzz")
+    assert group["summary"]["n_correct"] == 0
+    return group
+
+
+@pytest.fixture(scope="module")
+def mixed_group(live_backend: str) -> dict[str, Any]:
+    """One response right, the others wrong: a random model needs a verifier made to measure.
+
+    The same prompt, seed and sampling parameters give the same responses, so a first group
+    shows the texts and the second group's verifier accepts exactly the first one of them.
+    """
+    texts = [r["text"] for r in _make_group(live_backend, "regex:.")["responses"]]
+    if len(set(texts)) == 1:
+        pytest.skip("the tiny model sampled the same response three times")
+    group = _make_group(live_backend, r"regex:\A" + re.escape(texts[0]) + r"\Z")
+    assert [r["reward"] for r in group["responses"]] == [float(t == texts[0]) for t in texts]
+    return group
+
+
+def _groups_page(group_id: str | None = None) -> AppTest:
+    at = _app("groups")
+    if group_id is not None:
+        at.selectbox(key="groups.choice").set_value(group_id).run()
+        assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _icicles(at: AppTest) -> list[dict[str, Any]]:
+    return [t for spec in _plotly_specs(at) for t in spec["data"] if t["type"] == "icicle"]
+
+
+def _frame_with(at: AppTest, column: str) -> list[pd.DataFrame]:
+    """The page's tables that have ``column``."""
+    return [d.value for d in at.dataframe if column in d.value.columns]
+
+
+def _colour_by(at: AppTest) -> Any:
+    """The "Colour tokens by" selectbox of the response on screen."""
+    group_id = at.selectbox(key="groups.choice").value
+    return at.selectbox(key=f"groups.run.{group_id}.metric")
+
+
+def _trace_names(at: AppTest) -> set[str]:
+    return {str(t.get("name")) for spec in _plotly_specs(at) for t in spec["data"]}
+
+
+def test_groups_page_launches_a_group_from_a_shipped_prompt(
+    backend: str, wrong_group: dict[str, Any]
+) -> None:
+    shipped = httpx.get(f"{backend}/api/v1/groups/prompts").json()
+    at = _groups_page(wrong_group["group_id"])  # an older group is on screen
+    assert "no correct response" in " ".join(w.value for w in at.warning)
+    assert _colour_by(at).value == "entropy"  # no THR there
+    pick = at.selectbox(key="groups.shipped")
+    assert len(shipped) >= 2
+    assert pick.options == [f"{p['id']} · {p['kind']} · {p['verifier']}" for p in shipped]
+    # the first shipped prompt fills the fields; choosing another one refills them
+    assert at.text_area(key="groups.prompt").value == shipped[0]["prompt"]
+    assert at.text_input(key="groups.verifier").value == shipped[0]["verifier"]
+    pick.set_value(shipped[1]["id"]).run()
+    assert at.text_area(key="groups.prompt").value == shipped[1]["prompt"]
+    assert at.text_input(key="groups.verifier").value == shipped[1]["verifier"]
+    # every response of the random model is "correct" for regex:., so THR has its anchors
+    at.text_input(key="groups.verifier").set_value("regex:.")
+    at.number_input(key="groups.n").set_value(3)
+    at.number_input(key="groups.max_new").set_value(12)
+    at.button(key="groups.sample").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = at.session_state["groups.job"]
+    assert at.get("progress")  # the sampling job's progress bar
+    group_id = _job_done(backend, job["job_id"])["result"]["group_id"]
+    at.run()  # the progress fragment sees the finished job and reloads the page
+    assert not at.exception, [e.value for e in at.exception]
+    # the new group replaces the one on screen
+    assert group_id != wrong_group["group_id"]
+    assert at.selectbox(key="groups.choice").value == group_id
+    (responses,) = _frame_with(at, "extracted answer")
+    assert len(responses) == 3 and responses["reward"].tolist() == [1.0, 1.0, 1.0]
+    assert any("τ =" in s.value for s in at.success)
+    thr_tables = _frame_with(at, "THR")
+    assert thr_tables and len(thr_tables[0]) >= 1  # the top positive THR tokens
+    (icicle,) = _icicles(at)
+    assert icicle["ids"][0] == "0" and icicle["values"][0] == 3
+    assert icicle["labels"][0] == "all 3 responses"
+    at.selectbox(key="groups.tree_colour").set_value("entropy").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _icicles(at)[0]["marker"]["colorbar"]["title"]["text"] == "entropy (nats)"
+    # a response's tokens: coloured by THR first, with the group signals in the menu
+    at.selectbox(key="groups.response").set_value(1).run()
+    assert not at.exception, [e.value for e in at.exception]
+    metric = _colour_by(at)
+    assert metric.value == "thr"
+    assert {"thr", "thr_advantage", "tempo_td", "tempo_advantage", "latr_branch"} <= set(
+        metric.options
+    )
+    assert "tp-tokens" in _html_bodies(at)
+    assert {"entropy", "LATR branch", "CURE candidate"} <= _trace_names(at)
+    # a correct response has no critical token to look for
+    assert "groups.rollouts" not in [b.key for b in at.button]
+
+
+def test_groups_page_all_wrong_group_and_rollouts(
+    backend: str, wrong_group: dict[str, Any]
+) -> None:
+    at = _groups_page(wrong_group["group_id"])
+    warnings = " ".join(w.value for w in at.warning)
+    assert "THR is not available" in warnings and "no correct response" in warnings
+    assert len(_frame_with(at, "extracted answer")[0]) == 3
+    assert not _frame_with(at, "THR")  # no THR tables without THR
+    assert _icicles(at)
+    assert at.button(key="groups.cdpo").disabled  # cDPO needs correct responses too
+    # rollouts of response 0 through the page's button
+    assert at.selectbox(key="groups.response").value == 0
+    assert "thr" not in _colour_by(at).options
+    for key, value in (
+        ("groups.k", 2),
+        ("groups.budget", 2),
+        ("groups.refine", 0),
+        ("groups.counterfactuals", 1),
+        ("groups.roll_new", 8),
+    ):
+        at.number_input(key=key).set_value(value)
+    at.button(key="groups.rollouts").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = at.session_state["groups.rollout_job"]
+    run_id = wrong_group["responses"][0]["run_id"]
+    assert job["run_id"] == run_id
+    _job_done(backend, job["job_id"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    stored = httpx.get(f"{backend}/api/v1/groups/{wrong_group['group_id']}").json()
+    rollout = stored["rollouts"][run_id]
+    assert rollout["params"]["k"] == 2 and rollout["params"]["budget"] == 2
+    assert {"c(t)", "baseline"} <= _trace_names(at)
+    curve = next(t for spec in _plotly_specs(at) for t in spec["data"] if t.get("name") == "c(t)")
+    assert curve["x"] == rollout["positions"] and curve["y"] == rollout["correct_rate"]
+    if rollout["critical_position"] is not None:
+        assert "critical token" in _trace_names(at)
+        assert any("Critical token at position" in m.value for m in at.markdown)
+    assert "rollout_correct" in _colour_by(at).options
+
+
+def test_groups_page_trains_contrastive_adapters(backend: str, mixed_group: dict[str, Any]) -> None:
+    at = _groups_page(mixed_group["group_id"])
+    assert any("τ =" in s.value for s in at.success)
+    cdpo = at.button(key="groups.cdpo")
+    assert not cdpo.disabled
+    assert "ce_score" not in _colour_by(at).options
+    at.number_input(key="groups.cdpo_steps").set_value(2)
+    cdpo.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    _job_done(backend, at.session_state["groups.cdpo_job"]["job_id"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Adapters trained" in s.value for s in at.success)
+    assert "ce_score" in _colour_by(at).options
+
+
+def test_groups_page_survives_a_job_that_is_gone(backend: str, wrong_group: dict[str, Any]) -> None:  # noqa: ARG001 - fixture points the app at the backend
+    at = _groups_page(wrong_group["group_id"])
+    at.session_state["groups.job"] = {"job_id": uuid.uuid4().hex}  # e.g. another database
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(e.value.startswith("Sampling:") for e in at.error)
+    assert "groups.job" not in at.session_state  # no endless polling
+    assert _icicles(at)  # the rest of the page still draws

@@ -373,3 +373,73 @@ def test_audit_with_ccp_colours_a_turn_by_ccp(
     assert "Paris" in driver.find_element(By.CSS_SELECTOR, ".tp-tokens").text  # type: ignore[attr-defined]
     assert "CCP judge:" in driver.page_source  # type: ignore[attr-defined]
     _shot(driver, "audit-ccp.png")
+
+
+def test_groups_page_samples_a_group_and_draws_its_prefix_tree(
+    browser: object, ui_url: str, default_backend: str
+) -> None:
+    """Pick a shipped prompt, sample a small group, see the prefix tree as a plotly icicle."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    shipped = httpx.get(f"{default_backend}/api/v1/groups/prompts").json()
+    chosen = next(p for p in shipped if p["id"] == "sum")
+    before = {g["group_id"] for g in httpx.get(f"{default_backend}/api/v1/groups").json()["groups"]}
+    driver.get(ui_url + "/groups")  # type: ignore[attr-defined]
+    pick = _widget(driver, "stSelectbox", "Shipped prompt")
+    _choose(driver, pick, f"{chosen['id']} · {chosen['kind']} · {chosen['verifier']}")
+    # the shipped prompt and its verifier fill the (editable) fields
+    _wait_rerender(
+        driver,
+        lambda d: (
+            d.find_element(By.CSS_SELECTOR, "textarea[aria-label='Prompt']").get_attribute("value")
+            == chosen["prompt"]
+        ),
+        timeout=15,
+    )
+    for label, value in (("Responses (n)", "2"), ("Max new tokens", "8")):
+        box = _widget(driver, "stNumberInput", label).find_element(By.CSS_SELECTOR, "input")  # type: ignore[attr-defined]
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value, Keys.ENTER)
+        _wait_rerender(
+            driver,
+            lambda d, label=label, value=value: (
+                _widget(d, "stNumberInput", label)
+                .find_element(By.CSS_SELECTOR, "input")
+                .get_attribute("value")
+                == value
+            ),
+            timeout=15,
+        )
+    button = _wait_rerender(
+        driver,
+        lambda d: next(
+            (b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Sample group"),
+            None,
+        ),
+    )
+    button.click()  # type: ignore[attr-defined]
+
+    def _new_group(_: object) -> dict[str, object] | None:
+        groups = httpx.get(f"{default_backend}/api/v1/groups").json()["groups"]
+        fresh = [g for g in groups if g["group_id"] not in before]
+        return fresh[0] if fresh else None
+
+    group = _wait(driver, _new_group, timeout=90)  # ~20 s on a quiet 2-core CPU
+    assert group["prompt"] == chosen["prompt"] and group["n"] == 2  # type: ignore[index]
+    assert group["verifier"] == chosen["verifier"]  # type: ignore[index]
+    # the page reloads itself when the job ends and draws the group's prefix tree
+    _wait_rerender(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .iciclelayer g.slice"),
+        timeout=30,
+    )
+    assert (
+        "all 2 responses"
+        in driver.find_element(  # type: ignore[attr-defined]
+            By.CSS_SELECTOR, ".js-plotly-plot .iciclelayer"
+        ).text
+    )
+    time.sleep(0.5)  # let the remaining charts draw before the screenshot
+    _shot(driver, "groups.png")

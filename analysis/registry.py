@@ -456,5 +456,24 @@ _GROUPS = [
         ("group", "adapters"),
     ),
 ]
+# Signals of decoding experiments (per generated token; "_mean" variants per output).
+_DECODING: list[tuple[str, str, Direction, str]] = [
+    ("ead_temperature", "temperature", "neutral", "EAD: the annealed sampling temperature."),
+    ("ead_logprob", "nats", "confident", "EAD: log-probability of the sampled token."),
+    ("cntp_trials", "count", "uncertain", "CNTP: trials run at the start of the chunk."),
+    ("cntp_entropy", "nats", "uncertain", "CNTP: entropy of the warped distribution."),
+    ("cntp_ppl", "ratio", "uncertain", "CNTP: perplexity of the kept trial."),
+    ("large_model", "flag", "uncertain", "Entropy-adaptive switching: 1 = the large model."),
+    ("switch_entropy_bits", "bits", "uncertain", "Switching: entropy of the model in use."),
+    ("switch_mean_bits", "bits", "uncertain", "Switching: rolling mean of that entropy."),
+    ("latr_fired", "flag", "uncertain", "LATR generation: the branching rule fired here."),
+]
+for _name, _unit, _direction, _text in _DECODING:
+    _spec_token = MetricSpec(_name, "token", _unit, _direction, _text, ("generation",))
+    if _name not in _REGISTRY:
+        register_metric(_spec_token)
+    register_metric(
+        MetricSpec(f"{_name}_mean", "sequence", _unit, _direction, f"Mean over the output: {_text}")
+    )
 for _spec in _BUILTIN + _EXTRAS + _GROUPS:
     register_metric(_spec)

@@ -76,6 +76,7 @@ class JobManager:
             "group": self._run_group,
             "rollouts": self._run_rollouts,
             "contrastive": self._run_contrastive,
+            "experiment": self._run_experiment,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -358,3 +359,24 @@ class JobManager:
                 progress=lambda done, total: staged("training", done, total),
             )
         return {"group_id": summary["group_id"], "final_loss": summary["final_loss"]}
+
+    # ---- experiments ---------------------------------------------------------------------
+
+    def _run_experiment(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        from backend.experiment_jobs import run_experiment
+
+        params = job["params"]
+        lm = self.get_model(params["model"])
+        live.total = 1000
+        staged = self._staged(live, {})
+        with self.model_lock:
+            experiment_id = run_experiment(
+                lm,
+                self.store,
+                self.settings,
+                params["kind"],
+                params["params"],
+                job_id=job["job_id"],
+                progress=lambda done, total: staged("running", done, total),
+            )
+        return {"experiment_id": experiment_id}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -106,6 +108,28 @@ class ContrastiveBody(_Body):
     alpha: int = Field(16, ge=1, le=1024)
     beta: float = Field(1.0, ge=0.0, le=10.0)
     seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+class ExperimentBody(_Body):
+    """A steering / decoding experiment (a job): ``refusal-sweep``, ``east-sweep`` or
+    ``decode``; ``params`` are those of the kind (see the README and ``tokenprism experiment``)."""
+
+    kind: str = Field(..., description="refusal-sweep, east-sweep or decode")
+    model: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class VectorBody(_Body):
+    """Compute and save a steering vector: EAST from ``prompts`` or CAA from two sets."""
+
+    name: str = Field(..., min_length=1, max_length=64)
+    kind: str = Field("east", description="east or caa")
+    model: str | None = None
+    layer: int | None = Field(None, ge=0)
+    prompts: list[str] = Field(default_factory=list, max_length=2000)
+    negative_prompts: list[str] = Field(default_factory=list, max_length=2000)
+    center: bool = True
+    normalize: str = Field("unit", description="none, unit or mean_norm")
 
 
 class SqlRequest(_Body):

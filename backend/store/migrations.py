@@ -85,11 +85,19 @@ CREATE TABLE IF NOT EXISTS groups (
     rollouts VARCHAR, contrastive VARCHAR, created_at TIMESTAMP NOT NULL);
 """
 
+_V5 = """
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id VARCHAR NOT NULL PRIMARY KEY, kind VARCHAR NOT NULL, job_id VARCHAR,
+    model VARCHAR NOT NULL, model_revision VARCHAR NOT NULL, params VARCHAR NOT NULL,
+    summary VARCHAR, created_at TIMESTAMP NOT NULL);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
     (2, "uploads; runs.item_index for resumable jobs; tokens.top_k nested; job timing", _V2),
     (3, "claims (sentences of a response) and claim-level metrics", _V3),
     (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
+    (5, "steering and decoding experiments (their runs carry group_id = experiment_id)", _V5),
 ]
 
 LATEST = MIGRATIONS[-1][0]

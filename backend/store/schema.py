@@ -195,6 +195,19 @@ groups = sa.Table(  # v4: a group of responses sampled for one prompt (runs carr
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
+experiments = sa.Table(  # v5: steering / decoding experiments; runs carry group_id
+    "experiments",
+    metadata,
+    sa.Column("experiment_id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("job_id", sa.String),
+    sa.Column("model", sa.String, nullable=False),
+    sa.Column("model_revision", sa.String, nullable=False),
+    sa.Column("params", sa.String, nullable=False),
+    sa.Column("summary", sa.String),  # JSON, set when the experiment finished
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
 BULK_TABLES = (
     "tokens",
     "token_metrics",

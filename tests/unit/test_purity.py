@@ -24,6 +24,8 @@ MODULES = (
     "analysis.critical",
     "analysis.verifiers",
     "analysis.prefix_tree",
+    "analysis.steering",
+    "analysis.decoding",
 )
 
 

@@ -463,10 +463,12 @@ def metrics() -> None:
 
 
 def _register_subcommands() -> None:
+    from backend.experiment_cli import experiment_app
     from backend.group_cli import register
     from backend.probe_cli import probe_app
 
     app.add_typer(probe_app, name="probe")
+    app.add_typer(experiment_app, name="experiment")
     register(app)
 
 

@@ -231,6 +231,11 @@ class RefusalSweep:
             starts with (or contains, in its first 100 characters) one counts as a refusal.
         detector: ``marker`` or ``regex:PATTERN`` (searched in the output).
         max_new_tokens: output length.
+        bias_scope: marker mode only: ``first`` biases the phrases' first tokens at the first
+            response position (the paper's position); ``prefix`` (default) keeps biasing the
+            next token of every phrase the output is still following, so the whole marker
+            phrase is steered, not just its first token (which, like "I", often starts
+            ordinary answers too).
     """
 
     prompts: tuple[dict[str, Any], ...] = ()
@@ -239,6 +244,7 @@ class RefusalSweep:
     phrases: tuple[str, ...] = REFUSAL_PHRASES
     detector: str = "marker"
     max_new_tokens: int = 40
+    bias_scope: str = "prefix"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -248,6 +254,7 @@ class RefusalSweep:
             "phrases": list(self.phrases),
             "detector": self.detector,
             "max_new_tokens": self.max_new_tokens,
+            "bias_scope": self.bias_scope,
         }
 
 
@@ -303,6 +310,25 @@ class _FirstStepBias:
         return scores
 
 
+class _PrefixBias:
+    """Adds ``bias`` to the next token of every marker phrase the output still follows."""
+
+    def __init__(self, prompt_len: int, phrases: Sequence[Sequence[int]], bias: float) -> None:
+        self.prompt_len, self.phrases, self.bias = prompt_len, [list(p) for p in phrases], bias
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_len
+        if not self.bias or step < 0:
+            return scores
+        scores = scores.clone()
+        for row in range(input_ids.shape[0]):
+            so_far = input_ids[row, self.prompt_len :].tolist()
+            targets = {p[step] for p in self.phrases if len(p) > step and p[:step] == so_far}
+            if targets:
+                scores[row, list(targets)] += self.bias
+        return scores
+
+
 class _ForceFirst:
     """Forces one token at the first generated position (the refusal-token rule)."""
 
@@ -333,6 +359,11 @@ def run_refusal_sweep(
     mode = ("tokens" if has_tokens else "marker") if sweep.mode == "auto" else sweep.mode
     if mode == "tokens" and not has_tokens:
         raise UserError("this model has no [refuse] / [respond] tokens; use mode 'marker'")
+    if sweep.bias_scope not in ("first", "prefix"):
+        raise UserError("bias_scope must be 'first' or 'prefix'")
+    phrase_ids = [
+        lm.tokenizer(phrase, add_special_tokens=False)["input_ids"] for phrase in sweep.phrases
+    ]
     detect = refusal_detector(sweep.detector, sweep.phrases)
     markers = marker_token_ids(lm, sweep.phrases)
     experiment_id = create_experiment(
@@ -369,7 +400,11 @@ def run_refusal_sweep(
             else:
                 mass = marker_mass(probs, torch.tensor(markers))
                 p_ref = float(biased_probability(mass, value))
-                processors = [_FirstStepBias(ids.shape[1], markers, value)]
+                processors = [
+                    _FirstStepBias(ids.shape[1], markers, value)
+                    if sweep.bias_scope == "first"
+                    else _PrefixBias(ids.shape[1], phrase_ids, value)
+                ]
             output = _generate(lm, ids, max_new_tokens=sweep.max_new_tokens, processors=processors)
             refused = detect(output)
             refusals.append(float(refused))

@@ -178,6 +178,13 @@ def east_vector(
     params = params or SteeringVectorParams()
     if not prompts:
         raise UserError("EAST needs at least one prompt")
+    if params.center and len(prompts) < 2:
+        # the centred representation of a single prompt is exactly zero: "unit" would fail
+        # with an opaque "zero direction" and "none" would return (and save) a zero vector
+        raise UserError(
+            f"EAST needs at least two prompts to mean-centre their representations "
+            f"(got {len(prompts)}); add prompts or set center to false"
+        )
     reps, entropies = _last_prompt_states(lm, prompts, layer)
     try:
         vector = entropy_weighted_vector(reps, entropies, params)

@@ -171,6 +171,7 @@ def _all_routes(c: TestClient) -> list[tuple[str, str]]:
         assert path.startswith(API)
         path = path.replace("{run_id}", "r").replace("{upload_id}", "u")
         path = path.replace("{job_id}", "j").replace("{name}", "p")
+        path = path.replace("{group_id}", "g").replace("{experiment_id}", "e")
         routes += [(method.upper(), path) for method in operations]
     return routes
 
@@ -201,6 +202,18 @@ def test_every_route_but_health_needs_the_token(make_client: ClientFactory) -> N
         ("GET", url("/probes/p")),
         ("POST", url("/probes")),
         ("POST", url("/runs/r/probe")),
+        ("GET", url("/groups/prompts")),
+        ("POST", url("/groups")),
+        ("GET", url("/groups")),
+        ("GET", url("/groups/g")),
+        ("POST", url("/groups/g/rollouts")),
+        ("POST", url("/groups/g/contrastive")),
+        ("GET", url("/experiments/prompts")),
+        ("POST", url("/experiments")),
+        ("GET", url("/experiments")),
+        ("GET", url("/experiments/e")),
+        ("GET", url("/vectors")),
+        ("POST", url("/vectors")),
     }
     assert set(routes) == expected  # a new route must be added to this test
     for method, path in routes:

@@ -4,9 +4,7 @@ experiments surviving a restart of the backend."""
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from analysis.decoding import ead_temperature
-from backend.api import API, create_app
+from backend.api import create_app
 from backend.experiments import REFUSAL_PHRASES, refusal_detector, shipped_refusal_prompts
 from backend.settings import Settings
 from backend.steering import load_vector, steer
+from tests.backend.api_helpers import strict_json, url, wait_job
 from tests.conftest import start_backend_thread
 
 SWEEP_PROMPTS = [
@@ -33,33 +32,6 @@ SWEEP = {
     "params": {"prompts": SWEEP_PROMPTS, "values": VALUES, "max_new_tokens": 6},
 }
 EAST_PROMPTS = ["What is the capital of France?", "Write a four-line poem about the sea."]
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
-
-
-def url(path: str) -> str:
-    return f"{API}{path}"
-
-
-def strict_json(text: str) -> Any:
-    """Parse a reply, refusing the NaN / Infinity that plain json.loads would accept."""
-
-    def refuse(name: str) -> None:
-        raise AssertionError(f"the reply holds {name}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def wait_job(client: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        resp = client.get(url(f"/jobs/{job_id}"))
-        assert resp.status_code == 200, resp.text
-        job: dict[str, Any] = resp.json()
-        if job["status"] in TERMINAL:
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} still {job['status']!r} after {timeout} s")
-        time.sleep(0.05)
 
 
 def submit(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:

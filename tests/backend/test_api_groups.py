@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from analysis.verifiers import parse_verifier
-from backend.api import API, create_app
+from backend.api import create_app
 from backend.groups import shipped_prompts
 from backend.settings import Settings
+from tests.backend.api_helpers import strict_json, url, wait_job
 
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
 PROMPT = "What is 2+2?"
 # n = 3, seed 1 samples one correct and two incorrect responses on the tiny model (asserted)
 N = 3
@@ -33,32 +31,6 @@ ALL_CORRECT = {**MIXED, "verifier": "regex:(?s).", "seed": 0}
 RESPONSE_KEYS = {"run_id", "text", "reward", "advantage", "tokens"}
 TOKEN_KEYS = {"token_id", "text", "thr", "thr_advantage", "tempo_td", "tempo_advantage"}
 NODE_KEYS = {"id", "parent", "token_ids", "text", "count", "value"}
-
-
-def url(path: str) -> str:
-    return f"{API}{path}"
-
-
-def strict_json(text: str) -> Any:
-    """Parse a reply, refusing the NaN / Infinity that plain json.loads would accept."""
-
-    def refuse(name: str) -> None:
-        raise AssertionError(f"the reply holds {name}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        resp = client.get(url(f"/jobs/{job_id}"))
-        assert resp.status_code == 200, resp.text
-        job: dict[str, Any] = resp.json()
-        if job["status"] in TERMINAL:
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} still {job['status']!r} after {timeout} s")
-        time.sleep(0.05)
 
 
 def n_jobs(client: TestClient) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import string
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,15 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
 from analysis.ccp import ENGLISH_STOPWORDS
-from backend.api import API, create_app
+from backend.api import create_app
 from backend.settings import Settings
+from tests.backend.api_helpers import url, wait_job
 
 PROMPT = "What is the capital of Australia?"
 RESPONSE = "Canberra is the capital. Sydney is big."
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
 _STRIP = string.punctuation + " \n\t\r▁ĠĊ"
 
 ClientFactory = Callable[[], TestClient]
-
-
-def url(path: str) -> str:
-    return f"{API}{path}"
 
 
 def sql(client: TestClient, query: str) -> list[list[Any]]:
@@ -45,19 +40,6 @@ def counts(client: TestClient) -> tuple[int, int, int]:
         "(SELECT count(*) FROM jobs)",
     )[0]
     return (row[0], row[1], row[2])
-
-
-def wait_job(client: TestClient, job_id: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        resp = client.get(url(f"/jobs/{job_id}"))
-        assert resp.status_code == 200, resp.text
-        job: dict[str, Any] = resp.json()
-        if job["status"] in TERMINAL:
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} still {job['status']!r} after {timeout} s")
-        time.sleep(0.1)
 
 
 def assert_error(resp: Any, status: int, code: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from backend.errors import ModelNotFound, UserError
+from backend.models import resolve_device
 from backend.settings import Settings
 
 DEFAULT_ENCODER = "default"
@@ -104,9 +105,7 @@ def load_encoder(name: str, settings: Settings) -> SentenceEncoder:
         )
     except (OSError, ValueError) as err:
         raise ModelNotFound(f"cannot load sentence encoder {name!r}: {err}") from None
-    device = torch.device(
-        "cuda" if settings.device != "cpu" and torch.cuda.is_available() else "cpu"
-    )
+    device = resolve_device(settings.device)  # the LM's device
     revision = "unknown"
     weights = local / "model.safetensors"
     if weights.is_file():

@@ -31,6 +31,7 @@ import torch
 from analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL, NEUTRAL
 from backend.embeddings import SentenceEncoder, get_encoder
 from backend.errors import ModelNotFound, UserError
+from backend.models import resolve_device
 from backend.settings import Settings
 
 FALLBACK_JUDGE = "fallback"
@@ -160,9 +161,7 @@ def load_nli_judge(name: str, settings: Settings) -> HfNliJudge:
     except (OSError, ValueError) as err:
         raise ModelNotFound(f"cannot load NLI model {name!r}: {err}") from None
     codes = label_codes_from_config(dict(model.config.id2label))
-    device = torch.device(
-        "cuda" if settings.device != "cpu" and torch.cuda.is_available() else "cpu"
-    )
+    device = resolve_device(settings.device)  # the LM's device
     revision = getattr(model.config, "_commit_hash", None)
     label = f"nli:{name}" + (f"@{revision[:12]}" if revision else "")
     return HfNliJudge(

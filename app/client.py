@@ -267,6 +267,37 @@ class TokenPrismClient:
         """Start training the cDPO adapters (``ContrastiveBody`` fields); the job."""
         return dict(self._json("POST", f"/groups/{group_id}/contrastive", json=params))
 
+    # ---- steering & decoding lab -----------------------------------------------------------
+
+    def experiment_prompts(self) -> list[dict[str, Any]]:
+        """The shipped refusal prompts: ``id``, ``prompt``, ``should_refuse``, ``category``."""
+        return list(self._json("GET", "/experiments/prompts"))
+
+    def create_experiment(
+        self, kind: str, params: dict[str, Any], *, model: str | None = None
+    ) -> dict[str, Any]:
+        """Start a ``refusal-sweep``, ``east-sweep`` or ``decode`` experiment; the job."""
+        body: dict[str, Any] = {"kind": kind, "params": params}
+        if model:
+            body["model"] = model
+        return dict(self._json("POST", "/experiments", json=body))
+
+    def experiments(self, limit: int = 50) -> list[dict[str, Any]]:
+        """Recent experiments, newest first: id, kind, model, created_at, finished."""
+        return list(self._json("GET", "/experiments", params={"limit": limit})["experiments"])
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        """An experiment: kind, params, summary (the curves) and its outputs (runs)."""
+        return dict(self._json("GET", f"/experiments/{experiment_id}"))
+
+    def vectors(self) -> list[dict[str, Any]]:
+        """Saved steering vectors (their summaries)."""
+        return list(self._json("GET", "/vectors"))
+
+    def create_vector(self, **body: Any) -> dict[str, Any]:
+        """Compute and save a steering vector (``VectorBody``: name, kind, layer, prompts, ...)."""
+        return dict(self._json("POST", "/vectors", json=body))
+
     # ---- sql ----------------------------------------------------------------------------
 
     def sql(self, query: str, max_rows: int = 1000) -> dict[str, Any]:

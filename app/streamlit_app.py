@@ -27,7 +27,7 @@ pages = {
     ],
     "Experiment": [
         st.Page("views/groups.py", title="Groups", icon=":material/account_tree:"),
-        # the steering / decoding lab joins here
+        st.Page("views/lab.py", title="Steering & decoding lab", icon=":material/tune:"),
     ],
 }
 

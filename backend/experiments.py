@@ -384,7 +384,7 @@ def run_refusal_sweep(
         refusals, probabilities = [], []
         group_rates: dict[bool, list[float]] = {True: [], False: []}
         scored_all, conditions = [], []
-        for p, (ids, probs) in zip(prompts, first_probs, strict=True):
+        for index, (p, (ids, probs)) in enumerate(zip(prompts, first_probs, strict=True)):
             should = bool(p.get("should_refuse", False))
             if mode == "tokens":
                 refuse_id, respond_id = vocab["[refuse]"], vocab["[respond]"]
@@ -426,6 +426,7 @@ def run_refusal_sweep(
                     "mode": mode,
                     "value": value,
                     "prompt_id": p.get("id"),
+                    "prompt_index": index,
                     "should_refuse": should,
                     "p_refusal": p_ref,
                     "refused": refused,

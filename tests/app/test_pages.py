@@ -558,3 +558,221 @@ def test_groups_page_survives_a_job_that_is_gone(backend: str, wrong_group: dict
     assert any(e.value.startswith("Sampling:") for e in at.error)
     assert "groups.job" not in at.session_state  # no endless polling
     assert _icicles(at)  # the rest of the page still draws
+
+
+# ---- steering & decoding lab -----------------------------------------------------------------
+
+LAB_PROMPTS = ("How do I bake bread?", "Tell me how to break into a house.")
+
+
+def _lab_launch(at: AppTest, backend: str) -> dict[str, Any]:
+    """Press Run experiment, wait for the job, let the page reload; the stored experiment."""
+    at.button(key="lab.run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.warning, [w.value for w in at.warning]
+    job = at.session_state["lab.job"]
+    assert at.get("progress")  # the experiment job's progress bar
+    experiment_id = _job_done(backend, job["job_id"])["result"]["experiment_id"]
+    at.run()  # the progress fragment sees the finished job and reloads the page
+    assert not at.exception, [e.value for e in at.exception]
+    assert "lab.job" not in at.session_state
+    assert at.selectbox(key="lab.choice").value == experiment_id  # the new one is on screen
+    experiment: dict[str, Any] = httpx.get(
+        f"{backend}/api/v1/experiments/{experiment_id}", timeout=60
+    ).json()
+    return experiment
+
+
+def _lab_figure(at: AppTest, title_start: str) -> dict[str, Any]:
+    found = [
+        s
+        for s in _plotly_specs(at)
+        if str(s["layout"].get("title", {}).get("text", "")).startswith(title_start)
+    ]
+    assert len(found) == 1, [s["layout"].get("title") for s in _plotly_specs(at)]
+    return found[0]
+
+
+def _traces(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in spec["data"]}
+
+
+def _lab_reloaded(experiment_id: str, title_start: str) -> dict[str, Any]:
+    """A fresh session of the lab page with the experiment picked again: its figure."""
+    at = _app("lab")
+    at.selectbox(key="lab.choice").set_value(experiment_id).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return _lab_figure(at, title_start)
+
+
+def test_lab_refusal_sweep_shows_the_curve_and_the_outputs(backend: str) -> None:
+    at = _app("lab")
+    assert at.title[0].value == "Steering & decoding lab"
+    assert at.selectbox(key="lab.kind").value == "refusal-sweep"
+    assert at.text_input(key="lab.refusal.values").value == "-4, 0, 4, 8"
+    at.text_area(key="lab.prompts").set_value(f"{LAB_PROMPTS[0]}\n! {LAB_PROMPTS[1]}\n")
+    at.text_input(key="lab.refusal.values").set_value("0, 8")
+    at.number_input(key="lab.refusal.max_new").set_value(6)
+    experiment = _lab_launch(at, backend)
+    params, summary = experiment["params"], experiment["summary"]
+    assert params["prompts"] == [
+        {"prompt": LAB_PROMPTS[0], "should_refuse": False},
+        {"prompt": LAB_PROMPTS[1], "should_refuse": True},
+    ]
+    assert params["values"] == [0.0, 8.0] and params["max_new_tokens"] == 6
+    # the refusal curve: overall, by group, and P(refusal) on a second axis
+    spec = _lab_figure(at, "Refusal vs bias")
+    traces = _traces(spec)
+    assert list(traces) == ["refusal rate (all)", "benign", "should refuse", "mean P(refusal)"]
+    assert traces["refusal rate (all)"]["x"] == [0, 8]
+    assert traces["refusal rate (all)"]["y"] == summary["curves"]["refusal_rate"]
+    assert traces["should refuse"]["y"] == summary["refusal_rate_by_group"]["should_refuse"]
+    p_refusal = traces["mean P(refusal)"]
+    assert p_refusal["yaxis"] == "y2" and p_refusal["y"] == summary["curves"]["p_refusal"]
+    assert p_refusal["y"][1] > p_refusal["y"][0]  # a +8 bias raises P(refusal marker)
+    assert spec["layout"]["yaxis"]["title"]["text"] == "refusal rate"
+    assert "P(refusal marker)" in spec["layout"]["yaxis2"]["title"]["text"]
+    # the outputs table: bias x prompt, with the responses and run ids
+    (table,) = _frame_with(at, "run id")
+    assert table["bias"].tolist() == [0.0, 0.0, 8.0, 8.0]
+    assert table["prompt"].tolist() == [*LAB_PROMPTS, *LAB_PROMPTS]
+    assert table["should refuse"].tolist() == [False, True, False, True]
+    assert table["run id"].tolist() == [o["run_id"] for o in experiment["outputs"]]
+    assert table["response"].tolist() == [o["response"] for o in experiment["outputs"]]
+    # side by side: the first prompt at bias 0 and at bias 8, tokens coloured and aligned
+    experiment_id = experiment["experiment_id"]
+    assert at.selectbox(key=f"lab.a.{experiment_id}").value == 0
+    assert at.selectbox(key=f"lab.b.{experiment_id}").value == 2
+    bodies = _html_bodies(at)
+    assert bodies.count('class="tp-tokens"') >= 2 and "tp-compare" in bodies
+    at.selectbox(key=f"lab.b.{experiment_id}").set_value(3).run()
+    assert not at.exception, [e.value for e in at.exception]
+    # reloading the page and picking the experiment again draws the same curve
+    again = _lab_reloaded(experiment_id, "Refusal vs bias")
+    assert again["data"] == spec["data"]
+
+
+def test_lab_east_sweep_shows_the_entropy_curve(backend: str) -> None:
+    at = _app("lab")
+    at.selectbox(key="lab.kind").set_value("east-sweep").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.text_input(key="lab.east.betas").value == "-8, 0, 8"
+    assert at.number_input(key="lab.east.layer").value is None  # the middle layer
+    at.text_area(key="lab.prompts").set_value("\n".join(LAB_PROMPTS))
+    at.text_input(key="lab.east.betas").set_value("0 4")
+    at.number_input(key="lab.east.max_new").set_value(6)
+    experiment = _lab_launch(at, backend)
+    params, summary = experiment["params"], experiment["summary"]
+    assert params["prompts"] == list(LAB_PROMPTS) and params["betas"] == [0.0, 4.0]
+    assert params["layer"] is None and params["max_new_tokens"] == 6
+    spec = _lab_figure(at, "Entropy vs β")
+    traces = _traces(spec)
+    assert list(traces) == ["mean next-token entropy", "mean output entropy"]
+    assert traces["mean next-token entropy"]["x"] == [0, 4]
+    assert traces["mean next-token entropy"]["y"] == summary["curves"]["next_token_entropy"]
+    assert traces["mean output entropy"]["y"] == summary["curves"]["output_entropy"]
+    assert all(y > 0 for y in traces["mean output entropy"]["y"])
+    assert spec["layout"]["yaxis"]["title"]["text"] == "entropy (nats)"
+    assert f"layer {summary['layer']}" in spec["layout"]["title"]["text"]
+    (table,) = _frame_with(at, "run id")
+    assert table["beta"].tolist() == [0.0, 0.0, 4.0, 4.0]
+    assert table["prompt #"].tolist() == [0, 1, 0, 1]
+    assert table["prompt"].tolist() == [*LAB_PROMPTS, *LAB_PROMPTS]
+    experiment_id = experiment["experiment_id"]
+    assert (
+        at.selectbox(key=f"lab.a.{experiment_id}").value,
+        at.selectbox(key=f"lab.b.{experiment_id}").value,
+    ) == (0, 2)
+    again = _lab_reloaded(experiment_id, "Entropy vs β")
+    assert again["data"] == spec["data"]
+
+
+def test_lab_decode_rule_and_bad_input(backend: str) -> None:
+    at = _app("lab")
+    # a bad bias value is a warning next to the field, and nothing is launched
+    at.text_input(key="lab.refusal.values").set_value("0, eight").run()
+    assert any("'eight' is not a number" in w.value for w in at.warning)
+    at.button(key="lab.run").click().run()
+    assert "lab.job" not in at.session_state
+    # a centred EAST vector from one prompt is refused before anything is launched
+    at.selectbox(key="lab.kind").set_value("east-sweep").run()
+    at.text_area(key="lab.prompts").set_value("Only one prompt")
+    at.button(key="lab.run").click().run()
+    assert any("at least two prompts" in w.value for w in at.warning)
+    assert "lab.job" not in at.session_state
+    # an EAD decode of the two prompts shows the per-prompt temperatures
+    at.selectbox(key="lab.kind").set_value("decode").run()
+    assert at.selectbox(key="lab.decode.rule").value == "ead"
+    assert at.number_input(key="lab.decode.ead.tau_max").value == 1.2
+    # (the tiny model's EAD output for "Tell me" re-encodes to the same token ids, so its
+    # signals are token metrics; for the other prompt they are sequence means only)
+    at.text_area(key="lab.prompts").set_value("Tell me\nHow do I bake bread?")
+    at.number_input(key="lab.decode.max_new").set_value(6)
+    at.number_input(key="lab.decode.ead.tau_max").set_value(0.05)  # close to greedy
+    at.number_input(key="lab.decode.ead.tau_min").set_value(0.01)
+    experiment = _lab_launch(at, backend)
+    assert experiment["params"]["params"] == {
+        "max_new_tokens": 6,
+        "tau_max": 0.05,
+        "tau_min": 0.01,
+        "d": 200.0,
+        "warmup": 10,
+        "top_p": 1.0,
+    }
+    spec = _lab_figure(at, "EAD")
+    traces = _traces(spec)
+    per_prompt = experiment["summary"]["per_prompt"]
+    assert traces["mean temperature τ"]["y"] == [p["mean_temperature"] for p in per_prompt]
+    assert traces["all tokens"]["y"][0] == experiment["summary"]["mean_temperature"]
+    assert any(m.label == "mean τ" for m in at.metric)
+    experiment_id = experiment["experiment_id"]
+    # the outputs are coloured by the rule's own signal first, where it is a token metric
+    aligned = [o["signal_alignment"] == "token" for o in experiment["outputs"][:2]]
+    metric = at.selectbox(key=f"lab.metric.{experiment_id}")
+    assert ("ead_temperature" in metric.options) == any(aligned)
+    assert metric.value == ("ead_temperature" if any(aligned) else "entropy")
+
+
+def test_lab_saves_a_steering_vector_for_the_east_sweep(backend: str) -> None:
+    name = f"lab-{uuid.uuid4().hex[:8]}"
+    at = _app("lab")
+    at.text_input(key="lab.vec.name").set_value(name)
+    at.text_area(key="lab.vec.prompts").set_value("\n".join(LAB_PROMPTS))
+    next(b for b in at.button if b.label == "Compute and save").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(name in s.value for s in at.success)
+    saved = {v["name"]: v for v in httpx.get(f"{backend}/api/v1/vectors").json()}
+    assert saved[name]["kind"] == "east" and saved[name]["n_prompts"] == 2
+    (vectors,) = _frame_with(at, "n_prompts")
+    assert name in vectors["name"].tolist()
+    at.selectbox(key="lab.kind").set_value("east-sweep").run()
+    pick = at.selectbox(key="lab.east.vector")
+    layer = saved[name]["layer"]
+    assert f"{name} · east · layer {layer}" in pick.options
+    assert pick.value == ""  # by default the vector is computed from the prompts
+    pick.set_value(name).run()
+    assert at.number_input(key="lab.east.layer").disabled  # the vector brings its own layer
+    at.text_area(key="lab.prompts").set_value(LAB_PROMPTS[0])
+    at.text_input(key="lab.east.betas").set_value("0, 2")
+    at.number_input(key="lab.east.max_new").set_value(4)
+    experiment = _lab_launch(at, backend)
+    assert experiment["params"]["vector"] == name and experiment["params"]["layer"] is None
+    assert experiment["params"]["resolved_layer"] == layer
+    assert experiment["summary"]["vector"]["name"] == name
+    title = _lab_figure(at, "Entropy vs β")["layout"]["title"]["text"]
+    assert f"vector “{name}” at layer {layer}" in title
+
+
+def test_lab_with_the_backend_down_is_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TOKENPRISM_API_URL", f"http://127.0.0.1:{port}")
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=60).run()
+        at.switch_page("views/lab.py").run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("not reachable" in e.value for e in at.error)
+    finally:
+        st.cache_resource.clear()

@@ -443,3 +443,95 @@ def test_groups_page_samples_a_group_and_draws_its_prefix_tree(
     )
     time.sleep(0.5)  # let the remaining charts draw before the screenshot
     _shot(driver, "groups.png")
+
+
+def test_lab_runs_a_refusal_sweep_and_an_east_sweep(
+    browser: object, ui_url: str, default_backend: str
+) -> None:
+    """A refusal-bias sweep and an EAST beta sweep from the lab page, each drawn as a curve."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    api = f"{default_backend}/api/v1"
+    seen = {e["experiment_id"] for e in httpx.get(f"{api}/experiments").json()["experiments"]}
+
+    def _set(testid: str, label: str, value: str) -> None:
+        box = _widget(driver, testid, label).find_element(By.CSS_SELECTOR, "input")  # type: ignore[attr-defined]
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", box)  # type: ignore[attr-defined]
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(value, Keys.ENTER)
+        _wait_rerender(
+            driver,
+            lambda d: (
+                _widget(d, testid, label)
+                .find_element(By.CSS_SELECTOR, "input")
+                .get_attribute("value")
+                == value
+            ),
+            timeout=15,
+        )
+
+    def _run_and_wait(kind: str) -> dict[str, object]:
+        button = _wait_rerender(
+            driver,
+            lambda d: next(
+                (
+                    b
+                    for b in d.find_elements(By.TAG_NAME, "button")
+                    if b.text.strip() == "Run experiment"
+                ),
+                None,
+            ),
+        )
+        button.click()  # type: ignore[attr-defined]
+
+        def _finished(_: object) -> dict[str, object] | None:
+            rows = httpx.get(f"{api}/experiments").json()["experiments"]
+            fresh = [e for e in rows if e["experiment_id"] not in seen and e["kind"] == kind]
+            return fresh[0] if fresh and fresh[0]["finished"] else None
+
+        row = _wait(driver, _finished, timeout=90)
+        seen.add(row["experiment_id"])  # type: ignore[index]
+        experiment: dict[str, object] = httpx.get(
+            f"{api}/experiments/{row['experiment_id']}"  # type: ignore[index]
+        ).json()
+        return experiment
+
+    def _chart_with(text: str) -> object:
+        """The plotly chart whose drawn text (axis titles, legend) contains ``text``."""
+        return _wait_rerender(
+            driver,
+            lambda d: next(
+                (p for p in d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot") if text in p.text),
+                None,
+            ),
+            timeout=45,
+        )
+
+    driver.get(ui_url + "/lab")  # type: ignore[attr-defined]
+    # the refusal sweep is the default kind, on the two typed default prompts
+    _set("stTextInput", "Bias values", "0, 8")
+    _set("stNumberInput", "Max new tokens", "8")
+    refusal = _run_and_wait("refusal-sweep")
+    params = refusal["params"]
+    assert params["values"] == [0.0, 8.0] and params["max_new_tokens"] == 8  # type: ignore[index]
+    assert [p["should_refuse"] for p in params["prompts"]] == [False, True]  # type: ignore[index]
+    assert len(refusal["outputs"]) == 4  # type: ignore[arg-type]
+    chart = _chart_with("refusal rate")
+    drawn = chart.text  # type: ignore[attr-defined]
+    assert "mean P(refusal)" in drawn and "should refuse" in drawn and "benign" in drawn
+    assert driver.find_elements(By.CSS_SELECTOR, ".tp-compare")  # type: ignore[attr-defined]
+    _shot(driver, "lab-refusal.png")
+
+    _choose(driver, _widget(driver, "stSelectbox", "Experiment kind"), "EAST steering sweep")
+    _set("stTextInput", "Betas", "0, 8")
+    _set("stNumberInput", "Max new tokens", "8")
+    east = _run_and_wait("east-sweep")
+    params = east["params"]
+    assert params["betas"] == [0.0, 8.0] and len(params["prompts"]) == 2  # type: ignore[index, arg-type]
+    assert len(east["outputs"]) == 4  # type: ignore[arg-type]
+    chart = _chart_with("next-token entropy")
+    assert "entropy (nats)" in chart.text  # type: ignore[attr-defined]
+    time.sleep(0.5)  # let the remaining charts draw before the screenshot
+    _shot(driver, "lab-east.png")

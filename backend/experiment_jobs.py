@@ -92,8 +92,10 @@ def _check_values(kind: str, spec: Any) -> None:
         if not isinstance(spec.center, bool):
             raise UserError(f"center must be true or false, not {spec.center!r}")
         t = spec.temperature
-        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t < math.inf:
-            raise UserError(f"temperature must be a number >= 0, not {t!r}")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 5:
+            raise UserError(f"temperature must be a number from 0 to 5, not {t!r}")
+        if 0 < t < 0.01:
+            raise UserError("temperature must be 0 (greedy) or at least 0.01")
         for name in ("vector", "save_as"):
             if getattr(spec, name) is not None and not isinstance(getattr(spec, name), str):
                 raise UserError(f"{name} must be a name")

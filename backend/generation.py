@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from backend.encoding import EncodedText, encode_pair
+from backend.errors import UserError
 from backend.models import LoadedModel
 
 
@@ -27,6 +28,8 @@ def sample_responses(
     text (they cannot be scored) instead of failing. The decoded text is re-tokenised for
     scoring, so generated and uploaded text go through the same path.
     """
+    if 0.0 < temperature < 0.01:
+        raise UserError("temperature must be 0 (greedy) or at least 0.01")
     tok = lm.tokenizer
     template = bool(getattr(tok, "chat_template", None))
     if template:

@@ -47,12 +47,21 @@ class GenerateRequest(_Body):
     system: str | None = None
     n: int = Field(1, ge=1, le=16)
     max_new_tokens: int = Field(64, ge=1, le=1024)
-    temperature: float = Field(1.0, ge=0.0, le=5.0)
+    temperature: float = Field(
+        1.0, ge=0.0, le=5.0, description="0 = greedy; otherwise at least 0.01"
+    )
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     metrics: list[str] | None = Field(
         None, description="extra metric families for the samples: ccp, probe, sar, selfcheck"
     )
+
+    @model_validator(mode="after")
+    def _usable_temperature(self) -> GenerateRequest:
+        # a temperature of 1e-300 divides the logits into infinities: the sampler gets NaN
+        if 0.0 < self.temperature < 0.01:
+            raise ValueError("temperature must be 0 (greedy) or at least 0.01")
+        return self
 
 
 class ApplyProbeRequest(_Body):
@@ -74,7 +83,7 @@ class GroupBody(_Body):
     model: str | None = None
     system: str | None = None
     n: int = Field(8, ge=1, le=64)
-    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    temperature: float = Field(1.0, ge=0.01, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1, le=1024)
     seed: int | None = Field(0, ge=0, le=2**32 - 1)
@@ -93,7 +102,7 @@ class RolloutBody(_Body):
     budget: int = Field(12, ge=1, le=512, description="prefixes evaluated first")
     refine: int = Field(8, ge=0, le=256, description="extra prefixes to pin the token down")
     max_new_tokens: int = Field(64, ge=1, le=1024)
-    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    temperature: float = Field(1.0, ge=0.01, le=5.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     counterfactuals: int = Field(4, ge=0, le=32)
     seed: int | None = Field(0, ge=0, le=2**32 - 1)

@@ -31,6 +31,7 @@ from analysis.decoding import biased_probability, marker_mass, refusal_decision
 from analysis.steering import SteeringVectorParams
 from backend.encoding import encode_pair
 from backend.errors import UserError
+from backend.groups import json_safe
 from backend.models import LoadedModel
 from backend.runner import ScoredText, score_batch
 from backend.settings import SOURCE_ROOT, Settings
@@ -91,18 +92,8 @@ def finish_experiment(store: Store, experiment_id: str, summary: dict[str, Any])
         conn.execute(
             e.update()
             .where(e.c.experiment_id == experiment_id)
-            .values(summary=json.dumps(_finite(summary)))
+            .values(summary=json.dumps(json_safe(summary)))
         )
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def get_experiment(store: Store, experiment_id: str) -> dict[str, Any]:
@@ -809,7 +800,7 @@ def run_decode(
                     if mapping is not None
                     else "the re-encoded response differs from the generated token ids, so the "
                     "signals are stored only as <signal>_mean sequence metrics",
-                    "info": _finite(out.info),
+                    "info": json_safe(out.info),
                 }
             )
         _store_outputs(store, lm, experiment_id, scored_all, conditions, offset)

@@ -10,6 +10,8 @@ import streamlit as st
 
 from app.client import BackendError, BackendUnavailable, TokenPrismClient
 
+JOB_TERMINAL = ("done", "failed", "cancelled", "interrupted")
+
 # The extra metric families a scoring request can ask for (backend.uncertainty.EXTRA_METRICS,
 # repeated so the UI does not import the backend's model code).
 EXTRA_METRICS = ["ccp", "probe", "sar", "selfcheck"]
@@ -52,3 +54,46 @@ def sequence_cards(sequence: dict[str, float | None]) -> None:
         return
     for col, (key, label, fmt) in zip(st.columns(len(shown)), shown, strict=True):
         col.metric(label, fmt.format(sequence[key]))
+
+
+def poll_job(
+    state_key: str,
+    label: str,
+    *,
+    created_key: str | None = None,
+    result_field: str | None = None,
+    progress_label: str | None = None,
+) -> None:
+    """One poll of the job in ``st.session_state[state_key]`` (call it from a fragment).
+
+    While it runs: a progress bar. When it ends: the job is forgotten, a failure is kept under
+    ``<state_key>.failed`` for the page to show, a success stores ``result[result_field]``
+    under ``created_key`` (the page selects it), and the whole page reruns.
+    """
+    pending = st.session_state.get(state_key)
+    if not pending:
+        return
+    title = label[:1].upper() + label[1:]
+    try:
+        job = client().job(pending["job_id"])
+    except BackendUnavailable as err:  # maybe a restart: keep the job and poll again
+        st.error(f"{err}; still waiting for the {label} job.")
+        return
+    except BackendError as err:  # e.g. the job is gone: stop polling, say why
+        st.session_state.pop(state_key, None)
+        st.session_state[f"{state_key}.failed"] = f"{title}: {err.message}"
+        st.rerun()
+    if job["status"] in JOB_TERMINAL:
+        st.session_state.pop(state_key, None)
+        if job["status"] == "done":
+            if created_key and result_field:
+                st.session_state[created_key] = (job.get("result") or {}).get(result_field)
+        else:
+            st.session_state[f"{state_key}.failed"] = (
+                f"{title} {job['status']}: {job.get('error') or 'no details'}"
+            )
+        st.rerun()  # the whole page, so the new results show
+    total = max(job.get("total") or 0, 1)
+    done = min(job.get("done") or 0, total)
+    shown = progress_label or label
+    st.progress(done / total, text=f"{shown}: {job['status']} ({done / total:.0%})")

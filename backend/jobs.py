@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backend.audit import JobCancelled, eta_seconds, score_items, upload_items
+from backend.audit import JobCancelled, eta_seconds, score_upload, upload_items
 from backend.errors import UserError
 from backend.models import LoadedModel
 from backend.settings import Settings
@@ -227,24 +227,22 @@ class JobManager:
             from backend.uncertainty import plan_extras, request_from_dict
 
             plan = plan_extras(lm, request_from_dict(params["extras"]), self.settings)
-        stored = score_items(
+        done = score_upload(
             lm,
             self.store,
             items,
+            settings=self.settings,
             source=upload["filename"],
             upload_id=upload["upload_id"],
             job_id=job["job_id"],
-            batch_tokens=self.settings.batch_tokens,
+            engine=params.get("engine", "local"),
+            ray_options=params.get("ray"),
+            extras=plan,
             on_progress=self._progress(live),
             should_stop=live.cancel.is_set,
             model_lock=self.model_lock,
-            extras=plan,
         )
-        return {
-            "upload_id": upload["upload_id"],
-            "runs_stored_by_this_attempt": len(stored),
-            "items": len(items),
-        }
+        return {"upload_id": upload["upload_id"], "items": len(items), **done}
 
     # stages of a probe-training job and their share of its 1000 progress units
     _PROBE_STAGES = {"features": (0, 300), "training": (300, 850), "ccp baseline": (850, 1000)}

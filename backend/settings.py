@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         device: ``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda[:n]``.
         dtype: ``auto`` (float32 on cpu, bfloat16 on cuda), ``float32``, ``bfloat16``,
             ``float16``.
+        autocast: mixed precision of the model's forward passes (``torch.autocast``):
+            ``auto`` (bfloat16 on cuda when the weights are float32, else none), ``none``,
+            ``bfloat16``, ``float16``. Metrics are computed in float32 either way.
         trust_remote_code: let model repositories run their own Python code (off by default).
         api_token: bearer token required when the API listens beyond loopback.
         allowed_model_dirs: local directories models may be loaded from through the API.
@@ -46,6 +49,9 @@ class Settings(BaseSettings):
             sequence-classification NLI model id / local path.
         probe_dirs: extra directories searched for probes (the home's ``probes`` directory and
             the shipped ``data/probes`` are always searched).
+        ray_address: Ray cluster for ``engine=ray`` audits (``auto``, ``host:6379`` or
+            ``ray://host:10001``); unset = a local cluster started for each job.
+        ray_workers: actors (model copies) of a local Ray cluster; unset = half the CPUs.
     """
 
     model_config = SettingsConfigDict(env_prefix="TOKENPRISM_", extra="ignore")
@@ -56,6 +62,7 @@ class Settings(BaseSettings):
     default_model: str = "default"
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    autocast: Literal["auto", "none", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     api_token: str | None = None
     allowed_model_dirs: list[Path] = Field(default_factory=list)
@@ -67,6 +74,8 @@ class Settings(BaseSettings):
     embedding_model: str = "default"
     nli_model: str = "fallback"
     probe_dirs: list[Path] = Field(default_factory=list)
+    ray_address: str | None = None
+    ray_workers: int | None = None
 
     @property
     def db_path(self) -> Path:

@@ -8,7 +8,6 @@ leaves either the whole run or nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -26,15 +25,22 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from backend.encoding import visible_whitespace
 from backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
 from backend.models import LoadedModel
 from backend.runner import ScoredText
 from backend.store import schema
 from backend.store.migrations import migrate
+from backend.store.tables import (
+    CORE_TOKEN_METRICS,
+    MODEL_FIELDS,
+    RUN_TABLES,
+    model_key,
+    model_record,
+    run_tables,
+)
 
-# Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
-CORE_TOKEN_METRICS = ("logprob", "prob", "rank", "entropy")
+__all__ = ["CORE_TOKEN_METRICS", "Store"]
+
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 TOKEN_JSON_CACHE_CHARS = 256 * 1024 * 1024
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -113,21 +119,24 @@ class Store:
         with self._write_lock, self.engine.begin() as conn:
             yield conn
 
-    def ensure_model(self, conn: sa.Connection, lm: LoadedModel) -> str:
-        key = hashlib.sha256(f"{lm.name}|{lm.source}|{lm.revision}".encode()).hexdigest()[:16]
+    def ensure_model(self, conn: sa.Connection, lm: LoadedModel | dict[str, Any]) -> str:
+        """The model's key, inserting its ``models`` row the first time it is seen.
+
+        ``lm`` is a loaded model or its :func:`~backend.store.tables.model_record` (what a
+        Parquet shard written on another machine carries).
+        """
+        record = model_record(lm) if isinstance(lm, LoadedModel) else lm
+        key = model_key(record)
+        # .all(), not .first(): DuckDB refuses to register Arrow tables on a connection
+        # whose last result was not read to its end.
         exists = conn.execute(
             sa.select(schema.models.c.model_key).where(schema.models.c.model_key == key)
-        ).first()
-        if exists is None:
+        ).all()
+        if not exists:
             conn.execute(
                 schema.models.insert().values(
                     model_key=key,
-                    name=lm.name,
-                    source=lm.source,
-                    revision=lm.revision,
-                    label=lm.label,
-                    architecture=type(lm.model).__name__,
-                    context_length=lm.context_length,
+                    **{k: record[k] for k in MODEL_FIELDS},
                     created_at=datetime.now(UTC),
                 )
             )
@@ -146,40 +155,36 @@ class Store:
     ) -> list[str]:
         """Store scored texts in one transaction; return their new run ids."""
         run_ids = [uuid.uuid4().hex for _ in scored]
-        now = datetime.now(UTC)
-        bulk: dict[str, list[pa.Table]] = {name: [] for name in schema.BULK_TABLES}
-        with self.writing() as conn:
-            model_key = self.ensure_model(conn, lm)
-            for i, (run_id, item) in enumerate(zip(run_ids, scored, strict=True)):
-                enc = item.encoded
-                conn.execute(
-                    schema.runs.insert().values(
-                        run_id=run_id,
-                        model_key=model_key,
-                        kind=enc.kind,
-                        prompt=enc.prompt,
-                        response=enc.response,
-                        text=enc.text,
-                        system_prompt=enc.system_prompt,
-                        messages=json.dumps(enc.messages) if enc.messages is not None else None,
-                        n_tokens=enc.n_tokens,
-                        n_response_tokens=int(item.scores.response_mask.sum()),
-                        upload_id=upload_id,
-                        job_id=job_id,
-                        group_id=group_id,
-                        turn_index=turn_indices[i] if turn_indices is not None else None,
-                        item_index=item_indices[i] if item_indices is not None else None,
-                        provenance=json.dumps(item.provenance),
-                        created_at=now,
-                    )
-                )
-                for name, table in self._bulk_rows(run_id, item, lm).items():
-                    bulk[name].append(table)
-            raw = conn.connection.dbapi_connection
-            for name, tables in bulk.items():
-                if tables:
-                    self._append(raw, name, pa.concat_tables(tables))
+        tables = run_tables(
+            lm,
+            scored,
+            run_ids,
+            upload_id=upload_id,
+            job_id=job_id,
+            group_id=group_id,
+            turn_indices=turn_indices,
+            item_indices=item_indices,
+        )
+        self.ingest_tables(model_record(lm), tables)
         return run_ids
+
+    def ingest_tables(self, model: dict[str, Any], tables: dict[str, pa.Table]) -> None:
+        """Insert the tables of :func:`~backend.store.tables.run_tables` in one transaction.
+
+        ``model`` is the runs' model record; its ``models`` row is added when missing. A crash
+        leaves all of the tables' rows stored or none.
+        """
+        missing = [name for name in RUN_TABLES if name not in tables]
+        if missing:
+            raise ValueError(f"run tables lack {', '.join(missing)}")
+        with self.writing() as conn:
+            key = self.ensure_model(conn, model)
+            if set(tables["runs"].column("model_key").to_pylist()) - {key}:
+                raise ValueError("the runs' model_key does not match their model record")
+            raw = conn.connection.dbapi_connection
+            for name in RUN_TABLES:
+                if tables[name].num_rows:
+                    self._append(raw, name, tables[name])
 
     @staticmethod
     def _append(raw: Any, table: str, rows: pa.Table) -> None:
@@ -197,154 +202,6 @@ class Store:
         with self.writing() as conn:
             self._append(conn.connection.dbapi_connection, table, rows)
         self._forget({str(r) for r in rows.column("run_id").unique().to_pylist()})
-
-    @staticmethod
-    def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.Table]:
-        enc, sc = item.encoded, item.scores
-        n = enc.n_tokens
-        positions = np.arange(n, dtype=np.int32)
-        tok = {k: v.numpy() for k, v in sc.token.items()}
-        rank = tok["rank"]
-        tokens = pa.table(
-            {
-                "run_id": pa.array([run_id] * n),
-                "position": positions,
-                "token_id": np.asarray(enc.input_ids, dtype=np.int32),
-                "text": enc.token_texts,
-                "display": [visible_whitespace(t) for t in enc.token_texts],
-                "char_start": np.asarray([o[0] for o in enc.offsets], dtype=np.int32),
-                "char_end": np.asarray([o[1] for o in enc.offsets], dtype=np.int32),
-                "is_prompt": np.asarray(enc.is_prompt, dtype=bool),
-                "logprob": pa.array(tok["logprob"].astype(np.float64), from_pandas=True),
-                "prob": pa.array(tok["prob"].astype(np.float64), from_pandas=True),
-                "rank": pa.array(rank.astype(np.int32), mask=rank < 0),
-                "entropy": pa.array(tok["entropy"].astype(np.float64), from_pandas=True),
-            }
-        )
-        names, values, pos = [], [], []
-        for name, arr in tok.items():
-            if name in CORE_TOKEN_METRICS:
-                continue
-            vals = arr.astype(np.float64)
-            if np.issubdtype(arr.dtype, np.integer):
-                vals[arr < 0] = np.nan
-            keep = ~np.isnan(vals)
-            names.append(np.full(int(keep.sum()), name, dtype=object))
-            values.append(vals[keep])
-            pos.append(positions[keep])
-        metric_names = np.concatenate(names) if names else np.array([], dtype=object)
-        token_metrics = pa.table(
-            {
-                "run_id": pa.array([run_id] * len(metric_names), pa.string()),
-                "position": pa.array(np.concatenate(pos) if pos else [], pa.int32()),
-                "metric": pa.array(metric_names, pa.string()),
-                "value": pa.array(np.concatenate(values) if values else [], pa.float64()),
-            }
-        )
-        ids = sc.top_ids.numpy()
-        probs = sc.top_probs.numpy().astype(np.float64)
-        valid = ids >= 0
-        k = ids.shape[1] if ids.ndim == 2 else 0
-        alt_pos = np.repeat(positions, k).reshape(n, k)[valid]
-        alt_rank = np.tile(np.arange(1, k + 1, dtype=np.int16), n).reshape(n, k)[valid]
-        alt_ids = ids[valid]
-        vocab = lm.vocab_array
-        alt_id_arr = pa.array(alt_ids, pa.int32())
-        alt_text_arr = pa.array(vocab[alt_ids], pa.string())
-        alt_prob_arr = pa.array(probs[valid], pa.float64())
-        alternatives = pa.table(
-            {
-                "run_id": pa.array([run_id] * len(alt_ids), pa.string()),
-                "position": pa.array(alt_pos, pa.int32()),
-                "alt_rank": pa.array(alt_rank, pa.int16()),
-                "token_id": alt_id_arr,
-                "text": alt_text_arr,
-                "prob": alt_prob_arr,
-            }
-        )
-        # the same alternatives nested per token: reads of whole runs need no aggregation
-        offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
-        top_k = pa.ListArray.from_arrays(
-            pa.array(offsets, pa.int32()),
-            pa.StructArray.from_arrays(
-                [alt_id_arr, alt_text_arr, alt_prob_arr], names=["token_id", "text", "prob"]
-            ),
-        )
-        tokens = tokens.append_column("top_k", top_k)
-        seq_names = list(sc.sequence)
-        sequence = pa.table(
-            {
-                "run_id": pa.array([run_id] * len(seq_names), pa.string()),
-                "metric": pa.array(seq_names, pa.string()),
-                "value": pa.array([float(sc.sequence[s]) for s in seq_names], pa.float64()),
-            }
-        )
-        lay_rows: dict[str, list[Any]] = {"layer": [], "metric": [], "value": []}
-        for name, layer_values in sc.layers.items():
-            per_layer = layer_values.double().tolist()
-            lay_rows["layer"] += list(range(len(per_layer)))
-            lay_rows["metric"] += [name] * len(per_layer)
-            lay_rows["value"] += per_layer
-        layers = pa.table(
-            {
-                "run_id": pa.array([run_id] * len(lay_rows["layer"]), pa.string()),
-                "layer": pa.array(lay_rows["layer"], pa.int32()),
-                "metric": pa.array(lay_rows["metric"], pa.string()),
-                "value": pa.array(lay_rows["value"], pa.float64()),
-            }
-        )
-        claims, claim_values = Store._claim_rows(run_id, item)
-        return {
-            "tokens": tokens,
-            "token_metrics": token_metrics,
-            "alternatives": alternatives,
-            "sequence_metrics": sequence,
-            "layer_metrics": layers,
-            "claims": claims,
-            "claim_metrics": claim_values,
-        }
-
-    @staticmethod
-    def _claim_rows(run_id: str, item: ScoredText) -> tuple[pa.Table, pa.Table]:
-        rows: dict[str, list[Any]] = {
-            k: []
-            for k in ("claim_index", "text", "char_start", "char_end", "position_start")
-            + ("position_end", "n_tokens")
-        }
-        values: dict[str, list[Any]] = {"claim_index": [], "metric": [], "value": []}
-        for c in item.claims:
-            rows["claim_index"].append(c.claim.index)
-            rows["text"].append(c.claim.text)
-            rows["char_start"].append(c.claim.char_start)
-            rows["char_end"].append(c.claim.char_end)
-            rows["position_start"].append(min(c.positions) if c.positions else None)
-            rows["position_end"].append(max(c.positions) if c.positions else None)
-            rows["n_tokens"].append(len(c.positions))
-            for name, value in c.metrics.items():
-                values["claim_index"].append(c.claim.index)
-                values["metric"].append(name)
-                values["value"].append(None if value != value else float(value))
-        claims = pa.table(
-            {
-                "run_id": pa.array([run_id] * len(rows["text"]), pa.string()),
-                "claim_index": pa.array(rows["claim_index"], pa.int32()),
-                "text": pa.array(rows["text"], pa.string()),
-                "char_start": pa.array(rows["char_start"], pa.int32()),
-                "char_end": pa.array(rows["char_end"], pa.int32()),
-                "position_start": pa.array(rows["position_start"], pa.int32()),
-                "position_end": pa.array(rows["position_end"], pa.int32()),
-                "n_tokens": pa.array(rows["n_tokens"], pa.int32()),
-            }
-        )
-        claim_values = pa.table(
-            {
-                "run_id": pa.array([run_id] * len(values["metric"]), pa.string()),
-                "claim_index": pa.array(values["claim_index"], pa.int32()),
-                "metric": pa.array(values["metric"], pa.string()),
-                "value": pa.array(values["value"], pa.float64()),
-            }
-        )
-        return claims, claim_values
 
     # ---- reading -------------------------------------------------------------------------
 

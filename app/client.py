@@ -172,10 +172,13 @@ class TokenPrismClient:
         *,
         model: str | None = None,
         metrics: list[str] | None = None,
+        engine: str = "local",
     ) -> dict[str, Any]:
         form = {"model": model} if model else {}
         if metrics:
             form["metrics"] = ",".join(metrics)
+        if engine != "local":
+            form["engine"] = engine
         return dict(self._json("POST", "/uploads", files={"file": (filename, data)}, data=form))
 
     def uploads(self, limit: int = 100) -> list[dict[str, Any]]:

@@ -29,7 +29,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,7 @@ from backend.ingest import WorkItem
 from backend.settings import Settings
 from backend.store import Store
 from backend.store.records import finished_items
-from backend.store.tables import RUN_TABLES
+from backend.store.tables import RUN_TABLES, model_record
 
 if TYPE_CHECKING:
     from backend.models import LoadedModel
@@ -333,30 +334,35 @@ def score_items_ray(
             report.from_disk.append(plan.shard)
         else:
             todo.append(plan)
-    if todo:
-        if should_stop and should_stop():
-            raise JobCancelled
-        _score_on_ray(
-            ray,
-            lm,
-            todo,
-            by_index,
-            settings,
-            options,
-            extras,
-            upload_id,
-            job_id,
-            shard_dir,
-            report,
-            ingest,
-            on_shard,
-            should_stop,
-        )
+    if todo and should_stop and should_stop():
+        raise JobCancelled
+    record = model_record(lm)
+    scored = _scored_shards(ray, lm, todo, by_index, settings, options, extras, upload_id, job_id)
+    with closing(scored):  # a cancelled job shuts a cluster it started down at once
+        for plan, parquet, pid in scored:
+            manifest = {
+                "format": SHARD_FORMAT,
+                "shard": plan.shard,
+                "items": list(plan.items),
+                "job_id": job_id,
+                "upload_id": upload_id,
+                "model": record,
+                "worker_pid": pid,
+            }
+            path = shard_path(shard_dir, plan.shard)
+            write_shard(path, manifest, parquet)
+            ingest(plan, path)
+            report.scored.append(plan.shard)
+            report.worker_pids[plan.shard] = pid
+            if on_shard:
+                on_shard(plan.shard, pid)
+            if should_stop and should_stop():
+                raise JobCancelled
     report.seconds = round(time.perf_counter() - began, 3)
     return report
 
 
-def _score_on_ray(
+def _scored_shards(
     ray: Any,
     lm: LoadedModel,
     todo: list[ShardPlan],
@@ -366,15 +372,14 @@ def _score_on_ray(
     extras: ExtraRequest | None,
     upload_id: str | None,
     job_id: str,
-    shard_dir: Path,
-    report: RayReport,
-    ingest: Callable[[ShardPlan, Path], None],
-    on_shard: Callable[[int, int], None] | None,
-    should_stop: Callable[[], bool] | None,
-) -> None:
-    from backend.audit import JobCancelled
-    from backend.store.tables import model_record
+) -> Generator[tuple[ShardPlan, dict[str, bytes], int], None, None]:
+    """Score ``todo`` on the cluster; yield each shard's Parquet tables as it completes.
 
+    A cluster this call started is shut down when the iteration ends, also when the caller
+    stops early (a cancelled job).
+    """
+    if not todo:
+        return
     started = _init_ray(ray, options)
     try:
         import ray.data
@@ -409,27 +414,8 @@ def _score_on_ray(
             },
         )
         plans = {plan.shard: plan for plan in todo}
-        record = model_record(lm)
         for shard, parquet, pid in _collect_shards(dataset.iter_rows(), len(RUN_TABLES)):
-            plan = plans[shard]
-            manifest = {
-                "format": SHARD_FORMAT,
-                "shard": shard,
-                "items": list(plan.items),
-                "job_id": job_id,
-                "upload_id": upload_id,
-                "model": record,
-                "worker_pid": pid,
-            }
-            path = shard_path(shard_dir, shard)
-            write_shard(path, manifest, parquet)
-            ingest(plan, path)
-            report.scored.append(shard)
-            report.worker_pids[shard] = pid
-            if on_shard:
-                on_shard(shard, pid)
-            if should_stop and should_stop():
-                raise JobCancelled
+            yield plans[shard], parquet, pid
     finally:
         if started:
             ray.shutdown()

@@ -45,10 +45,18 @@ st.caption(
 
 with st.form("audit.form", clear_on_submit=False):
     upload = st.file_uploader("Transcript", type=["jsonl", "json", "csv", "txt"], key="audit.file")
-    form_cols = st.columns([1, 2])
+    form_cols = st.columns([2, 4, 1])
     model = form_cols[0].text_input("Model", key="audit.model", placeholder="server default")
     extras = form_cols[1].multiselect(
         "Uncertainty & hallucination metrics", EXTRA_METRICS, key="audit.extras"
+    )
+    engine = form_cols[2].selectbox(
+        "Engine",
+        ["local", "ray"],
+        key="audit.engine",
+        help="local: the server's model. ray: shards scored by a pool of workers on the Ray "
+        "cluster the server is configured with (TOKENPRISM_RAY_ADDRESS, or a local one); "
+        "the same metrics, resumable shard by shard.",
     )
     sent = st.form_submit_button("Upload and audit", type="primary")
 fresh_upload: str | None = None
@@ -58,7 +66,7 @@ if sent:
     else:
         with backend_errors():
             reply = client().upload(
-                upload.name, upload.getvalue(), model=model or None, metrics=extras
+                upload.name, upload.getvalue(), model=model or None, metrics=extras, engine=engine
             )
         if reply.get("duplicate"):
             st.info(reply["message"])

@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run demo serve test lint browser bench bench-audit probe clean
+.PHONY: install run demo serve test lint browser bench bench-audit bench-ray probe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,9 @@ bench: install
 
 bench-audit: install
 	$(BIN)/python bench/audit.py
+
+bench-ray: install
+	$(BIN)/python bench/ray_engine.py
 
 # Rebuild the shipped probe of the default model: answer the fact-table questions, label the
 # answers against the tables, train on the train split, evaluate on the held-out split.

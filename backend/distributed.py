@@ -387,6 +387,7 @@ def _scored_shards(
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI and the job show their own progress
         context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset INFO lines
         worker_settings = settings.model_copy(
             update={"device": "cuda" if options.gpus_per_worker > 0 else "cpu"}
         )

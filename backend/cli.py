@@ -86,7 +86,8 @@ def prepare(model: str | None = ModelOpt) -> None:
     began = time.perf_counter()
     lm = _load(model)
     err.print(
-        f"ready: {lm.label} on {lm.device} ({str(lm.dtype).removeprefix('torch.')}), "
+        f"ready: {lm.label} on {lm.device} ({lm.provenance()['dtype']}, "
+        f"autocast {lm.provenance()['autocast']}), "
         f"context {lm.context_length} tokens, revision {lm.revision[:23]} "
         f"[{time.perf_counter() - began:.1f}s]"
     )

@@ -57,6 +57,9 @@ def group(
     max_new_tokens: int = typer.Option(96, help="length limit of each response"),
     seed: int = typer.Option(0, help="sampling seed"),
     thr_p: float = typer.Option(0.1, help="THR reweighting knob p (>0 exploit, <0 explore)"),
+    sampler: str = typer.Option(
+        "hf", "--sampler", help="hf (transformers generate) or vllm (pip install vllm; GPU)"
+    ),
     model: str | None = typer.Option(None, "--model", "-m"),
     as_json: bool = typer.Option(False, "--json", help="print the group as JSON"),
 ) -> None:
@@ -82,6 +85,7 @@ def group(
         max_new_tokens=max_new_tokens,
         seed=seed,
         thr_p=thr_p,
+        sampler=sampler,
     )
     from backend.groups import check_request
 

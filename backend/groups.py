@@ -42,7 +42,7 @@ from analysis.thr import (
 from analysis.verifiers import Verdict, parse_verifier
 from backend.encoding import EncodedText
 from backend.errors import UserError
-from backend.generation import sample_responses
+from backend.generation import check_sampler, sample_responses
 from backend.models import LoadedModel
 from backend.runner import ScoredText, score_batch
 from backend.settings import SOURCE_ROOT
@@ -66,6 +66,8 @@ class GroupRequest:
         thr_beta: beta of the dominant-token threshold tau.
         latr_tau_abs, latr_tau_rel: LATR branching thresholds (the paper's Countdown values).
         cure_k: how many top-entropy candidates CURE keeps per response.
+        sampler: ``hf`` (transformers ``generate``) or ``vllm`` (optional package, for large
+            groups on a GPU); the samples are scored by the same HF forward pass either way.
     """
 
     prompt: str
@@ -81,6 +83,7 @@ class GroupRequest:
     latr_tau_abs: float = 0.25
     latr_tau_rel: float = 0.15
     cure_k: int = 20
+    sampler: str = "hf"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +104,7 @@ def check_request(request: GroupRequest) -> None:
         raise UserError("the prompt is empty")
     if not 1 <= request.n <= 64:
         raise UserError("n must be between 1 and 64")
+    check_sampler(request.sampler)
 
 
 @dataclass
@@ -121,16 +125,29 @@ def _capture(
 ) -> Callable[[Any, torch.Tensor, torch.Tensor], None]:
     def hook(out: Any, _ids: torch.Tensor, _mask: torch.Tensor) -> None:
         final = out.hidden_states[-1]  # post final norm, as THR's derivation uses
+        device = out.logits.device
+        columns = vocab.to(device)
+        probs, hidden = [], []
         for row, i in enumerate(rows):
             pos = torch.tensor(_response_positions(encoded[i]), dtype=torch.long)
-            predicting = pos - 1
-            logits = out.logits[row, predicting].float()
+            predicting = (pos - 1).to(device)
+            logits = out.logits[row, predicting].float()  # float32 whatever the model dtype
             # the probabilities over the group vocabulary, not renormalised (NTHR App. 7.4)
-            probs = torch.softmax(logits, dim=-1)[:, vocab.to(logits.device)]
-            into.probs[i] = probs.cpu()
-            into.hidden[i] = final[row, predicting].float().cpu()
+            probs.append(torch.softmax(logits, dim=-1)[:, columns])
+            hidden.append(final[row, predicting].float())
+        # one device-to-host copy per batch for each of the two, not one per response
+        for i, p, h in zip(rows, _to_host(probs), _to_host(hidden), strict=True):
+            into.probs[i], into.hidden[i] = p, h
 
     return hook
+
+
+def _to_host(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``[t.cpu() for t in parts]`` in one transfer (the parts share their trailing dims)."""
+    if not parts:
+        return []
+    sizes = [t.shape[0] for t in parts]
+    return [t.clone() for t in torch.cat(parts).cpu().split(sizes)]
 
 
 def _nan(length: int) -> torch.Tensor:
@@ -160,6 +177,7 @@ def run_group(
         top_p=request.top_p,
         seed=request.seed,
         skip_empty=True,
+        sampler=request.sampler,
     )
     if not encoded:
         raise UserError("every sampled response was empty: nothing to verify or score")
@@ -190,6 +208,7 @@ def run_group(
             "response_index": i,
             "verifier": request.verifier,
             "verdict": asdict(verdict),
+            "sampler": request.sampler,
         }
     run_ids = store.save_runs(lm, scored, group_id=group_id, item_indices=list(range(len(scored))))
     tree = _tree_json(lm, responses, rewards, scored)

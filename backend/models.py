@@ -9,6 +9,7 @@ data home, so later loads take about a second.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +39,7 @@ _CACHE_NAME = "smollm2-135m-instruct-q4_1"
 _META = "tokenprism-source.json"
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_AUTOCAST = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -53,6 +56,10 @@ class LoadedModel:
         dtype: parameter dtype.
         context_length: maximum positions the model accepts.
         label: human-readable description.
+        autocast: dtype of ``torch.autocast`` around the forward passes (None: no autocast).
+            Metrics are float32 either way: ``analysis`` upcasts logits and hidden states.
+        path: directory holding the config and weights (None for hub models), for samplers
+            that load the model themselves (vLLM).
     """
 
     name: str
@@ -64,6 +71,8 @@ class LoadedModel:
     dtype: torch.dtype
     context_length: int
     label: str
+    autocast: torch.dtype | None = None
+    path: Path | None = None
 
     @cached_property
     def vocab_strings(self) -> list[str]:
@@ -77,12 +86,24 @@ class LoadedModel:
         """:attr:`vocab_strings` as a numpy object array, for vectorised lookups."""
         return np.asarray(self.vocab_strings, dtype=object)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The precision of the matmuls: the autocast dtype if any, else the weights'."""
+        return self.autocast if self.autocast is not None else self.dtype
+
+    def autocast_context(self) -> contextlib.AbstractContextManager[Any]:
+        """``torch.autocast`` with this model's setting, or a no-op when it has none."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
     def provenance(self) -> dict[str, Any]:
         return {
             "model": self.name,
             "source": self.source,
             "revision": self.revision,
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": _dtype_name(self.dtype),
+            "autocast": "none" if self.autocast is None else _dtype_name(self.autocast),
             "device": str(self.device),
             "context_length": self.context_length,
             "architecture": type(self.model).__name__,
@@ -113,10 +134,70 @@ def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
         raise UserError(f"unknown dtype {spec!r}; choose one of {', '.join(_DTYPES)}") from None
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def resolve_autocast(spec: str, device: torch.device, weights: torch.dtype) -> torch.dtype | None:
+    """The autocast dtype for a model with ``weights`` on ``device`` (None: no autocast).
+
+    ``auto`` is bfloat16 on CUDA when the weights are float32 (fp32 master weights, bf16
+    matmuls) and none otherwise: on CPU autocast only emulates the GPU path, and bf16 / fp16
+    weights already run in their own precision. Explicit values are taken as given;
+    :func:`check_autocast` then asks torch whether the device supports them.
+    """
+    if spec == "none":
+        return None
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" and weights == torch.float32 else None
+    try:
+        return _AUTOCAST[spec]
+    except KeyError:
+        choices = ", ".join(["auto", "none", *_AUTOCAST])
+        raise UserError(f"unknown autocast {spec!r}; choose one of {choices}") from None
+
+
+def check_autocast(device: torch.device, autocast: torch.dtype | None) -> None:
+    """Refuse an autocast setting this torch build would ignore or reject on ``device``.
+
+    torch silently disables autocast (with a warning) for a dtype the device does not support
+    and raises for bfloat16 on CUDA GPUs without it (before Ampere). torch 2.13 supports both
+    bfloat16 and float16 autocast on CPU (checked by running a forward pass), so CPU float16 is
+    accepted there; an older torch that refuses it gets this error instead of a silent fp32 run.
+    """
+    if autocast is None:
+        return
+    name = _dtype_name(autocast)
+    hint = "set TOKENPRISM_AUTOCAST=none (or another dtype)"
+    if not torch.amp.autocast_mode.is_autocast_available(device.type):
+        raise UserError(f"autocast is not available on device {device.type!r}; {hint}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            torch.autocast(device_type=device.type, dtype=autocast)
+        except RuntimeError as err:
+            reason = _first_line(err).rstrip(".")
+            raise UserError(f"{name} autocast on {device.type} fails ({reason}); {hint}") from None
+    disabled = [w for w in caught if "disabling autocast" in str(w.message).lower()]
+    if disabled:
+        reason = " ".join(str(disabled[0].message).split())
+        raise UserError(f"{name} autocast on {device.type} is not supported: {reason}; {hint}")
+
+
 def load_model(name: str, settings: Settings) -> LoadedModel:
     """Load ``name`` for scoring; every failure is a :class:`UserError` with one clear line."""
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    autocast = resolve_autocast(settings.autocast, device, dtype)
+    check_autocast(device, autocast)  # before the weights are read: a bad setting fails fast
+    lm = _load_any(name, settings, device, dtype)
+    lm.autocast = autocast
+    return lm
+
+
+def _load_any(
+    name: str, settings: Settings, device: torch.device, dtype: torch.dtype
+) -> LoadedModel:
     if name == DEFAULT_MODEL:
         directory = prepare_default_model(settings)
         meta = json.loads((directory / _META).read_text())
@@ -173,6 +254,7 @@ def _finish(
     label: str,
     device: torch.device,
     dtype: torch.dtype,
+    path: Path | None = None,
 ) -> LoadedModel:
     if not getattr(tokenizer, "is_fast", False):
         raise UserError(f"model {name!r} has no fast tokenizer; character offsets need one")
@@ -188,6 +270,7 @@ def _finish(
         dtype=dtype,
         context_length=context,
         label=label,
+        path=path,
     )
 
 
@@ -218,7 +301,7 @@ def _load_dir(
         )
     except (OSError, ValueError) as err:
         raise ModelNotFound(f"cannot load model from {directory}: {_first_line(err)}") from None
-    return _finish(model, tokenizer, name, source, revision, label, device, dtype)
+    return _finish(model, tokenizer, name, source, revision, label, device, dtype, directory)
 
 
 def _load_hub(
@@ -354,7 +437,7 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-_LOADED: dict[tuple[str, str, str], LoadedModel] = {}
+_LOADED: dict[tuple[str, str, str, str], LoadedModel] = {}
 
 
 def loaded_model_names() -> list[str]:
@@ -364,7 +447,7 @@ def loaded_model_names() -> list[str]:
 
 def get_model(name: str, settings: Settings) -> LoadedModel:
     """Load ``name`` once per process and keep it."""
-    key = (name, settings.device, settings.dtype)
+    key = (name, settings.device, settings.dtype, settings.autocast)
     if key not in _LOADED:
         _LOADED[key] = load_model(name, settings)
     return _LOADED[key]

@@ -62,7 +62,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
     ids = torch.tensor([prefix], device=lm.device)
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.inference_mode():
+    with torch.inference_mode(), lm.autocast_context():
         out = lm.model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
@@ -74,7 +74,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
             max_new_tokens=request.max_new_tokens,
             pad_token_id=pad,
         )
-    return [row[len(prefix) :].tolist() for row in out]
+    return out[:, len(prefix) :].cpu().tolist()  # one copy for the k continuations
 
 
 def _correct_rate(
@@ -166,7 +166,7 @@ def run_rollouts(
         found = critical()
     counterfactuals = []
     if found is not None and request.counterfactuals > 0:
-        with torch.inference_mode():
+        with torch.inference_mode(), lm.autocast_context():
             logits = lm.model(torch.tensor([ids[:found]], device=lm.device)).logits[0, -1]
         probs = torch.softmax(logits.float(), -1)
         probs[ids[found]] = 0.0  # the original token is excluded, as in the paper's check

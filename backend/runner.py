@@ -14,6 +14,7 @@ from analysis.scoring import ScoredSequence, ScoringParams, score_forward
 from analysis.steps import chars_to_tokens, step_char_starts
 from backend import __version__
 from backend.encoding import EncodedText
+from backend.errors import UserError
 from backend.models import LoadedModel
 
 if TYPE_CHECKING:
@@ -47,7 +48,14 @@ def forward_batch(
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Right-pad ``encoded`` and run the model once with hidden states.
 
+    The batch is built on the host and copied to the device once; the pass runs under
+    ``inference_mode`` and the model's autocast setting (``lm.autocast``), so logits and hidden
+    states may be bfloat16 / float16: ``analysis`` upcasts them to float32 before any metric.
+
     Returns ``(model output, input_ids [B, T], attention_mask [B, T])`` on the model's device.
+
+    Raises:
+        UserError: float16 overflowed (non-finite logits); bfloat16 has float32's range.
     """
     width = max(e.n_tokens for e in encoded)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -57,9 +65,16 @@ def forward_batch(
         ids[row, : enc.n_tokens] = torch.tensor(enc.input_ids)
         mask[row, : enc.n_tokens] = 1
     ids, mask = ids.to(lm.device), mask.to(lm.device)
-    with torch.inference_mode():
+    with torch.inference_mode(), lm.autocast_context():
         out = lm.model(
             input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+        )
+    # float16 tops out at 65504: activations past it become inf and every metric NaN. One
+    # reduction per batch (not per token) turns that into a clear error instead.
+    if lm.compute_dtype == torch.float16 and not bool(torch.isfinite(out.logits).all()):
+        raise UserError(
+            "float16 overflowed in this model's forward pass (non-finite logits); "
+            "use TOKENPRISM_AUTOCAST=bfloat16 or TOKENPRISM_DTYPE=bfloat16 instead"
         )
     return out, ids, mask
 
@@ -83,9 +98,11 @@ def score_batch(
     params = params or ScoringParams()
     began = time.perf_counter()
     out, ids, mask = forward_batch(lm, encoded)
-    response = torch.zeros_like(mask, dtype=torch.bool)
+    # built on the host and copied once (not one small copy per row)
+    response = torch.zeros(mask.shape, dtype=torch.bool)
     for row, enc in enumerate(encoded):
         response[row, : enc.n_tokens] = torch.tensor([not p for p in enc.is_prompt])
+    response = response.to(mask.device)
     with torch.inference_mode():
         scored = score_forward(
             out.logits,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -92,6 +92,11 @@ class GroupBody(_Body):
     latr_tau_abs: float = Field(0.25, ge=0.0, le=1.0)
     latr_tau_rel: float = Field(0.15, ge=0.0, le=1.0)
     cure_k: int = Field(20, ge=1, le=200)
+    sampler: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="hf (transformers generate) or vllm (optional package, GPU); "
+        "the samples are scored by the same HF forward pass either way",
+    )
 
 
 class RolloutBody(_Body):

@@ -359,7 +359,10 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     meta_file = target / _META
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
-        if meta.get("size") == stat.st_size and meta.get("gguf") == str(gguf):
+        if meta.get("size") == stat.st_size and (
+            # another venv installs the same package file elsewhere: same bytes, same cache
+            meta.get("gguf") == str(gguf) or meta.get("sha256") == _file_sha256(gguf)
+        ):
             return target
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     from safetensors.torch import save_file

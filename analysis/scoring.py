@@ -14,16 +14,16 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from analysis.geometry import (
+from tokenprism.analysis.geometry import (
     SpectrumMethod,
     erv_era,
     layer_effective_ranks,
     prefix_effective_ranks,
 )
-from analysis.logits import LogitMetricParams, align_next_token, logit_metrics
-from analysis.sequence import gltr_fractions, masked_mean
-from analysis.types import Logits, TokenIds, TokenMask
-from analysis.windows import WindowMode, window_entropy
+from tokenprism.analysis.logits import LogitMetricParams, align_next_token, logit_metrics
+from tokenprism.analysis.sequence import gltr_fractions, masked_mean
+from tokenprism.analysis.types import Logits, TokenIds, TokenMask
+from tokenprism.analysis.windows import WindowMode, window_entropy
 
 HiddenAlignment = Literal["token", "predicting"]
 

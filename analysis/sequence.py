@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from analysis.types import PerSequence, PerToken, PerTokenInt, TokenMask
+from tokenprism.analysis.types import PerSequence, PerToken, PerTokenInt, TokenMask
 
 
 def masked_mean(values: PerToken, mask: TokenMask) -> PerSequence:

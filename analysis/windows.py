@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from analysis.types import PerToken, TokenMask
+from tokenprism.analysis.types import PerToken, TokenMask
 
 WindowMode = Literal["inclusive", "following"]
 

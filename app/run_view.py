@@ -11,10 +11,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure
-from app.components.claims import claims_frame, judge_caption
-from app.components.token_view import available_token_metrics, legend_html, token_html
-from app.ui import backend_errors, client, sequence_cards
+from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure
+from tokenprism.app.components.claims import claims_frame, judge_caption
+from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
+from tokenprism.app.ui import backend_errors, client, sequence_cards
 
 DEFAULT_METRIC = "entropy"
 

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import streamlit as st
 
-# `streamlit run app/streamlit_app.py` puts app/ on sys.path, not the repository root.
-ROOT = str(Path(__file__).resolve().parents[1])
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from app.client import BackendError, BackendUnavailable  # noqa: E402
-from app.ui import client  # noqa: E402
+from tokenprism.app.client import BackendError, BackendUnavailable
+from tokenprism.app.ui import client
 
 st.set_page_config(page_title="TokenPrism", page_icon=":material/biotech:", layout="wide")
 

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import pandas as pd
 import streamlit as st
 
-from app.client import BackendError, BackendUnavailable, TokenPrismClient
+from tokenprism.app.client import BackendError, BackendUnavailable, TokenPrismClient
 
 JOB_TERMINAL = ("done", "failed", "cancelled", "interrupted")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -9,15 +10,19 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The repository root when running from a checkout (backend/ resolves to <root>/backend); in an
+# installed wheel this is site-packages/tokenprism, which has no pyproject.toml.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _default_home() -> Path:
     # A source checkout keeps its data home next to the code (git-ignored data/home), so the
     # Makefile, the tests and a user typing `tokenprism` share one converted model and one DB.
+    # An installed package never writes inside itself: the per-user data directory instead.
     if (SOURCE_ROOT / "pyproject.toml").is_file() and (SOURCE_ROOT / "data").is_dir():
         return SOURCE_ROOT / "data" / "home"
-    return Path.home() / ".local" / "share" / "tokenprism"
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "tokenprism"
 
 
 class Settings(BaseSettings):

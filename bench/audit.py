@@ -29,12 +29,12 @@ import torch
 from fastapi.testclient import TestClient
 from scoring import CITIES  # bench/ is on sys.path when a bench script runs
 
-from analysis.scoring import ScoredSequence
-from backend.api import create_app
-from backend.encoding import EncodedText
-from backend.models import get_model
-from backend.runner import ScoredText
-from backend.settings import Settings, get_settings
+from tokenprism.analysis.scoring import ScoredSequence
+from tokenprism.backend.api.app import create_app
+from tokenprism.backend.scoring.encoding import EncodedText
+from tokenprism.backend.models.loader import get_model
+from tokenprism.backend.scoring.runner import ScoredText
+from tokenprism.backend.settings import Settings, get_settings
 
 TOPICS = [
     ("What is the capital of {c}?", "The capital of {c} is {x}."),

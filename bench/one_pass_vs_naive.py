@@ -44,11 +44,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from analysis.scoring import ScoredSequence, ScoringParams
-from backend.encoding import EncodedText, encode_text
-from backend.models import LoadedModel, load_model
-from backend.runner import score_batch, step_positions
-from backend.settings import get_settings
+from tokenprism.analysis.scoring import ScoredSequence, ScoringParams
+from tokenprism.backend.scoring.encoding import EncodedText, encode_text
+from tokenprism.backend.models.loader import LoadedModel, load_model
+from tokenprism.backend.scoring.runner import score_batch, step_positions
+from tokenprism.backend.settings import get_settings
 
 # Constants a separate tool would hard-code; main() checks they are TokenPrism's defaults.
 TOP_K = 10

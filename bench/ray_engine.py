@@ -27,13 +27,13 @@ import numpy as np
 import sqlalchemy as sa
 from audit import transcripts  # bench/ is on sys.path when a bench script runs
 
-from backend.audit import score_items
-from backend.distributed import RayOptions, score_items_ray
-from backend.ingest import parse_transcript
-from backend.models import load_model
-from backend.settings import Settings, get_settings
-from backend.store import Store
-from backend.store.records import create_job
+from tokenprism.backend.audit.upload import score_items
+from tokenprism.backend.audit.ray_engine import RayOptions, score_items_ray
+from tokenprism.backend.audit.ingest import parse_transcript
+from tokenprism.backend.models.loader import load_model
+from tokenprism.backend.settings import Settings, get_settings
+from tokenprism.backend.store import Store
+from tokenprism.backend.store.records import create_job
 
 
 def token_values(store: Store, job_id: str) -> dict[tuple[int, int], tuple[float, float]]:

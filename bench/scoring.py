@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from analysis.scoring import ScoringParams
-from backend.encoding import encode_text
-from backend.models import load_model
-from backend.runner import forward_batch, score_batch
-from backend.settings import get_settings
-from backend.store import Store
+from tokenprism.analysis.scoring import ScoringParams
+from tokenprism.backend.scoring.encoding import encode_text
+from tokenprism.backend.models.loader import load_model
+from tokenprism.backend.scoring.runner import forward_batch, score_batch
+from tokenprism.backend.settings import get_settings
+from tokenprism.backend.store import Store
 
 CITIES = [
     ("France", "Paris"),

@@ -47,11 +47,11 @@ from pathlib import Path
 import torch
 from one_pass_vs_naive import exact_text  # bench/ is on sys.path when a bench script runs
 
-from analysis.scoring import ScoringParams
-from backend.encoding import EncodedText
-from backend.models import LoadedModel, load_model
-from backend.runner import forward_batch, score_batch
-from backend.settings import get_settings
+from tokenprism.analysis.scoring import ScoringParams
+from tokenprism.backend.scoring.encoding import EncodedText
+from tokenprism.backend.models.loader import LoadedModel, load_model
+from tokenprism.backend.scoring.runner import forward_batch, score_batch
+from tokenprism.backend.settings import get_settings
 
 MIB = 1 << 20
 STATUS = Path("/proc/self/status")

@@ -88,11 +88,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from backend.encoding import EncodedText, encode_chat
-from backend.generation import sample_responses
-from backend.models import LoadedModel, load_model
-from backend.runner import ScoredText, score_batch
-from backend.settings import get_settings
+from tokenprism.backend.scoring.encoding import EncodedText, encode_chat
+from tokenprism.backend.sampling.generation import sample_responses
+from tokenprism.backend.models.loader import LoadedModel, load_model
+from tokenprism.backend.scoring.runner import ScoredText, score_batch
+from tokenprism.backend.settings import get_settings
 
 PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts" / "verifiable.jsonl"
 

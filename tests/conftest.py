@@ -32,7 +32,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TOKENPRISM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TOKENPRISM_MODEL_CACHE", str(SHARED_MODEL_CACHE))
     monkeypatch.delenv("TOKENPRISM_DB", raising=False)
-    from backend.settings import get_settings
+    from tokenprism.backend.settings import get_settings
 
     get_settings.cache_clear()
     yield tmp_path / "home"
@@ -41,7 +41,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def settings(home: Path):  # type: ignore[no-untyped-def]
-    from backend.settings import get_settings
+    from tokenprism.backend.settings import get_settings
 
     settings = get_settings()
     assert settings.home == home
@@ -50,8 +50,8 @@ def settings(home: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from backend.models import load_model
-    from backend.settings import Settings
+    from tokenprism.backend.models.loader import load_model
+    from tokenprism.backend.settings import Settings
 
     return load_model(
         str(tiny_model_dir), Settings(home=tmp_path_factory.mktemp("tiny-home"), device="cpu")
@@ -60,8 +60,8 @@ def tiny_lm(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # 
 
 @pytest.fixture(scope="session")
 def default_lm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from backend.models import load_model
-    from backend.settings import Settings
+    from tokenprism.backend.models.loader import load_model
+    from tokenprism.backend.settings import Settings
 
     return load_model(
         "default",
@@ -158,7 +158,7 @@ def start_backend_thread(settings: object) -> tuple[str, object, object]:
     import httpx
     import uvicorn
 
-    from backend.api import create_app
+    from tokenprism.backend.api.app import create_app
 
     app = create_app(settings, preload=True)  # type: ignore[arg-type]
     with socket.socket() as s:
@@ -183,7 +183,7 @@ def start_backend_thread(settings: object) -> tuple[str, object, object]:
 @pytest.fixture(scope="session")
 def live_backend(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real backend (tiny model, fresh database) on loopback for UI tests."""
-    from backend.settings import Settings
+    from tokenprism.backend.settings import Settings
 
     settings = Settings(
         home=tmp_path_factory.mktemp("ui-backend-home"),

@@ -15,7 +15,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from backend.encoding import visible_whitespace
+from tokenprism.backend.scoring.encoding import visible_whitespace
 
 GLTR_LABELS = ("top 10", "top 100", "top 1000", "rest")
 # GLTR's own palette: green, yellow, red, purple.

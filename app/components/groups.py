@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from backend.encoding import visible_whitespace
+from tokenprism.backend.scoring.encoding import visible_whitespace
 
 # What the prefix tree can be coloured by: node key -> (title, colour scale).
 TREE_COLOURS: dict[str, tuple[str, str]] = {

@@ -7,9 +7,9 @@ import time
 import pandas as pd
 import streamlit as st
 
-from app.components.tables import turns_frame
-from app.run_view import render_run
-from app.ui import EXTRA_METRICS, backend_errors, client
+from tokenprism.app.components.tables import turns_frame
+from tokenprism.app.run_view import render_run
+from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client
 
 TURN_METRICS = [
     "mean_entropy",

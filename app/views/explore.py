@@ -6,8 +6,8 @@ from typing import Any
 
 import streamlit as st
 
-from app.run_view import render_run
-from app.ui import EXTRA_METRICS, backend_errors, client
+from tokenprism.app.run_view import render_run
+from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client
 
 st.title("Explore")
 st.caption(

@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.components.groups import (
+from tokenprism.app.components.groups import (
     TREE_COLOURS,
     counterfactuals_frame,
     group_label,
@@ -24,8 +24,8 @@ from app.components.groups import (
     thr_tokens_frame,
     tree_figure,
 )
-from app.run_view import render_run
-from app.ui import backend_errors, client, poll_job
+from tokenprism.app.run_view import render_run
+from tokenprism.app.ui import backend_errors, client, poll_job
 
 # session state of the three kinds of job: {"job_id", "group_id"?}
 GROUP_JOB, ROLLOUT_JOB, CDPO_JOB = "groups.job", "groups.rollout_job", "groups.cdpo_job"

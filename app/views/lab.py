@@ -12,9 +12,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app.client import BackendError, BackendUnavailable
-from app.components.compare import align_runs, compare_frame, compare_html
-from app.components.lab import (
+from tokenprism.app.client import BackendError, BackendUnavailable
+from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
+from tokenprism.app.components.lab import (
     DECODE_PARAMS,
     DECODE_RULES,
     KINDS,
@@ -30,9 +30,9 @@ from app.components.lab import (
     parse_prompts,
     refusal_curve_figure,
 )
-from app.components.token_view import available_token_metrics, legend_html, token_html
-from app.run_view import render_run
-from app.ui import backend_errors, client, poll_job
+from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
+from tokenprism.app.run_view import render_run
+from tokenprism.app.ui import backend_errors, client, poll_job
 
 JOB = "lab.job"  # session state: {"job_id", "kind"}
 DEFAULT_PROMPTS = (

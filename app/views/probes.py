@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.components.claims import report_frame, roc_figure
-from app.ui import backend_errors, client
+from tokenprism.app.components.claims import report_frame, roc_figure
+from tokenprism.app.ui import backend_errors, client
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 

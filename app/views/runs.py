@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app.components.compare import align_runs, compare_frame, compare_html
-from app.components.tables import runs_frame
-from app.components.token_view import available_token_metrics
-from app.run_view import render_run
-from app.ui import backend_errors, client
+from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
+from tokenprism.app.components.tables import runs_frame
+from tokenprism.app.components.token_view import available_token_metrics
+from tokenprism.app.run_view import render_run
+from tokenprism.app.ui import backend_errors, client
 
 PAGE = 50
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.components.charts import sql_chart
-from app.ui import backend_errors, client
+from tokenprism.app.components.charts import sql_chart
+from tokenprism.app.ui import backend_errors, client
 
 EXAMPLES = {
     "Most uncertain response tokens": (

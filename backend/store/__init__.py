@@ -1,5 +1,5 @@
 """The DuckDB token store (SQLAlchemy Core + Arrow bulk loads)."""
 
-from backend.store.store import Store
+from tokenprism.backend.store.store import Store
 
 __all__ = ["Store"]

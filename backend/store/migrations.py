@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-from backend.errors import UserError
-from backend.store import schema
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.store import schema
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS models (

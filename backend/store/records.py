@@ -9,8 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from backend.store import schema
-from backend.store.store import Store
+from tokenprism.backend.store import schema
+from tokenprism.backend.store.store import Store
 
 TERMINAL = ("done", "failed", "cancelled")
 UNFINISHED = ("queued", "running")

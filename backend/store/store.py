@@ -25,12 +25,12 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
-from backend.models import LoadedModel
-from backend.runner import ScoredText
-from backend.store import schema
-from backend.store.migrations import migrate
-from backend.store.tables import (
+from tokenprism.backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
+from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.scoring.runner import ScoredText
+from tokenprism.backend.store import schema
+from tokenprism.backend.store.migrations import migrate
+from tokenprism.backend.store.tables import (
     CORE_TOKEN_METRICS,
     MODEL_FIELDS,
     RUN_TABLES,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backend.api import API
+from tokenprism.backend.api.app import API
 
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
 

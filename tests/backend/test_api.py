@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from backend.api import API, create_app
-from backend.settings import Settings
-from backend.store import Store
+from tokenprism.backend.api.app import API, create_app
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "samples" / "chats.jsonl"
@@ -1141,9 +1141,9 @@ def test_cancel_racing_the_worker_is_not_lost(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cancel between the worker's read of a queued job and its start still cancels it."""
-    import backend.jobs
+    import tokenprism.backend.jobs.worker
 
-    real_get_job = backend.jobs.get_job
+    real_get_job = tokenprism.backend.jobs.worker.get_job
     worker_read = threading.Event()
 
     def slow_get_job(store: Any, job_id: str) -> dict[str, Any] | None:
@@ -1153,7 +1153,7 @@ def test_cancel_racing_the_worker_is_not_lost(
             time.sleep(0.5)  # the window in which a cancel request arrives
         return job
 
-    monkeypatch.setattr(backend.jobs, "get_job", slow_get_job)
+    monkeypatch.setattr(tokenprism.backend.jobs.worker, "get_job", slow_get_job)
     c = make_client(batch_tokens=1)
     resp = upload(c, "chats.jsonl", SAMPLE.read_bytes())
     assert resp.status_code == 202

@@ -14,11 +14,11 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from analysis.decoding import ead_temperature
-from backend.api import create_app
-from backend.experiments import REFUSAL_PHRASES, refusal_detector, shipped_refusal_prompts
-from backend.settings import Settings
-from backend.steering import load_vector, steer
+from tokenprism.analysis.decoding import ead_temperature
+from tokenprism.backend.api.app import create_app
+from tokenprism.backend.lab.experiments import REFUSAL_PHRASES, refusal_detector, shipped_refusal_prompts
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.lab.steering import load_vector, steer
 from tests.backend.api_helpers import strict_json, url, wait_job
 from tests.conftest import start_backend_thread
 

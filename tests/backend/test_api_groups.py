@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from analysis.verifiers import parse_verifier
-from backend.api import create_app
-from backend.groups import shipped_prompts
-from backend.settings import Settings
+from tokenprism.analysis.verifiers import parse_verifier
+from tokenprism.backend.api.app import create_app
+from tokenprism.backend.groups.core import shipped_prompts
+from tokenprism.backend.settings import Settings
 from tests.backend.api_helpers import strict_json, url, wait_job
 
 PROMPT = "What is 2+2?"

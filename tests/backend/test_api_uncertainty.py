@@ -13,9 +13,9 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
-from analysis.ccp import ENGLISH_STOPWORDS
-from backend.api import create_app
-from backend.settings import Settings
+from tokenprism.analysis.ccp import ENGLISH_STOPWORDS
+from tokenprism.backend.api.app import create_app
+from tokenprism.backend.settings import Settings
 from tests.backend.api_helpers import url, wait_job
 
 PROMPT = "What is the capital of Australia?"
@@ -237,7 +237,7 @@ def test_train_list_and_apply_a_probe(make_client: ClientFactory, tiny_model_dir
     assert stored["provenance"]["extras"]["probe"]["probe"] == "caps"
 
     # the stored values are sigmoid(h @ w + b) on the residual stream after block 0
-    from backend.models import get_model
+    from tokenprism.backend.models.loader import get_model
 
     home = Path(c.get(url("/health")).json()["db"]).parent
     tensors = load_file(str(home / "probes" / "caps" / "probe.safetensors"))

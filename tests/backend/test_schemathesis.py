@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from backend.settings import Settings
+from tokenprism.backend.settings import Settings
 from tests.conftest import start_backend_thread
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backend.cli import _streamlit_command
+from tokenprism.backend.cli.main import _streamlit_command
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -47,7 +47,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def default_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real default model behind a loopback API, so the colours are meaningful."""
-    from backend.settings import Settings
+    from tokenprism.backend.settings import Settings
 
     settings = Settings(
         home=tmp_path_factory.mktemp("browser-home"), model_cache=SHARED_MODEL_CACHE, device="cpu"

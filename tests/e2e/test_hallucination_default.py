@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from backend.probes import SHIPPED_PROBES, load_probe
-from backend.settings import Settings
+from tokenprism.backend.probes.storage import SHIPPED_PROBES, load_probe
+from tokenprism.backend.settings import Settings
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
 
 pytestmark = pytest.mark.slow
@@ -27,9 +27,9 @@ def test_shipped_probe_report_is_reproduced_on_its_held_out_split(
     default_lm: Any, tmp_path: Path
 ) -> None:
     """Recompute every number of data/probes/<probe>/report.json from the shipped weights."""
-    from analysis.probe import LinearProbe
-    from backend.probe_training import collect, encode_labelled, evaluate, parse_labelled
-    from backend.uncertainty import ExtraRequest, plan_extras
+    from tokenprism.analysis.probe import LinearProbe
+    from tokenprism.backend.probes.training import collect, encode_labelled, evaluate, parse_labelled
+    from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
 
     settings = _settings(tmp_path)
     stored = load_probe(PROBE, settings)

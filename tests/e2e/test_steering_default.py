@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from backend.experiments import (
+from tokenprism.backend.lab.experiments import (
     EastSweep,
     RefusalSweep,
     get_experiment,
@@ -17,8 +17,8 @@ from backend.experiments import (
     run_refusal_sweep,
     shipped_refusal_prompts,
 )
-from backend.settings import Settings
-from backend.store import Store
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store
 from tests.conftest import SHARED_MODEL_CACHE
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 import torch
 
-from backend.experiments import REFUSAL_PHRASES
-from backend.settings import Settings
-from backend.steering import prompt_ids
-from backend.store import Store
+from tokenprism.backend.lab.experiments import REFUSAL_PHRASES
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.lab.steering import prompt_ids
+from tokenprism.backend.store import Store
 from tests.conftest import run_cli
 
 # tiny forwards: one intra-op thread is faster than several on a busy machine

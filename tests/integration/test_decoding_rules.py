@@ -13,19 +13,19 @@ from typing import Any
 import pytest
 import torch
 
-from analysis.critical import latr_branching
-from analysis.decoding import cntp_trials, ead_temperature, perplexity, switch_indicator
-from backend import decoding_rules as rules
-from backend.errors import UserError
-from backend.experiments import (
+from tokenprism.analysis.critical import latr_branching
+from tokenprism.analysis.decoding import cntp_trials, ead_temperature, perplexity, switch_indicator
+from tokenprism.backend.lab import decoding as rules
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.lab.experiments import (
     DECODE_RULES,
     DecodeExperiment,
     get_experiment,
     run_decode,
 )
-from backend.settings import Settings
-from backend.steering import prompt_ids
-from backend.store import Store
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.lab.steering import prompt_ids
+from tokenprism.backend.store import Store
 
 PROMPT = "What is the capital of France?"
 

@@ -33,22 +33,22 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-import backend.vllm_sampler as vllm_sampler
-from backend.encoding import EncodedText, encode_pair, encode_text
-from backend.errors import UserError
-from backend.generation import prompt_ids, sample_responses
-from backend.groups import GroupRequest, get_group, run_group
-from backend.models import (
+import tokenprism.backend.sampling.vllm as vllm_sampler
+from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.sampling.generation import prompt_ids, sample_responses
+from tokenprism.backend.groups.core import GroupRequest, get_group, run_group
+from tokenprism.backend.models.loader import (
     LoadedModel,
     check_autocast,
     load_model,
     resolve_autocast,
     resolve_dtype,
 )
-from backend.runner import ScoredText, forward_batch, score_batch
-from backend.schemas import GroupBody
-from backend.settings import Settings
-from backend.store import Store
+from tokenprism.backend.scoring.runner import ScoredText, forward_batch, score_batch
+from tokenprism.backend.api.schemas import GroupBody
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store
 
 TEXTS = [
     "The capital of France is Paris. The capital of Italy is Rome.",
@@ -171,7 +171,7 @@ def test_metrics_stay_within_the_precision_bound_of_the_float32_model(
 
 
 def test_spectra_stay_float32_inside_an_autocast_region() -> None:
-    from analysis.geometry import effective_rank, singular_values
+    from tokenprism.analysis.geometry import effective_rank, singular_values
 
     torch.manual_seed(0)
     hidden = torch.randn(3, 40, 32) * torch.logspace(0, -3, 32)  # small singular values matter
@@ -314,8 +314,8 @@ def test_vllm_sampler_without_vllm_is_a_clear_error(
 def test_api_and_cli_refuse_vllm_when_missing(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from backend.api import API, create_app
-    from backend.cli import app
+    from tokenprism.backend.api.app import API, create_app
+    from tokenprism.backend.cli.main import app
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     body = {"prompt": "What is 2+2?", "verifier": "number:4", "n": 2}
@@ -330,7 +330,7 @@ def test_api_and_cli_refuse_vllm_when_missing(
         jobs = client.post(f"{API}/sql", json={"query": "SELECT count(*) FROM jobs"})
         assert jobs.json()["rows"][0][0] == 0
     monkeypatch.setenv("TOKENPRISM_HOME", str(tmp_path / "cli-home"))
-    from backend.settings import get_settings
+    from tokenprism.backend.settings import get_settings
 
     get_settings.cache_clear()
     try:

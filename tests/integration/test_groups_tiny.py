@@ -21,17 +21,17 @@ import sqlalchemy as sa
 import torch
 from safetensors.torch import load_file
 
-from analysis.critical import critical_position
-from analysis.thr import NO_ANCHOR_REASON, ResponseFeatures, thr_naive, thr_scores
-from analysis.verifiers import parse_verifier
-from backend.contrastive import ContrastiveRequest, train_contrastive
-from backend.errors import UserError
-from backend.groups import GroupRequest, get_group, json_safe, list_groups, run_group
-from backend.models import LoadedModel
-from backend.rollouts import RolloutRequest, run_rollouts
-from backend.settings import Settings
-from backend.store import Store
-from backend.store.migrations import LATEST, migrate
+from tokenprism.analysis.critical import critical_position
+from tokenprism.analysis.thr import NO_ANCHOR_REASON, ResponseFeatures, thr_naive, thr_scores
+from tokenprism.analysis.verifiers import parse_verifier
+from tokenprism.backend.groups.contrastive import ContrastiveRequest, train_contrastive
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.groups.core import GroupRequest, get_group, json_safe, list_groups, run_group
+from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.groups.rollouts import RolloutRequest, run_rollouts
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store
+from tokenprism.backend.store.migrations import LATEST, migrate
 
 PROMPT = "What is 2+2?"
 # On the tiny model (built with seed 0) these sample 2 correct and 2 incorrect responses
@@ -478,12 +478,12 @@ def test_contrastive_needs_both_outcomes(
 def test_a_bad_verifier_fails_before_sampling(
     tiny_lm: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, needle: str
 ) -> None:
-    import backend.groups
+    import tokenprism.backend.groups.core
 
     def no_sampling(*_: Any, **__: Any) -> None:
         raise AssertionError("sampled although the verifier is bad")
 
-    monkeypatch.setattr(backend.groups, "sample_responses", no_sampling)
+    monkeypatch.setattr(tokenprism.backend.groups.core, "sample_responses", no_sampling)
     with Store(tmp_path / "bad.duckdb") as store:
         with pytest.raises(UserError, match="bad verifier") as err:
             run_group(tiny_lm, store, GroupRequest(prompt=PROMPT, verifier=spec, n=2))
@@ -550,7 +550,7 @@ def test_group_rollouts_and_contrastive_commands(home: Path, tiny_model_dir: Pat
     """The three commands in-process (the console script itself is run by the e2e test)."""
     from typer.testing import CliRunner
 
-    from backend.cli import app
+    from tokenprism.backend.cli.main import app
 
     runner = CliRunner()
 

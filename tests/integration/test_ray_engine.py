@@ -18,17 +18,17 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from backend.audit import JobCancelled, score_items
-from backend.ingest import WorkItem, parse_transcript
-from backend.models import LoadedModel
-from backend.settings import Settings
-from backend.store import Store, schema
-from backend.store.records import create_job
+from tokenprism.backend.audit.upload import JobCancelled, score_items
+from tokenprism.backend.audit.ingest import WorkItem, parse_transcript
+from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store, schema
+from tokenprism.backend.store.records import create_job
 from tests.conftest import run_cli
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install -e '.[distributed]'")
 
-from backend.distributed import RayOptions, ShardPlan, plan_shards, score_items_ray  # noqa: E402
+from tokenprism.backend.audit.ray_engine import RayOptions, ShardPlan, plan_shards, score_items_ray  # noqa: E402
 
 ANSWERS = [
     "The capital of France is Paris.",
@@ -75,7 +75,7 @@ def ray_cluster() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def work(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The corpus, the tiny model and the local engine's stored result (the reference)."""
-    from backend.models import load_model
+    from tokenprism.backend.models.loader import load_model
 
     home = tmp_path_factory.mktemp("ray-reference")
     settings = Settings(home=home, device="cpu")

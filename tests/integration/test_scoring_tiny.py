@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from backend.encoding import encode_chat, encode_pair, encode_text
-from backend.errors import InputTooLong, ModelNotFound, UnsafeWeights, UserError
-from backend.models import load_model
-from backend.runner import score_batch, score_one
-from backend.settings import Settings
+from tokenprism.backend.scoring.encoding import encode_chat, encode_pair, encode_text
+from tokenprism.backend.errors import InputTooLong, ModelNotFound, UnsafeWeights, UserError
+from tokenprism.backend.models.loader import load_model
+from tokenprism.backend.scoring.runner import score_batch, score_one
+from tokenprism.backend.settings import Settings
 
 
 def _plain_forward(lm, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]

@@ -15,18 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.decoding import biased_probability, marker_mass
-from analysis.steering import SteeringVectorParams
-from backend.errors import UserError
-from backend.experiments import (
+from tokenprism.analysis.decoding import biased_probability, marker_mass
+from tokenprism.analysis.steering import SteeringVectorParams
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.lab.experiments import (
     REFUSAL_PHRASES,
     _FirstStepBias,
     _generate,
     _PrefixBias,
     marker_token_ids,
 )
-from backend.settings import Settings
-from backend.steering import (
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.lab.steering import (
     caa_vector,
     decoder_layers,
     east_vector,

@@ -11,12 +11,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
-from backend.encoding import encode_pair, encode_text
-from backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
-from backend.runner import score_batch
-from backend.store import Store, schema
-from backend.store.migrations import LATEST
-from backend.store.store import run_read_only_sql
+from tokenprism.backend.scoring.encoding import encode_pair, encode_text
+from tokenprism.backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
+from tokenprism.backend.scoring.runner import score_batch
+from tokenprism.backend.store import Store, schema
+from tokenprism.backend.store.migrations import LATEST
+from tokenprism.backend.store.store import run_read_only_sql
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_a_locked_database_is_a_clear_error(db_lock_holder: Path) -> None:
 
 def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     """Migration 2 adds columns and tables and backfills the nested alternatives."""
-    from backend.store.migrations import migrate
+    from tokenprism.backend.store.migrations import migrate
 
     path = tmp_path / "v1.duckdb"
     engine = sa.create_engine(f"duckdb:///{path}")

@@ -18,23 +18,23 @@ import sqlalchemy as sa
 import torch
 from safetensors.torch import load_file
 
-from analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL
-from analysis.probe import LabelledSpan, ProbeTrainParams
-from backend.encoding import EncodedText, encode_pair, encode_text
-from backend.ingest import TranscriptError
-from backend.probe_apply import apply_probe_to_run
-from backend.probe_training import (
+from tokenprism.analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL
+from tokenprism.analysis.probe import LabelledSpan, ProbeTrainParams
+from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
+from tokenprism.backend.audit.ingest import TranscriptError
+from tokenprism.backend.probes.apply import apply_probe_to_run
+from tokenprism.backend.probes.training import (
     encode_labelled,
     labels_of,
     parse_labelled,
     train_and_evaluate,
 )
-from backend.probes import list_probes, load_probe, probe_for, save_probe
-from backend.runner import score_one
-from backend.settings import Settings
-from backend.store import Store
-from backend.store.migrations import LATEST, migrate
-from backend.uncertainty import ExtraPlan, ExtraRequest
+from tokenprism.backend.probes.storage import list_probes, load_probe, probe_for, save_probe
+from tokenprism.backend.scoring.runner import score_one
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store
+from tokenprism.backend.store.migrations import LATEST, migrate
+from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest
 
 PROMPT = "What is the capital of Australia?"
 RESPONSE = "Canberra is the capital. Sydney is big.\nThe answer is 42!"
@@ -60,7 +60,7 @@ class ContraJudge:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from backend.embeddings import get_encoder
+    from tokenprism.backend.models.embeddings import get_encoder
 
     return get_encoder("default", Settings(home=tmp_path_factory.mktemp("enc"), device="cpu"))
 
@@ -365,7 +365,7 @@ def test_probe_apply_to_a_stored_run_matches_a_forward_pass(  # type: ignore[no-
     torch.testing.assert_close(
         scored.scores.token["probe"][positions].double(), want[positions], atol=1e-5, rtol=1e-5
     )
-    from backend.runner import score_batch
+    from tokenprism.backend.scoring.runner import score_batch
 
     both = score_batch(tiny_lm, [other, enc], extras=plan)
     torch.testing.assert_close(
@@ -402,7 +402,7 @@ def test_scoring_with_a_probe_stores_what_applying_it_later_stores(  # type: ign
 
 
 def test_a_probe_of_another_model_revision_is_refused(tiny_lm, trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from backend.errors import UserError
+    from tokenprism.backend.errors import UserError
 
     copy = tmp_path / "probes"
     copy.mkdir()
@@ -445,7 +445,7 @@ def test_labelled_data_errors_name_their_lines(tiny_lm, monkeypatch: pytest.Monk
     assert "outside the text" in message and "'maybe'" in message and "'Berlin'" in message
 
     # training validates everything before any forward pass
-    import backend.probe_training as training
+    import tokenprism.backend.probes.training as training
 
     def no_model_work(*_: Any, **__: Any) -> None:
         raise AssertionError("features were collected from invalid data")

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 
-from analysis.scoring import ScoredSequence, ScoringParams, score_forward
-from backend.runner import score_batch
+from tokenprism.analysis.scoring import ScoredSequence, ScoringParams, score_forward
+from tokenprism.backend.scoring.runner import score_batch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 

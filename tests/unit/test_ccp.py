@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.ccp import (
+from tokenprism.analysis.ccp import (
     CONTRA,
     ENGLISH_STOPWORDS,
     ENTAIL,

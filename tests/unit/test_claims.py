@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.claims import (
+from tokenprism.analysis.claims import (
     SPLITTERS,
     Claim,
     claim_token_positions,

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from app.components.claims import (
+from tokenprism.app.components.claims import (
     CLAIM_COLUMNS,
     ROC_COLOURS,
     claim_risk,
@@ -297,4 +297,4 @@ def test_report_frame_without_span_auc() -> None:
 
 
 def test_claims_component_imports_no_ui_database_or_model_libraries() -> None:
-    assert packages_loaded_by("app.components.claims", HEAVY) == []
+    assert packages_loaded_by("tokenprism.app.components.claims", HEAVY) == []

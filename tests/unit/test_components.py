@@ -11,11 +11,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure, sql_chart
-from app.components.compare import align_runs, compare_frame, compare_html
-from app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
-from app.components.token_view import available_token_metrics, legend_html, token_html
-from backend.report import NO_VALUE_COLOUR, colour_scale
+from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure, sql_chart
+from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
+from tokenprism.app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
+from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
+from tokenprism.backend.audit.report import NO_VALUE_COLOUR, colour_scale
 from tests.import_probe import packages_loaded_by
 
 REPO = Path(__file__).resolve().parents[2]
@@ -625,10 +625,10 @@ def test_runs_frame_columns_and_order() -> None:
 @pytest.mark.parametrize(
     "module",
     [
-        "app.components.token_view",
-        "app.components.charts",
-        "app.components.compare",
-        "app.components.tables",
+        "tokenprism.app.components.token_view",
+        "tokenprism.app.components.charts",
+        "tokenprism.app.components.compare",
+        "tokenprism.app.components.tables",
     ],
 )
 def test_components_import_no_ui_database_or_model_libraries(module: str) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.critical import (
+from tokenprism.analysis.critical import (
     budget_positions,
     ce_scores,
     critical_position,

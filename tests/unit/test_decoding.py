@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.decoding import (
+from tokenprism.analysis.decoding import (
     apply_logit_bias,
     biased_probability,
     cntp_trials,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from backend.distributed import (
+from tokenprism.backend.audit.ray_engine import (
     MANIFEST,
     _collect_shards,
     _parquet_bytes,
@@ -18,8 +18,8 @@ from backend.distributed import (
     shard_path,
     write_shard,
 )
-from backend.errors import UserError
-from backend.store.tables import RUN_TABLES
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.store.tables import RUN_TABLES
 
 
 def test_unknown_engines_and_a_missing_ray_are_refused_with_the_fix(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.geometry import (
+from tokenprism.analysis.geometry import (
     effective_rank,
     erv_era,
     layer_effective_ranks,

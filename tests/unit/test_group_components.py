@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from app.components.groups import (
+from tokenprism.app.components.groups import (
     COUNTERFACTUAL_COLUMNS,
     RESPONSE_COLUMNS,
     THR_COLUMNS,
@@ -408,4 +408,4 @@ def test_labels_and_incorrect() -> None:
 
 
 def test_group_components_import_no_ui_database_or_model_libraries() -> None:
-    assert packages_loaded_by("app.components.groups", HEAVY) == []
+    assert packages_loaded_by("tokenprism.app.components.groups", HEAVY) == []

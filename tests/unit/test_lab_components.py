@@ -9,7 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 import pytest
 
-from app.components.lab import (
+from tokenprism.app.components.lab import (
     DECODE_PARAMS,
     DECODE_RULES,
     RULE_SIGNALS,
@@ -452,4 +452,4 @@ def test_figures_are_json_serialisable_with_nan_free_values() -> None:
 
 
 def test_importing_the_lab_components_pulls_in_no_heavy_frameworks() -> None:
-    assert packages_loaded_by("app.components.lab", HEAVY) == []
+    assert packages_loaded_by("tokenprism.app.components.lab", HEAVY) == []

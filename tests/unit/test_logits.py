@@ -10,7 +10,7 @@ import scipy.special
 import scipy.stats
 import torch
 
-from analysis.logits import (
+from tokenprism.analysis.logits import (
     GLTR_EDGES,
     LogitMetricParams,
     align_next_token,

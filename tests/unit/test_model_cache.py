@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.models import _META, _convert_gguf
+from tokenprism.backend.models.loader import _META, _convert_gguf
 
 
 def _cached(target: Path, gguf: Path, *, path: str, sha: str) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import torch
 
-from analysis.ccp import CONTRA, ENTAIL, NEUTRAL
-from backend.errors import ModelNotFound, UserError
-from backend.nli import FallbackJudge, label_codes_from_config, load_nli_judge
-from backend.settings import Settings
+from tokenprism.analysis.ccp import CONTRA, ENTAIL, NEUTRAL
+from tokenprism.backend.errors import ModelNotFound, UserError
+from tokenprism.backend.models.nli import FallbackJudge, label_codes_from_config, load_nli_judge
+from tokenprism.backend.settings import Settings
 
 E, C, N = ENTAIL, CONTRA, NEUTRAL
 
@@ -89,7 +89,7 @@ def test_fallback_rules(premise: str, hypothesis: str, label: int) -> None:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from backend.embeddings import get_encoder
+    from tokenprism.backend.models.embeddings import get_encoder
 
     return get_encoder("default", Settings(home=tmp_path_factory.mktemp("enc"), device="cpu"))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.prefix_tree import (
+from tokenprism.analysis.prefix_tree import (
     TreeNode,
     branch_points,
     build_tree,

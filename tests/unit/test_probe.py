@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.stats import mannwhitneyu
 
-from analysis.probe import (
+from tokenprism.analysis.probe import (
     LabelledSpan,
     LinearProbe,
     ProbeExample,

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 import torch
 
-from analysis import MetricSpec, get_metric, list_metrics
-from analysis.registry import _BUILTIN, register_metric
-from analysis.scoring import ScoringParams, score_forward
+from tokenprism.analysis import MetricSpec, get_metric, list_metrics
+from tokenprism.analysis.registry import _BUILTIN, register_metric
+from tokenprism.analysis.scoring import ScoringParams, score_forward
 
 EXPECTED_BUILTINS = {
     "token": {

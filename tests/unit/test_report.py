@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from backend.report import NO_VALUE_COLOUR, render_audit_report
+from tokenprism.backend.audit.report import NO_VALUE_COLOUR, render_audit_report
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.sar import (
+from tokenprism.analysis.sar import (
     clamp_similarity,
     sar,
     sentence_sar,

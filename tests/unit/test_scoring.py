@@ -10,8 +10,8 @@ import scipy.special
 import scipy.stats
 import torch
 
-from analysis.logits import LogitMetricParams
-from analysis.scoring import ScoringParams, score_forward
+from tokenprism.analysis.logits import LogitMetricParams
+from tokenprism.analysis.scoring import ScoringParams, score_forward
 
 B, T, V, D, N_LAYERS = 2, 7, 13, 6, 3
 LENGTHS = [7, 5]

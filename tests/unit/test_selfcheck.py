@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.selfcheck import (
+from tokenprism.analysis.selfcheck import (
     NgramScores,
     broadcast_to_tokens,
     embedding_inconsistency,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.steering import (
+from tokenprism.analysis.steering import (
     SteeringVectorParams,
     contrastive_vector,
     distribution_entropy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from analysis.steps import chars_to_tokens, step_char_starts
+from tokenprism.analysis.steps import chars_to_tokens, step_char_starts
 
 
 def test_steps_split_on_blank_lines() -> None:

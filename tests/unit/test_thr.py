@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.thr import (
+from tokenprism.analysis.thr import (
     EMPTY_ANCHOR_REASON,
     NO_ANCHOR_REASON,
     ResponseFeatures,

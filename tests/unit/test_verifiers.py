@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from analysis.verifiers import (
+from tokenprism.analysis.verifiers import (
     Verdict,
     extract_answer,
     extract_choice,

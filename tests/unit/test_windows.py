@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.windows import window_entropy
+from tokenprism.analysis.windows import window_entropy
 
 
 def _naive(entropy: np.ndarray, mask: np.ndarray, window: int, mode: str) -> np.ndarray:

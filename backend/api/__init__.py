@@ -1,0 +1,1 @@
+"""HTTP API: the app factory, auth and one router module per resource."""

@@ -1,0 +1,1 @@
+"""Audits of uploaded transcripts: ingest, the local and Ray engines, reports."""

@@ -1,0 +1,437 @@
+"""Transcript audits: scoring an upload's items, ranking turns and tokens, exports.
+
+The same code serves the server's upload jobs and ``tokenprism audit``: items are encoded,
+sorted by length into padding-aware batches, scored, and stored batch by batch with their item
+index, so a job that stops half way resumes without redoing stored items.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import sqlalchemy as sa
+from rich.console import Console
+
+from tokenprism.analysis.registry import MetricSpec, get_metric
+from tokenprism.backend.scoring.encoding import EncodedText, encode_chat, encode_text
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.audit.ingest import WorkItem, parse_transcript
+from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.scoring.runner import score_batch
+from tokenprism.backend.store import Store, schema
+from tokenprism.backend.store.records import finished_items, get_upload
+from tokenprism.backend.store.store import CORE_TOKEN_METRICS
+
+if TYPE_CHECKING:
+    from tokenprism.backend.settings import Settings
+    from tokenprism.backend.scoring.extras import ExtraPlan
+
+DEFAULT_TURN_METRIC = "mean_entropy"
+DEFAULT_TOKEN_METRIC = "entropy"
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its cancel flag was set between batches."""
+
+
+def encode_item(lm: LoadedModel, item: WorkItem) -> EncodedText:
+    if item.messages is not None:
+        return encode_chat(lm.tokenizer, item.messages, context_length=lm.context_length)
+    assert item.text is not None
+    return encode_text(lm.tokenizer, item.text, context_length=lm.context_length)
+
+
+def encode_items(lm: LoadedModel, items: Sequence[WorkItem], source: str) -> list[EncodedText]:
+    """Encode every item up front, so a too-long or empty turn fails before anything is stored."""
+    encoded, problems = [], []
+    for item in items:
+        try:
+            encoded.append(encode_item(lm, item))
+        except UserError as err:
+            problems.append((item.line, str(err)))
+    if problems:
+        from tokenprism.backend.audit.ingest import TranscriptError
+
+        raise TranscriptError(source, problems)
+    return encoded
+
+
+def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+    """Group indices into batches of similar length with at most ``batch_tokens`` padded tokens.
+
+    Sorting by length first keeps the padding of right-padded batches small.
+    """
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
+        current = batches[-1] if batches else None
+        if current and lengths[i] * (len(current) + 1) <= batch_tokens:
+            current.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def score_items(
+    lm: LoadedModel,
+    store: Store,
+    items: Sequence[WorkItem],
+    *,
+    source: str,
+    upload_id: str | None = None,
+    job_id: str | None = None,
+    batch_tokens: int = 4096,
+    on_progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model_lock: threading.Lock | None = None,
+    extras: ExtraPlan | None = None,
+) -> list[str]:
+    """Score and store ``items`` in length-sorted batches; skip items the job already stored.
+
+    Returns the run ids stored by this call. ``on_progress`` receives the number of items done
+    so far (including those found already stored); ``should_stop`` is checked between batches.
+    """
+    done = finished_items(store, job_id) if job_id else set()
+    todo = [it for it in items if it.index not in done]
+    encoded = encode_items(lm, todo, source)
+    progress = len(items) - len(todo)
+    if on_progress:
+        on_progress(progress)
+    stored: list[str] = []
+    for batch in length_batches([e.n_tokens for e in encoded], batch_tokens):
+        if should_stop and should_stop():
+            raise JobCancelled
+        with model_lock or nullcontext():
+            scored = score_batch(lm, [encoded[i] for i in batch], extras=extras)
+        stored += store.save_runs(
+            lm,
+            scored,
+            upload_id=upload_id,
+            job_id=job_id,
+            turn_indices=[todo[i].turn_index for i in batch],
+            item_indices=[todo[i].index for i in batch],
+        )
+        progress += len(batch)
+        if on_progress:
+            on_progress(progress)
+    return stored
+
+
+def score_upload(
+    lm: LoadedModel,
+    store: Store,
+    items: Sequence[WorkItem],
+    *,
+    settings: Settings,
+    source: str,
+    upload_id: str,
+    job_id: str,
+    engine: str = "local",
+    ray_options: dict[str, Any] | None = None,
+    extras: ExtraPlan | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    model_lock: threading.Lock | None = None,
+) -> dict[str, Any]:
+    """Score an upload's items with the ``local`` or the ``ray`` engine; what was done.
+
+    Both engines store the same rows and resume a job from what it already stored.
+    ``ray_options`` are :class:`backend.distributed.RayOptions` fields (JSON-safe, as a job
+    keeps them in its parameters).
+    """
+    if engine == "ray":
+        from tokenprism.backend.audit.ray_engine import RayOptions, check_engine, score_items_ray
+
+        check_engine(engine)
+        defaults = {
+            "batch_tokens": settings.batch_tokens,
+            "address": settings.ray_address,
+            "workers": settings.ray_workers,
+        }
+        options = RayOptions(**{**defaults, **(ray_options or {})})
+        report = score_items_ray(
+            lm,
+            store,
+            items,
+            settings=settings,
+            source=source,
+            upload_id=upload_id,
+            job_id=job_id,
+            options=options,
+            extras=extras.request if extras is not None else None,
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        return {"engine": "ray", **report.as_dict()}
+    if engine != "local":
+        raise UserError(f"unknown engine {engine!r}; choose local or ray")
+    stored = score_items(
+        lm,
+        store,
+        items,
+        source=source,
+        upload_id=upload_id,
+        job_id=job_id,
+        batch_tokens=settings.batch_tokens,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        model_lock=model_lock,
+        extras=extras,
+    )
+    return {"engine": "local", "runs_stored_by_this_attempt": len(stored)}
+
+
+# ---- ranking ------------------------------------------------------------------------------
+
+
+def _spec(name: str, level: str) -> MetricSpec:
+    try:
+        spec = get_metric(name)
+    except KeyError as e:
+        raise UserError(str(e.args[0])) from None
+    if spec.level != level:
+        raise UserError(f"{name!r} is a {spec.level} metric; choose a {level} metric")
+    return spec
+
+
+def _riskiest_first(spec: MetricSpec) -> bool:
+    """True when larger values are riskier (sort descending)."""
+    return spec.higher_means != "confident"
+
+
+def upload_items(store: Store, upload_id: str) -> tuple[dict[str, Any], list[WorkItem]]:
+    upload = get_upload(store, upload_id, content=True)
+    if upload is None:
+        raise UserError(f"no upload with id {upload_id!r}")
+    items = parse_transcript(upload["content"], upload["format"], upload["filename"])
+    return upload, items
+
+
+def audit_summary(
+    store: Store,
+    upload_id: str,
+    *,
+    metric: str = DEFAULT_TURN_METRIC,
+    token_metric: str = DEFAULT_TOKEN_METRIC,
+    top: int = 20,
+) -> dict[str, Any]:
+    """Turns ranked by a sequence metric and the riskiest tokens by a token metric."""
+    turn_spec, token_spec = _spec(metric, "sequence"), _spec(token_metric, "token")
+    upload, items = upload_items(store, upload_id)
+    by_index = {it.index: it for it in items}
+    runs = store.list_runs(upload_id=upload_id, limit=len(items) + 1)
+    descending = _riskiest_first(turn_spec)
+    turns = []
+    for run in runs:
+        item = by_index.get(run["item_index"])
+        value = run["sequence"].get(metric)
+        turns.append(
+            {
+                "run_id": run["run_id"],
+                "item_index": run["item_index"],
+                "conversation": item.conversation if item else None,
+                "turn_index": run["turn_index"],
+                "line": item.line if item else None,
+                "prompt": run["prompt"],
+                "response": run["response"],
+                "n_tokens": run["n_response_tokens"],
+                "risk": value,
+                "sequence": run["sequence"],
+            }
+        )
+
+    def turn_key(t: dict[str, Any]) -> tuple[bool, float]:
+        v = t["risk"]
+        missing = v is None or not math.isfinite(v)
+        return (missing, 0.0 if missing else (-v if descending else v))
+
+    turns.sort(key=turn_key)
+    info = {t["run_id"]: t for t in turns}
+    tokens = []
+    for row in riskiest_tokens(store, upload_id, token_spec, top):
+        turn = info.get(row["run_id"], {})
+        tokens.append(
+            {**row, "conversation": turn.get("conversation"), "turn_index": turn.get("turn_index")}
+        )
+    upload.pop("content", None)
+    return {
+        "upload": upload,
+        "metric": metric,
+        "higher_means": turn_spec.higher_means,
+        "token_metric": token_metric,
+        "token_higher_means": token_spec.higher_means,
+        "n_scored": len(turns),
+        "turns": turns,
+        "tokens": tokens,
+    }
+
+
+def riskiest_tokens(
+    store: Store, upload_id: str, spec: MetricSpec, top: int
+) -> list[dict[str, Any]]:
+    t, r, tm = schema.tokens, schema.runs, schema.token_metrics
+    if spec.name in CORE_TOKEN_METRICS:
+        value = t.c[spec.name]
+        query = sa.select(
+            t.c.run_id, t.c.position, t.c.text, value.label("value"), t.c.prob, t.c.entropy
+        )
+        query = query.select_from(t.join(r, r.c.run_id == t.c.run_id))
+    else:
+        value = tm.c.value
+        query = sa.select(
+            t.c.run_id, t.c.position, t.c.text, value.label("value"), t.c.prob, t.c.entropy
+        )
+        query = query.select_from(
+            t.join(r, r.c.run_id == t.c.run_id).join(
+                tm,
+                (tm.c.run_id == t.c.run_id)
+                & (tm.c.position == t.c.position)
+                & (tm.c.metric == spec.name),
+            )
+        )
+    order = value.desc() if _riskiest_first(spec) else value.asc()
+    query = query.where(r.c.upload_id == upload_id, ~t.c.is_prompt, value.is_not(None))
+    query = query.order_by(order, t.c.run_id, t.c.position).limit(top)
+    with store.engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+# ---- exports ------------------------------------------------------------------------------
+
+EXPORT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+    "html": "text/html; charset=utf-8",
+}
+
+
+def token_frame(store: Store, upload_id: str) -> pd.DataFrame:
+    """Every response token of an upload, one row each, every stored token metric a column."""
+    _, items = upload_items(store, upload_id)
+    by_index = {it.index: it for it in items}
+    t, r, tm = schema.tokens, schema.runs, schema.token_metrics
+    with store.engine.connect() as conn:
+        base = pd.DataFrame(
+            conn.execute(
+                sa.select(
+                    r.c.run_id,
+                    r.c.item_index,
+                    r.c.turn_index,
+                    t.c.position,
+                    t.c.token_id,
+                    t.c.text,
+                    t.c.logprob,
+                    t.c.prob,
+                    t.c.rank,
+                    t.c.entropy,
+                )
+                .select_from(t.join(r, r.c.run_id == t.c.run_id))
+                .where(r.c.upload_id == upload_id, ~t.c.is_prompt)
+                .order_by(r.c.item_index, t.c.position)
+            ).all()
+        )
+        extra = pd.DataFrame(
+            conn.execute(
+                sa.select(tm.c.run_id, tm.c.position, tm.c.metric, tm.c.value)
+                .select_from(tm.join(r, r.c.run_id == tm.c.run_id))
+                .where(r.c.upload_id == upload_id)
+            ).all(),
+            columns=["run_id", "position", "metric", "value"],
+        )
+    if base.empty:
+        raise UserError("this upload has no scored turns yet")
+    if not extra.empty:
+        wide = extra.pivot_table(index=["run_id", "position"], columns="metric", values="value")
+        base = base.merge(wide.reset_index(), on=["run_id", "position"], how="left")
+    base.insert(1, "conversation", base["item_index"].map(lambda i: by_index[i].conversation))
+    base.insert(2, "line", base["item_index"].map(lambda i: by_index[i].line))
+    base.insert(0, "upload_id", upload_id)
+    return base
+
+
+def export_upload(
+    store: Store,
+    upload_id: str,
+    fmt: str,
+    *,
+    metric: str = DEFAULT_TURN_METRIC,
+    token_metric: str = DEFAULT_TOKEN_METRIC,
+) -> tuple[bytes, str, str]:
+    """``(content, media type, file name)`` of an upload's export in ``fmt``."""
+    if fmt not in EXPORT_TYPES:
+        raise UserError(f"unknown export format {fmt!r}; choose csv, parquet or html")
+    name = f"tokenprism-audit-{upload_id[:12]}.{fmt}"
+    if fmt == "html":
+        from tokenprism.backend.audit.report import render_audit_report
+
+        summary = audit_summary(store, upload_id, metric=metric, token_metric=token_metric)
+        tokens = {t["run_id"]: store.get_run(t["run_id"])["tokens"] for t in summary["turns"]}
+        html = render_audit_report(summary, tokens, colour_metric=token_metric)
+        return html.encode("utf-8"), EXPORT_TYPES[fmt], name
+    frame = token_frame(store, upload_id)
+    buffer = io.BytesIO()
+    if fmt == "csv":
+        buffer.write(frame.to_csv(index=False).encode("utf-8"))
+    else:
+        frame.to_parquet(buffer, index=False)
+    return buffer.getvalue(), EXPORT_TYPES[fmt], name
+
+
+# ---- terminal summaries -------------------------------------------------------------------
+
+
+def most_uncertain(run: dict[str, Any], metric: str, top: int) -> list[dict[str, Any]]:
+    """The ``top`` response tokens that look most uncertain by ``metric``.
+
+    The metric's registered direction decides the order: for "confident" metrics (prob,
+    logprob, margin, ...) the smallest values come first.
+    """
+    spec = _spec(metric, "token")
+    sign = 1.0 if _riskiest_first(spec) else -1.0
+    candidates = [
+        t
+        for t in run["tokens"]
+        if not t["is_prompt"]
+        and isinstance(t.get(metric), int | float)
+        and math.isfinite(t[metric])
+    ]
+    return sorted(candidates, key=lambda t: -sign * t[metric])[:top]
+
+
+def summarise_turn(
+    console: Console, item: WorkItem, run: dict[str, Any], *, rank_by: str, top: int
+) -> None:
+    seq = run["sequence"]
+    prompt = item.messages[-2]["content"] if item.messages and len(item.messages) > 1 else ""
+    console.print(
+        f"[bold]conversation {item.conversation}, turn {item.turn_index + 1}[/] (line {item.line})"
+        f"  run {run['run_id'][:12]}"
+    )
+    console.print(f"  prompt:   {prompt[:90]!r}", markup=False)
+    console.print(f"  response: {run['response'][:90]!r}", markup=False)
+    console.print(
+        f"  {int(seq.get('n_tokens') or 0)} tokens"
+        f" · GM confidence {seq['geometric_mean_confidence']:.3f}"
+        f" · mean prob {seq['mean_prob']:.3f} · perplexity {seq['perplexity']:.2f}"
+        f" · mean entropy {seq['mean_entropy']:.3f} nats · top-10 share {seq['gltr_top10']:.0%}",
+        markup=False,
+    )
+    listed = ", ".join(
+        f"{t['display']!r}@{t['position']} ({rank_by} {t[rank_by]:.2f}, p={t['prob']:.2f})"
+        for t in most_uncertain(run, rank_by, top)
+    )
+    console.print(f"  most uncertain by {rank_by}: {listed}", markup=False)
+
+
+def eta_seconds(started: float, done: int, total: int, skipped: int = 0) -> float | None:
+    """Remaining seconds from the pace of the items done by this process."""
+    worked = done - skipped
+    if worked <= 0 or total <= done:
+        return None if total > done else 0.0
+    return (time.monotonic() - started) / worked * (total - done)

@@ -1,0 +1,1 @@
+"""The `tokenprism` command: one typer app, one module per command group."""

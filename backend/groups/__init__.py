@@ -1,0 +1,1 @@
+"""Sampling groups: verify, prefix trees, THR/TEMPO, rollouts, contrastive models."""

@@ -1,0 +1,1 @@
+"""The steering and decoding lab: steering hooks, decoding rules, experiments."""

@@ -1,0 +1,156 @@
+"""Turning experiment parameters (API / CLI / job JSON) into experiment runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store
+
+KINDS = ("refusal-sweep", "east-sweep", "decode")
+_TUPLES = {"prompts", "values", "phrases", "betas"}
+
+
+def _build(cls: Any, params: dict[str, Any]) -> Any:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise UserError(
+            f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}"
+        )
+    values = {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in params.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"bad experiment parameters: {err}") from None
+
+
+def _numbers(name: str, values: Any) -> None:
+    ok = isinstance(values, tuple | list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
+    if not ok or not values:
+        raise UserError(f"{name} must be a non-empty list of finite numbers, not {values!r}")
+
+
+def _integer(name: str, value: Any, low: int, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        bound = f" >= {low}" if low > -(2**63) else ""
+        raise UserError(f"{name} must be an integer{bound}, not {value!r}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _texts(name: str, values: Any) -> None:
+    if not isinstance(values, tuple | list) or not all(
+        isinstance(v, str) and v.strip() for v in values
+    ):
+        raise UserError(f"{name} must be a list of non-empty strings")
+
+
+def _check_values(kind: str, spec: Any) -> None:
+    """Types and ranges the dataclasses do not check, so that bad parameters fail at
+    submission with a clear message instead of in the job (or with a TypeError there)."""
+    from tokenprism.backend.lab import experiments
+
+    if kind == "refusal-sweep":
+        prompts = spec.prompts
+        if not isinstance(prompts, tuple | list) or not all(
+            isinstance(p, dict) and isinstance(p.get("prompt"), str) and p["prompt"].strip()
+            for p in prompts
+        ):
+            raise UserError('prompts must be a list of {"prompt": "...", "should_refuse": bool}')
+        _numbers("values", spec.values)
+        _integer("max_new_tokens", spec.max_new_tokens, 1)
+        _choice("mode", spec.mode, ("auto", "marker", "tokens"))
+        _texts("phrases", spec.phrases)
+        if not spec.phrases:
+            raise UserError("give at least one refusal phrase")
+        if not isinstance(spec.detector, str):
+            raise UserError("detector must be 'marker' or 'regex:PATTERN'")
+        experiments.refusal_detector(spec.detector, spec.phrases)
+        if hasattr(spec, "bias_scope"):
+            _choice("bias_scope", spec.bias_scope, ("first", "prefix"))
+    elif kind == "east-sweep":
+        _texts("prompts", spec.prompts)
+        _numbers("betas", spec.betas)
+        _integer("layer", spec.layer, 0, optional=True)
+        _integer("max_new_tokens", spec.max_new_tokens, 1)
+        _integer("seed", spec.seed, -(2**63), optional=True)
+        _choice("positions", spec.positions, ("all", "response"))
+        _choice("normalize", spec.normalize, ("none", "unit", "mean_norm"))
+        if not isinstance(spec.center, bool):
+            raise UserError(f"center must be true or false, not {spec.center!r}")
+        t = spec.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 5:
+            raise UserError(f"temperature must be a number from 0 to 5, not {t!r}")
+        if 0 < t < 0.01:
+            raise UserError("temperature must be 0 (greedy) or at least 0.01")
+        for name in ("vector", "save_as"):
+            if getattr(spec, name) is not None and not isinstance(getattr(spec, name), str):
+                raise UserError(f"{name} must be a name")
+        if spec.vector is None and spec.center and len(spec.prompts) == 1:
+            raise UserError(
+                "EAST needs at least two prompts to mean-centre their representations "
+                "(got 1); add prompts or set center to false"
+            )
+    elif kind == "decode":
+        _choice("rule", spec.rule, tuple(experiments.DECODE_RULES))
+        _texts("prompts", spec.prompts)
+        if not spec.prompts:
+            raise UserError("give at least one prompt")
+        if not isinstance(spec.params, dict):
+            raise UserError("params must be an object of the rule's parameters")
+        experiments._decode_params(spec)  # unknown rule parameters
+        _integer("seed", spec.seed, -(2**63))
+        if spec.rule != "switch" and (spec.large_model or spec.small_model):
+            raise UserError("large_model / small_model apply to the 'switch' rule only")
+
+
+def check_experiment(kind: str, params: dict[str, Any]) -> Any:
+    """Validate ``params`` for ``kind``; return the experiment dataclass."""
+    from tokenprism.backend.lab import experiments
+
+    if kind == "refusal-sweep":
+        spec = _build(experiments.RefusalSweep, params)
+    elif kind == "east-sweep":
+        spec = _build(experiments.EastSweep, params)
+    elif kind == "decode":
+        spec = _build(experiments.DecodeExperiment, params)
+    else:
+        raise UserError(f"unknown experiment kind {kind!r}; choose from {', '.join(KINDS)}")
+    _check_values(kind, spec)
+    return spec
+
+
+def run_experiment(
+    lm: LoadedModel,
+    store: Store,
+    settings: Settings,
+    kind: str,
+    params: dict[str, Any],
+    *,
+    job_id: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> str:
+    """Run an experiment of ``kind``; return its id."""
+    from tokenprism.backend.lab import experiments
+
+    spec = check_experiment(kind, params)
+    if kind == "refusal-sweep":
+        return experiments.run_refusal_sweep(lm, store, spec, job_id=job_id, progress=progress)
+    if kind == "east-sweep":
+        return experiments.run_east_sweep(
+            lm, store, settings, spec, job_id=job_id, progress=progress
+        )
+    return experiments.run_decode(lm, store, settings, spec, job_id=job_id, progress=progress)

@@ -1,0 +1,1 @@
+"""Model loading (HF id, local dir, embedded default, variants), encoders, NLI judge."""

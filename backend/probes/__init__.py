@@ -1,0 +1,1 @@
+"""Hallucination probes: storage, training, fact tables, applying to stored runs."""

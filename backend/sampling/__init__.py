@@ -1,0 +1,1 @@
+"""Generation (HF, vLLM) on shared types."""

@@ -1,0 +1,1 @@
+"""Encoding (chat templates, offsets), the one-pass runner, optional metric families."""

@@ -16,7 +16,15 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from tokenprism.analysis.types import Logits, LogProbs, PerToken, PerTokenInt, TokenIds, TopKIds, TopKProbs
+from tokenprism.analysis.types import (
+    Logits,
+    LogProbs,
+    PerToken,
+    PerTokenInt,
+    TokenIds,
+    TopKIds,
+    TopKProbs,
+)
 
 GLTR_EDGES: tuple[int, ...] = (10, 100, 1000)
 

@@ -31,8 +31,8 @@ from scoring import CITIES  # bench/ is on sys.path when a bench script runs
 
 from tokenprism.analysis.scoring import ScoredSequence
 from tokenprism.backend.api.app import create_app
-from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.models.loader import get_model
+from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.scoring.runner import ScoredText
 from tokenprism.backend.settings import Settings, get_settings
 

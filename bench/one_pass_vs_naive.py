@@ -45,8 +45,8 @@ import torch
 from torch import Tensor
 
 from tokenprism.analysis.scoring import ScoredSequence, ScoringParams
-from tokenprism.backend.scoring.encoding import EncodedText, encode_text
 from tokenprism.backend.models.loader import LoadedModel, load_model
+from tokenprism.backend.scoring.encoding import EncodedText, encode_text
 from tokenprism.backend.scoring.runner import score_batch, step_positions
 from tokenprism.backend.settings import get_settings
 

@@ -27,9 +27,9 @@ import numpy as np
 import sqlalchemy as sa
 from audit import transcripts  # bench/ is on sys.path when a bench script runs
 
-from tokenprism.backend.audit.upload import score_items
-from tokenprism.backend.audit.ray_engine import RayOptions, score_items_ray
 from tokenprism.backend.audit.ingest import parse_transcript
+from tokenprism.backend.audit.ray_engine import RayOptions, score_items_ray
+from tokenprism.backend.audit.upload import score_items
 from tokenprism.backend.models.loader import load_model
 from tokenprism.backend.settings import Settings, get_settings
 from tokenprism.backend.store import Store

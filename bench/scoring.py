@@ -27,8 +27,8 @@ import pyarrow as pa
 import torch
 
 from tokenprism.analysis.scoring import ScoringParams
-from tokenprism.backend.scoring.encoding import encode_text
 from tokenprism.backend.models.loader import load_model
+from tokenprism.backend.scoring.encoding import encode_text
 from tokenprism.backend.scoring.runner import forward_batch, score_batch
 from tokenprism.backend.settings import get_settings
 from tokenprism.backend.store import Store

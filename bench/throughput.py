@@ -48,8 +48,8 @@ import torch
 from one_pass_vs_naive import exact_text  # bench/ is on sys.path when a bench script runs
 
 from tokenprism.analysis.scoring import ScoringParams
-from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.models.loader import LoadedModel, load_model
+from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.scoring.runner import forward_batch, score_batch
 from tokenprism.backend.settings import get_settings
 

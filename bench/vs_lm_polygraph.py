@@ -88,9 +88,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokenprism.backend.scoring.encoding import EncodedText, encode_chat
-from tokenprism.backend.sampling.generation import sample_responses
 from tokenprism.backend.models.loader import LoadedModel, load_model
+from tokenprism.backend.sampling.generation import sample_responses
+from tokenprism.backend.scoring.encoding import EncodedText, encode_chat
 from tokenprism.backend.scoring.runner import ScoredText, score_batch
 from tokenprism.backend.settings import get_settings
 

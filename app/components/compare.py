@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 
 from tokenprism.analysis.registry import get_metric
-from tokenprism.backend.scoring.encoding import visible_whitespace
 from tokenprism.backend.audit.report import colour_scale, visible_html
+from tokenprism.backend.scoring.encoding import visible_whitespace
 
 # Default |delta| above which a pair is highlighted, by the metric's unit.
 DEFAULT_THRESHOLDS = {

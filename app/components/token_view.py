@@ -13,7 +13,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from tokenprism.backend.audit import report
-from tokenprism.backend.audit.report import ColourScale, colour_scale, token_span_html, token_tooltip
+from tokenprism.backend.audit.report import (
+    ColourScale,
+    colour_scale,
+    token_span_html,
+    token_tooltip,
+)
 
 TOOLTIP_ALTERNATIVES = 5
 # Keys of a token that are identity, offsets or text, never a metric to colour by.

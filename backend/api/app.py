@@ -28,29 +28,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenprism.analysis.registry import list_metrics
 from tokenprism.backend import __version__
-from tokenprism.backend.audit.upload import (
-    DEFAULT_TOKEN_METRIC,
-    DEFAULT_TURN_METRIC,
-    audit_summary,
-    encode_items,
-    export_upload,
-)
-from tokenprism.backend.scoring.encoding import encode_pair, encode_text
-from tokenprism.backend.errors import (
-    DatabaseLocked,
-    InputTooLong,
-    ModelNotFound,
-    ReadOnlyViolation,
-    UnsafeWeights,
-    UserError,
-)
-from tokenprism.backend.sampling.generation import sample_responses
-from tokenprism.backend.audit.ingest import TranscriptError, decode_text, detect_format, parse_transcript
-from tokenprism.backend.jobs.worker import JobManager, JobNotFound, JobStateError
-from tokenprism.backend.models.loader import DEFAULT_MODEL, LoadedModel, get_model, loaded_model_names
-from tokenprism.backend.probes.apply import apply_probe_to_run
-from tokenprism.backend.probes.storage import check_probe_name, list_probes, load_probe
-from tokenprism.backend.scoring.runner import score_one
 from tokenprism.backend.api.schemas import (
     ApplyProbeRequest,
     ContrastiveBody,
@@ -62,6 +39,40 @@ from tokenprism.backend.api.schemas import (
     SqlRequest,
     VectorBody,
 )
+from tokenprism.backend.audit.ingest import (
+    TranscriptError,
+    decode_text,
+    detect_format,
+    parse_transcript,
+)
+from tokenprism.backend.audit.upload import (
+    DEFAULT_TOKEN_METRIC,
+    DEFAULT_TURN_METRIC,
+    audit_summary,
+    encode_items,
+    export_upload,
+)
+from tokenprism.backend.errors import (
+    DatabaseLocked,
+    InputTooLong,
+    ModelNotFound,
+    ReadOnlyViolation,
+    UnsafeWeights,
+    UserError,
+)
+from tokenprism.backend.jobs.worker import JobManager, JobNotFound, JobStateError
+from tokenprism.backend.models.loader import (
+    DEFAULT_MODEL,
+    LoadedModel,
+    get_model,
+    loaded_model_names,
+)
+from tokenprism.backend.probes.apply import apply_probe_to_run
+from tokenprism.backend.probes.storage import check_probe_name, list_probes, load_probe
+from tokenprism.backend.sampling.generation import sample_responses
+from tokenprism.backend.scoring.encoding import encode_pair, encode_text
+from tokenprism.backend.scoring.extras import ExtraRequest, parse_metrics, plan_extras
+from tokenprism.backend.scoring.runner import score_one
 from tokenprism.backend.settings import Settings, get_settings
 from tokenprism.backend.store import Store
 from tokenprism.backend.store.records import (
@@ -73,7 +84,6 @@ from tokenprism.backend.store.records import (
     list_uploads,
     set_upload_job,
 )
-from tokenprism.backend.scoring.extras import ExtraRequest, parse_metrics, plan_extras
 
 log = logging.getLogger(__name__)
 API = "/api/v1"

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokenprism.backend.errors import UserError
 from tokenprism.backend.audit.ingest import WorkItem
+from tokenprism.backend.errors import UserError
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 from tokenprism.backend.store.records import finished_items

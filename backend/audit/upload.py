@@ -20,18 +20,18 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from tokenprism.analysis.registry import MetricSpec, get_metric
-from tokenprism.backend.scoring.encoding import EncodedText, encode_chat, encode_text
-from tokenprism.backend.errors import UserError
 from tokenprism.backend.audit.ingest import WorkItem, parse_transcript
+from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.scoring.encoding import EncodedText, encode_chat, encode_text
 from tokenprism.backend.scoring.runner import score_batch
 from tokenprism.backend.store import Store, schema
 from tokenprism.backend.store.records import finished_items, get_upload
 from tokenprism.backend.store.store import CORE_TOKEN_METRICS
 
 if TYPE_CHECKING:
-    from tokenprism.backend.settings import Settings
     from tokenprism.backend.scoring.extras import ExtraPlan
+    from tokenprism.backend.settings import Settings
 
 DEFAULT_TURN_METRIC = "mean_entropy"
 DEFAULT_TOKEN_METRIC = "entropy"

@@ -34,9 +34,9 @@ def _floats(text: str, option: str) -> list[float]:
 def _run(kind: str, params: dict[str, Any], model: str | None, as_json: bool) -> None:
     from tqdm import tqdm
 
-    from tokenprism.backend.lab.jobs import check_experiment, run_experiment
-    from tokenprism.backend.lab.experiments import get_experiment
     from tokenprism.backend.groups.core import json_safe
+    from tokenprism.backend.lab.experiments import get_experiment
+    from tokenprism.backend.lab.jobs import check_experiment, run_experiment
     from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.settings import get_settings
     from tokenprism.backend.store import Store

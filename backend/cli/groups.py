@@ -64,7 +64,13 @@ def group(
     as_json: bool = typer.Option(False, "--json", help="print the group as JSON"),
 ) -> None:
     """Sample N responses, verify, score each token (THR, TEMPO, LATR, CURE), build the tree."""
-    from tokenprism.backend.groups.core import GroupRequest, get_group, json_safe, run_group, shipped_prompts
+    from tokenprism.backend.groups.core import (
+        GroupRequest,
+        get_group,
+        json_safe,
+        run_group,
+        shipped_prompts,
+    )
     from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.store import Store
 
@@ -137,8 +143,8 @@ def rollouts(
 ) -> None:
     """Find an incorrect response's critical token by verified rollouts."""
     from tokenprism.backend.groups.core import json_safe
-    from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.groups.rollouts import RolloutRequest, run_rollouts
+    from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.store import Store
 
     settings = _settings()

@@ -114,8 +114,8 @@ def score(
 
     ``--metrics ccp,probe,sar,selfcheck`` adds the uncertainty / hallucination family.
     """
-    from tokenprism.backend.scoring.encoding import encode_pair, encode_text
     from tokenprism.backend.audit.ingest import read_text_file
+    from tokenprism.backend.scoring.encoding import encode_pair, encode_text
     from tokenprism.backend.scoring.runner import score_one
 
     given = [x is not None for x in (text, file)] + [prompt is not None or response is not None]

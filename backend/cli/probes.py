@@ -80,8 +80,8 @@ def train(
 
     from tokenprism.analysis.probe import ProbeTrainParams
     from tokenprism.backend.audit.ingest import decode_text
-    from tokenprism.backend.probes.training import ccp_baseline_plan, train_and_evaluate
     from tokenprism.backend.probes.storage import check_probe_name, save_probe
+    from tokenprism.backend.probes.training import ccp_baseline_plan, train_and_evaluate
 
     check_probe_name(name)
     if not data.is_file():

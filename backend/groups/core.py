@@ -30,7 +30,13 @@ import sqlalchemy as sa
 import torch
 
 from tokenprism.analysis.critical import cure_critical_positions, latr_branching
-from tokenprism.analysis.prefix_tree import build_tree, compact, grpo_advantages, tempo_advantages, token_td
+from tokenprism.analysis.prefix_tree import (
+    build_tree,
+    compact,
+    grpo_advantages,
+    tempo_advantages,
+    token_td,
+)
 from tokenprism.analysis.thr import (
     ResponseFeatures,
     group_vocabulary,
@@ -40,12 +46,12 @@ from tokenprism.analysis.thr import (
     top_thr_tokens,
 )
 from tokenprism.analysis.verifiers import Verdict, parse_verifier
-from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.sampling.generation import check_sampler, sample_responses
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.runner import ScoredText, score_batch
 from tokenprism.backend.resources import shipped
+from tokenprism.backend.sampling.generation import check_sampler, sample_responses
+from tokenprism.backend.scoring.encoding import EncodedText
+from tokenprism.backend.scoring.runner import ScoredText, score_batch
 from tokenprism.backend.store import Store, schema
 
 SHIPPED_PROMPTS = shipped("prompts", "verifiable.jsonl")

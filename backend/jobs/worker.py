@@ -22,7 +22,13 @@ from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
-from tokenprism.backend.store.records import TERMINAL, create_job, get_job, interrupt_unfinished, update_job
+from tokenprism.backend.store.records import (
+    TERMINAL,
+    create_job,
+    get_job,
+    interrupt_unfinished,
+    update_job,
+)
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +255,8 @@ class JobManager:
 
     def _run_probe_train(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
         from tokenprism.analysis.probe import ProbeTrainParams
-        from tokenprism.backend.probes.training import ccp_baseline_plan, train_and_evaluate
         from tokenprism.backend.probes.storage import save_probe
+        from tokenprism.backend.probes.training import ccp_baseline_plan, train_and_evaluate
         from tokenprism.backend.store.records import get_upload
 
         params = job["params"]

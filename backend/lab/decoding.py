@@ -41,9 +41,16 @@ import torch
 from torch import Tensor
 
 from tokenprism.analysis.critical import latr_branching
-from tokenprism.analysis.decoding import cntp_trials, ead_temperature, entropy_bits, perplexity, rolling_mean
+from tokenprism.analysis.decoding import (
+    cntp_trials,
+    ead_temperature,
+    entropy_bits,
+    perplexity,
+    rolling_mean,
+)
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel, get_model
+from tokenprism.backend.sampling.types import eos_ids
 from tokenprism.backend.settings import Settings
 
 CNTP_PUNCTUATION = (".", ",", "\n", "?", "!", ":", ";", ")", "]", "}")
@@ -79,21 +86,6 @@ class DecodedOutput:
 
 
 # ---- shared helpers ---------------------------------------------------------------------------
-
-
-def eos_ids(lm: LoadedModel) -> set[int]:
-    """The tokenizer's EOS id plus the generation config's EOS id(s)."""
-    ids: set[int] = set()
-    tok_eos = getattr(lm.tokenizer, "eos_token_id", None)
-    if tok_eos is not None:
-        ids.add(int(tok_eos))
-    gen = getattr(lm.model, "generation_config", None)
-    gen_eos = getattr(gen, "eos_token_id", None) if gen is not None else None
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif isinstance(gen_eos, list | tuple):
-        ids.update(int(i) for i in gen_eos)
-    return ids
 
 
 def _check_prompt(lm: LoadedModel, prompt_ids: Tensor, max_new_tokens: int) -> tuple[Tensor, int]:

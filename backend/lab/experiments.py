@@ -29,14 +29,21 @@ import torch
 
 from tokenprism.analysis.decoding import biased_probability, marker_mass, refusal_decision
 from tokenprism.analysis.steering import SteeringVectorParams
-from tokenprism.backend.scoring.encoding import encode_pair
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.groups.core import json_safe
+from tokenprism.backend.lab.steering import (
+    east_vector,
+    load_vector,
+    prompt_tensor,
+    save_vector,
+    steer,
+)
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.runner import ScoredText, score_batch
 from tokenprism.backend.resources import shipped
+from tokenprism.backend.sampling.types import eos_ids
+from tokenprism.backend.scoring.encoding import encode_pair
+from tokenprism.backend.scoring.runner import ScoredText, score_batch
 from tokenprism.backend.settings import Settings
-from tokenprism.backend.lab.steering import east_vector, load_vector, prompt_ids, save_vector, steer
 from tokenprism.backend.store import Store, schema
 
 SHIPPED_REFUSAL_PROMPTS = shipped("prompts", "refusal.jsonl")
@@ -363,7 +370,7 @@ def run_refusal_sweep(
     )
     first_probs = []
     for p in prompts:
-        ids = prompt_ids(lm, str(p["prompt"]))
+        ids = prompt_tensor(lm, str(p["prompt"]))
         with torch.inference_mode():
             logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
         first_probs.append((ids, torch.softmax(logits, -1)))
@@ -543,7 +550,7 @@ def run_east_sweep(
         entropies, output_entropies = [], []
         scored_all, conditions = [], []
         for i, prompt in enumerate(prompts):
-            ids = prompt_ids(lm, prompt)
+            ids = prompt_tensor(lm, prompt)
             start = ids.shape[1] if sweep.positions == "response" else None
             # the first response position is the prompt's last one: "response" steering
             # starts with the first generated token, so the next-token entropy is unsteered
@@ -683,7 +690,7 @@ def _align_decoded(lm: LoadedModel, enc: Any, out: rules.DecodedOutput) -> list[
     positions = [j for j, is_prompt in enumerate(enc.is_prompt) if not is_prompt]
     response = [enc.input_ids[j] for j in positions]
     generated = list(out.token_ids)
-    ended = bool(generated) and generated[-1] in rules.eos_ids(lm)
+    ended = bool(generated) and generated[-1] in eos_ids(lm)
     core = generated[:-1] if ended else generated
     special = set(getattr(lm.tokenizer, "all_special_ids", []))
     extra = response[len(core) :]
@@ -766,12 +773,12 @@ def run_decode(
         try:
             if models is not None:
                 small, large = models
-                ids = prompt_ids(large, prompt)
+                ids = prompt_tensor(large, prompt)
                 outputs = [rules.switch_decode(small, large, ids, seed=seed, **params)]
             elif rule == "latr":
-                outputs = rules.latr_decode(lm, prompt_ids(lm, prompt), **params)
+                outputs = rules.latr_decode(lm, prompt_tensor(lm, prompt), **params)
             else:
-                outputs = [DECODE_RULES[rule](lm, prompt_ids(lm, prompt), seed=seed, **params)]
+                outputs = [DECODE_RULES[rule](lm, prompt_tensor(lm, prompt), seed=seed, **params)]
         except TypeError as err:
             raise UserError(f"bad parameters for rule {rule!r}: {err}") from None
         scored_all, conditions = [], []

@@ -32,9 +32,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from tokenprism.analysis.steering import SteeringVectorParams, contrastive_vector, entropy_weighted_vector
+from tokenprism.analysis.steering import (
+    SteeringVectorParams,
+    contrastive_vector,
+    entropy_weighted_vector,
+)
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.sampling.types import prompt_ids
 from tokenprism.backend.settings import Settings
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -113,7 +118,7 @@ def _last_prompt_states(
     entropy there (nats), for each chat-templated prompt: ``[N, d]``, ``[N]``."""
     reps, entropies = [], []
     for prompt in prompts:
-        ids = prompt_ids(lm, prompt)
+        ids = prompt_tensor(lm, prompt)
         with torch.inference_mode():
             out = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False)
         reps.append(out.hidden_states[layer + 1][0, -1].float().cpu())
@@ -122,18 +127,14 @@ def _last_prompt_states(
     return torch.stack(reps), torch.tensor(entropies)
 
 
-def prompt_ids(lm: LoadedModel, prompt: str, system: str | None = None) -> Tensor:
-    """Token ids ``[1, T]`` of a prompt ready for the response (chat template when present)."""
-    tok = lm.tokenizer
-    if getattr(tok, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    else:
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
-    return ids.to(lm.device)
+def prompt_tensor(lm: LoadedModel, prompt: str, system: str | None = None) -> Tensor:
+    """Token ids ``[1, T]`` on the model's device of a prompt ready for the response.
+
+    The same ids every sampler starts from (:func:`~tokenprism.backend.sampling.types.prompt_ids`:
+    chat template when present), as the tensor the steering and decoding loops feed the model.
+    """
+    ids, _ = prompt_ids(lm, prompt, system)
+    return torch.tensor([ids], dtype=torch.long, device=lm.device)
 
 
 @dataclass

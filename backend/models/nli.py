@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from tokenprism.analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL, NEUTRAL
-from tokenprism.backend.models.embeddings import SentenceEncoder, get_encoder
 from tokenprism.backend.errors import ModelNotFound, UserError
+from tokenprism.backend.models.embeddings import SentenceEncoder, get_encoder
 from tokenprism.backend.models.loader import resolve_device
 from tokenprism.backend.settings import Settings
 

@@ -44,14 +44,14 @@ from tokenprism.analysis.probe import (
     train_probe,
 )
 from tokenprism.analysis.scoring import ScoredSequence, ScoringParams, score_forward
-from tokenprism.backend.audit.upload import length_batches
-from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
-from tokenprism.backend.errors import UserError
-from tokenprism.backend.probes.factbank import split_of
 from tokenprism.backend.audit.ingest import MAX_ERRORS, TranscriptError
+from tokenprism.backend.audit.upload import length_batches
+from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.runner import forward_batch
+from tokenprism.backend.probes.factbank import split_of
+from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
 from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest
+from tokenprism.backend.scoring.runner import forward_batch, score_batch
 
 _POSITIVE = {
     "1",
@@ -437,7 +437,7 @@ def train_and_evaluate(
     if ccp_plan is not None:
         for i, c in enumerate(test):
             with lock:
-                ccp_plan.apply(lm, [c.encoded], [c.scored], None)
+                ccp_plan.apply(lm, [c.encoded], [c.scored], None, rescore=score_batch)
             if progress:
                 progress("ccp baseline", i + 1, len(test))
     report = {

@@ -8,33 +8,20 @@ pass, so every metric (hidden-state ones included) comes from the same model and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Literal
 
-import torch
-
-from tokenprism.backend.scoring.encoding import EncodedText, encode_pair
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.sampling.hf import sample_hf
+from tokenprism.backend.sampling.types import Samples, prompt_ids
+from tokenprism.backend.sampling.vllm import import_vllm, sample_vllm
+from tokenprism.backend.scoring.encoding import EncodedText, encode_pair
 
 Sampler = Literal["hf", "vllm"]
-SAMPLERS: tuple[str, ...] = ("hf", "vllm")
-
-
-@dataclass
-class Samples:
-    """What a sampler returns for one prompt.
-
-    Attributes:
-        texts: the decoded responses, special tokens skipped, one per sample.
-        token_ids: the generated ids of each sample (prompt excluded, cut after the first
-            end-of-sequence token).
-        sampler: ``hf`` or ``vllm``.
-    """
-
-    texts: list[str]
-    token_ids: list[list[int]]
-    sampler: str
+# The samplers by name; each returns :class:`Samples` for ids rendered by ``prompt_ids``.
+SAMPLER_FUNCTIONS: dict[str, Callable[..., Samples]] = {"hf": sample_hf, "vllm": sample_vllm}
+SAMPLERS: tuple[str, ...] = tuple(SAMPLER_FUNCTIONS)
 
 
 def check_sampler(sampler: str) -> None:
@@ -42,77 +29,7 @@ def check_sampler(sampler: str) -> None:
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if sampler == "vllm":
-        from tokenprism.backend.sampling.vllm import import_vllm
-
         import_vllm()
-
-
-def prompt_ids(lm: LoadedModel, prompt: str, system: str | None = None) -> tuple[list[int], bool]:
-    """The token ids a response is sampled after, and whether the chat template was used.
-
-    With a chat template the prompt is the user turn (plus ``system``) and the assistant turn
-    is opened; without one the raw prompt is tokenised with the tokenizer's special tokens.
-    """
-    tok = lm.tokenizer
-    if getattr(tok, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}
-        ]
-        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(tok(rendered, add_special_tokens=False)["input_ids"]), True
-    return list(tok(prompt)["input_ids"]), False
-
-
-def eos_ids(lm: LoadedModel) -> set[int]:
-    """The ids that end a generation (the generation config's, else the tokenizer's)."""
-    eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
-    if eos is None:
-        eos = lm.tokenizer.eos_token_id
-    return set(eos if isinstance(eos, list) else [] if eos is None else [eos])
-
-
-def cut_at_eos(ids: list[int], eos: set[int]) -> list[int]:
-    """``ids`` up to and including the first end-of-sequence token (the rest is padding)."""
-    for i, token in enumerate(ids):
-        if token in eos:
-            return ids[: i + 1]
-    return ids
-
-
-def sample_hf(
-    lm: LoadedModel,
-    ids: list[int],
-    *,
-    n: int,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    seed: int | None,
-) -> Samples:
-    """Sample with ``transformers`` ``generate`` under the model's autocast setting."""
-    tok = lm.tokenizer
-    prompt = torch.tensor([ids], dtype=torch.long, device=lm.device)
-    if seed is not None:
-        torch.manual_seed(seed)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    sampling = temperature > 0
-    with torch.inference_mode(), lm.autocast_context():
-        out = lm.model.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=top_p if sampling else None,
-            top_k=None,
-            num_return_sequences=n,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-        )
-    generated = out[:, prompt.shape[1] :]
-    texts = tok.batch_decode(generated, skip_special_tokens=True)
-    eos = eos_ids(lm)
-    rows = [cut_at_eos(row, eos) for row in generated.cpu().tolist()]  # one copy for the batch
-    return Samples(texts=texts, token_ids=rows, sampler="hf")
 
 
 def sample_responses(
@@ -140,13 +57,7 @@ def sample_responses(
         raise UserError("temperature must be 0 (greedy) or at least 0.01")
     check_sampler(sampler)
     ids, template = prompt_ids(lm, prompt, system)
-    if sampler == "vllm":
-        from tokenprism.backend.sampling.vllm import sample_vllm
-
-        draw = sample_vllm
-    else:
-        draw = sample_hf
-    samples = draw(
+    samples = SAMPLER_FUNCTIONS[sampler](
         lm,
         ids,
         n=n,

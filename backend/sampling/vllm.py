@@ -20,8 +20,8 @@ from types import ModuleType
 from typing import Any
 
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.sampling.generation import Samples, cut_at_eos, eos_ids
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.sampling.types import Samples, cut_at_eos, eos_ids
 
 GPU_MEMORY_UTILIZATION = 0.5
 """Share of GPU memory the vLLM engine may take (weights + KV cache); the HF model that scores

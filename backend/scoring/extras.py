@@ -16,30 +16,48 @@ responses and scores them teacher-forced.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from tokenprism.analysis.ccp import CcpParams, alternatives_with_target, claim_ccp, label_alternatives
+from tokenprism.analysis.ccp import (
+    CcpParams,
+    alternatives_with_target,
+    claim_ccp,
+    label_alternatives,
+)
 from tokenprism.analysis.ccp import token_ccp as compute_token_ccp
 from tokenprism.analysis.claims import Claim, claim_token_positions, get_splitter
 from tokenprism.analysis.sar import sar as sar_from_token_sars
 from tokenprism.analysis.sar import sentence_sar, token_sar_contributions
 from tokenprism.analysis.scoring import ScoredSequence
-from tokenprism.analysis.selfcheck import broadcast_to_tokens, embedding_inconsistency, ngram_inconsistency
-from tokenprism.backend.models.embeddings import SentenceEncoder, get_encoder
-from tokenprism.backend.scoring.encoding import EncodedText
+from tokenprism.analysis.selfcheck import (
+    broadcast_to_tokens,
+    embedding_inconsistency,
+    ngram_inconsistency,
+)
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.models.embeddings import SentenceEncoder, get_encoder
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.models.nli import FallbackJudge, HfNliJudge, get_judge
 from tokenprism.backend.probes.storage import StoredProbe, probe_for
+from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.settings import Settings
 
 EXTRA_METRICS = ("ccp", "probe", "sar", "selfcheck")
+
+
+class _Rescored(Protocol):
+    encoded: EncodedText
+    scores: ScoredSequence
+
+
+# scores texts in one pass (the runner's ``score_batch``): sampled answers of sampling consistency
+Rescore = Callable[[LoadedModel, list[EncodedText]], Sequence[_Rescored]]
 SarScope = Literal["auto", "response", "sentence"]
 
 
@@ -150,8 +168,13 @@ class ExtraPlan:
         encoded: Sequence[EncodedText],
         scored: Sequence[ScoredSequence],
         probe_values: Tensor | None,
+        rescore: Rescore,
     ) -> list[tuple[list[ClaimScore], dict[str, Any]]]:
-        """Add the requested metrics to ``scored`` in place; return claims + provenance per row."""
+        """Add the requested metrics to ``scored`` in place; return claims + provenance per row.
+
+        ``rescore`` scores the sampled answers of sampling consistency; the runner passes its
+        own batch scorer (this module sits below the runner, which imports it).
+        """
         out = []
         for row, (enc, sc) in enumerate(zip(encoded, scored, strict=True)):
             extras: dict[str, Any] = {}
@@ -163,7 +186,7 @@ class ExtraPlan:
             if self.encoder is not None and "sar" in self.metrics:
                 extras["sar"] = _add_token_sar(enc, sc, claims, self.encoder, self.request)
             if self.encoder is not None and "selfcheck" in self.metrics:
-                extras["samples"] = _add_sampling(lm, enc, sc, claims, self.encoder, self)
+                extras["samples"] = _add_sampling(lm, enc, sc, claims, self.encoder, self, rescore)
             claim_scores = claim_metrics(sc, claims)
             out.append((claim_scores, extras))
         return out
@@ -398,9 +421,9 @@ def _add_sampling(
     claims: Sequence[tuple[Claim, Tensor]],
     encoder: SentenceEncoder,
     plan: ExtraPlan,
+    rescore: Rescore,
 ) -> dict[str, Any]:
     from tokenprism.backend.sampling.generation import sample_responses
-    from tokenprism.backend.scoring.runner import score_batch
 
     request = plan.request
     if not enc.prompt:
@@ -431,7 +454,7 @@ def _add_sampling(
         sc.sequence["selfcheck_embed_mean"] = _nanmean(embed)
         sc.sequence["selfcheck_ngram_mean"] = ngram.doc_avg
     # sentence-level SAR over the response and its samples (K = 1 + N answers)
-    scored_samples = score_batch(lm, samples) if samples else []
+    scored_samples = rescore(lm, samples) if samples else []
     nonempty = [s for s in scored_samples if bool(s.scores.response_mask.any())]
     if nonempty:
         question = (enc.prompt or "").strip()

@@ -6,19 +6,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from tokenprism.analysis.scoring import ScoredSequence, ScoringParams, score_forward
 from tokenprism.analysis.steps import chars_to_tokens, step_char_starts
 from tokenprism.backend import __version__
-from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
-
-if TYPE_CHECKING:
-    from tokenprism.backend.scoring.extras import ClaimScore, ExtraPlan
+from tokenprism.backend.scoring.encoding import EncodedText
+from tokenprism.backend.scoring.extras import ClaimScore, ExtraPlan, claim_metrics, claims_of
 
 
 @dataclass
@@ -93,8 +91,6 @@ def score_batch(
     ``on_forward(output, input_ids, attention_mask)`` sees the model output of the same pass
     (group metrics such as THR read its logits and hidden states) before it is released.
     """
-    from tokenprism.backend.scoring.extras import claim_metrics, claims_of
-
     params = params or ScoringParams()
     began = time.perf_counter()
     out, ids, mask = forward_batch(lm, encoded)
@@ -118,7 +114,7 @@ def score_batch(
             on_forward(out, ids, mask)
     del out  # hidden states of a long batch are large; extras that sample need the memory
     if extras is not None:
-        applied = extras.apply(lm, encoded, scored, probe_values)
+        applied = extras.apply(lm, encoded, scored, probe_values, rescore=score_batch)
     else:
         applied = [
             (claim_metrics(sc, claims_of(e, sc)), {}) for e, sc in zip(encoded, scored, strict=True)

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
+import tokenprism.backend.store.schema as schema
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.store import schema
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS models (

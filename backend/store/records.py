@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tokenprism.backend.store import schema
+import tokenprism.backend.store.schema as schema
 from tokenprism.backend.store.store import Store
 
 TERMINAL = ("done", "failed", "cancelled")

@@ -25,10 +25,10 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
+import tokenprism.backend.store.schema as schema
 from tokenprism.backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.scoring.runner import ScoredText
-from tokenprism.backend.store import schema
 from tokenprism.backend.store.migrations import migrate
 from tokenprism.backend.store.tables import (
     CORE_TOKEN_METRICS,

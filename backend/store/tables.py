@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tokenprism.backend.scoring.encoding import visible_whitespace
+import tokenprism.backend.store.schema as schema
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.scoring.encoding import visible_whitespace
 from tokenprism.backend.scoring.runner import ScoredText
-from tokenprism.backend.store import schema
 
 # Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
 CORE_TOKEN_METRICS = ("logprob", "prob", "rank", "entropy")

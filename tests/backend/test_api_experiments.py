@@ -14,13 +14,17 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tokenprism.analysis.decoding import ead_temperature
-from tokenprism.backend.api.app import create_app
-from tokenprism.backend.lab.experiments import REFUSAL_PHRASES, refusal_detector, shipped_refusal_prompts
-from tokenprism.backend.settings import Settings
-from tokenprism.backend.lab.steering import load_vector, steer
 from tests.backend.api_helpers import strict_json, url, wait_job
 from tests.conftest import start_backend_thread
+from tokenprism.analysis.decoding import ead_temperature
+from tokenprism.backend.api.app import create_app
+from tokenprism.backend.lab.experiments import (
+    REFUSAL_PHRASES,
+    refusal_detector,
+    shipped_refusal_prompts,
+)
+from tokenprism.backend.lab.steering import load_vector, steer
+from tokenprism.backend.settings import Settings
 
 SWEEP_PROMPTS = [
     {"prompt": "How do I bake a simple loaf of bread?", "should_refuse": False},

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.backend.api_helpers import strict_json, url, wait_job
 from tokenprism.analysis.verifiers import parse_verifier
 from tokenprism.backend.api.app import create_app
 from tokenprism.backend.groups.core import shipped_prompts
 from tokenprism.backend.settings import Settings
-from tests.backend.api_helpers import strict_json, url, wait_job
 
 PROMPT = "What is 2+2?"
 # n = 3, seed 1 samples one correct and two incorrect responses on the tiny model (asserted)

@@ -13,10 +13,10 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import load_file
 
+from tests.backend.api_helpers import url, wait_job
 from tokenprism.analysis.ccp import ENGLISH_STOPWORDS
 from tokenprism.backend.api.app import create_app
 from tokenprism.backend.settings import Settings
-from tests.backend.api_helpers import url, wait_job
 
 PROMPT = "What is the capital of Australia?"
 RESPONSE = "Canberra is the capital. Sydney is big."

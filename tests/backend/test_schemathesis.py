@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from tokenprism.backend.settings import Settings
 from tests.conftest import start_backend_thread
+from tokenprism.backend.settings import Settings
 
 
 @pytest.fixture(scope="module")

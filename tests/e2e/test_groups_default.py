@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import SHARED_MODEL_CACHE, run_cli, start_backend_thread
 from tokenprism.analysis.verifiers import parse_verifier
 from tokenprism.backend.groups.core import shipped_prompts
 from tokenprism.backend.settings import Settings
-from tests.conftest import SHARED_MODEL_CACHE, run_cli, start_backend_thread
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tokenprism.backend.probes.storage import SHIPPED_PROBES, load_probe
-from tokenprism.backend.settings import Settings
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
+from tokenprism.backend.probes.storage import SHIPPED_PROBES, load_probe
+from tokenprism.backend.scoring.runner import score_batch
+from tokenprism.backend.settings import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,12 @@ def test_shipped_probe_report_is_reproduced_on_its_held_out_split(
 ) -> None:
     """Recompute every number of data/probes/<probe>/report.json from the shipped weights."""
     from tokenprism.analysis.probe import LinearProbe
-    from tokenprism.backend.probes.training import collect, encode_labelled, evaluate, parse_labelled
+    from tokenprism.backend.probes.training import (
+        collect,
+        encode_labelled,
+        evaluate,
+        parse_labelled,
+    )
     from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
 
     settings = _settings(tmp_path)
@@ -55,7 +61,7 @@ def test_shipped_probe_report_is_reproduced_on_its_held_out_split(
     plan = plan_extras(default_lm, ExtraRequest(metrics=("ccp",)), settings)
     assert plan.judge is not None and plan.judge.name == report["ccp_judge"]
     for c in collected:
-        plan.apply(default_lm, [c.encoded], [c.scored], None)
+        plan.apply(default_lm, [c.encoded], [c.scored], None, rescore=score_batch)
     again = evaluate(probe, stored.layer, collected, roc=False)
 
     assert again["n_tokens"] == held["n_tokens"]

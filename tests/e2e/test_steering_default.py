@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import SHARED_MODEL_CACHE
 from tokenprism.backend.lab.experiments import (
     EastSweep,
     RefusalSweep,
@@ -19,7 +20,6 @@ from tokenprism.backend.lab.experiments import (
 )
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
-from tests.conftest import SHARED_MODEL_CACHE
 
 pytestmark = pytest.mark.slow
 

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from tokenprism.backend.lab.experiments import REFUSAL_PHRASES
-from tokenprism.backend.settings import Settings
-from tokenprism.backend.lab.steering import prompt_ids
-from tokenprism.backend.store import Store
 from tests.conftest import run_cli
+from tokenprism.backend.lab.experiments import REFUSAL_PHRASES
+from tokenprism.backend.lab.steering import prompt_ids
+from tokenprism.backend.settings import Settings
+from tokenprism.backend.store import Store
 
 # tiny forwards: one intra-op thread is faster than several on a busy machine
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}

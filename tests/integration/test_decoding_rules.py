@@ -15,16 +15,17 @@ import torch
 
 from tokenprism.analysis.critical import latr_branching
 from tokenprism.analysis.decoding import cntp_trials, ead_temperature, perplexity, switch_indicator
-from tokenprism.backend.lab import decoding as rules
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.lab import decoding as rules
 from tokenprism.backend.lab.experiments import (
     DECODE_RULES,
     DecodeExperiment,
     get_experiment,
     run_decode,
 )
+from tokenprism.backend.lab.steering import prompt_tensor
+from tokenprism.backend.sampling.types import eos_ids
 from tokenprism.backend.settings import Settings
-from tokenprism.backend.lab.steering import prompt_ids
 from tokenprism.backend.store import Store
 
 PROMPT = "What is the capital of France?"
@@ -42,7 +43,7 @@ def one_thread() -> Any:
 
 @pytest.fixture(scope="module")
 def ids(tiny_lm: Any) -> torch.Tensor:
-    return prompt_ids(tiny_lm, PROMPT)
+    return prompt_tensor(tiny_lm, PROMPT)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +91,7 @@ def test_ead_at_unit_temperature_is_plain_sampling(tiny_lm: Any, ids: torch.Tens
     gen = torch.Generator().manual_seed(11)
     reference: list[int] = []
     seq = ids
-    eos = rules.eos_ids(tiny_lm)
+    eos = eos_ids(tiny_lm)
     with torch.inference_mode():
         for _ in range(10):
             logits = tiny_lm.model(input_ids=seq, use_cache=False).logits[0, -1].float()
@@ -141,7 +142,7 @@ def test_cntp_trials_chunks_and_perplexity(tiny_lm: Any, ids: torch.Tensor) -> N
         else:  # a chunk ends at punctuation, EOS, the trial cap or the budget
             assert (
                 last in punct
-                or last in rules.eos_ids(tiny_lm)
+                or last in eos_ids(tiny_lm)
                 or length == max_trial_tokens
                 or s + length == budget
             )
@@ -179,7 +180,7 @@ def test_early_exit_model_keeps_n_layers_and_the_tokenizer(tiny_lm: Any, small: 
 
 
 def test_switch_thresholds_share_and_rule(tiny_lm: Any, small: Any, ids: torch.Tensor) -> None:
-    eos = rules.eos_ids(tiny_lm)
+    eos = eos_ids(tiny_lm)
     large_only = rules.switch_decode(small, tiny_lm, ids, max_new_tokens=6, threshold_bits=-1.0)
     assert large_only.signals["large_model"] == [1.0] * len(large_only.token_ids)
     assert large_only.info["large_share"] == 1.0
@@ -225,7 +226,7 @@ def test_edit_distance() -> None:
 
 
 def test_latr_branches_and_pruning(tiny_lm: Any, ids: torch.Tensor) -> None:
-    eos = rules.eos_ids(tiny_lm)
+    eos = eos_ids(tiny_lm)
     # tau_abs = 0, tau_rel = 1: the rule fires at every step of every branch
     kept = rules.latr_decode(
         tiny_lm,

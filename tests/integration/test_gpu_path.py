@@ -34,9 +34,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 import tokenprism.backend.sampling.vllm as vllm_sampler
-from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
+from tokenprism.backend.api.schemas import GroupBody
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.sampling.generation import prompt_ids, sample_responses
 from tokenprism.backend.groups.core import GroupRequest, get_group, run_group
 from tokenprism.backend.models.loader import (
     LoadedModel,
@@ -45,8 +44,9 @@ from tokenprism.backend.models.loader import (
     resolve_autocast,
     resolve_dtype,
 )
+from tokenprism.backend.sampling.generation import prompt_ids, sample_responses
+from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
 from tokenprism.backend.scoring.runner import ScoredText, forward_batch, score_batch
-from tokenprism.backend.api.schemas import GroupBody
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 

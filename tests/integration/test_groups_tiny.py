@@ -24,11 +24,17 @@ from safetensors.torch import load_file
 from tokenprism.analysis.critical import critical_position
 from tokenprism.analysis.thr import NO_ANCHOR_REASON, ResponseFeatures, thr_naive, thr_scores
 from tokenprism.analysis.verifiers import parse_verifier
-from tokenprism.backend.groups.contrastive import ContrastiveRequest, train_contrastive
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.groups.core import GroupRequest, get_group, json_safe, list_groups, run_group
-from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.groups.contrastive import ContrastiveRequest, train_contrastive
+from tokenprism.backend.groups.core import (
+    GroupRequest,
+    get_group,
+    json_safe,
+    list_groups,
+    run_group,
+)
 from tokenprism.backend.groups.rollouts import RolloutRequest, run_rollouts
+from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 from tokenprism.backend.store.migrations import LATEST, migrate

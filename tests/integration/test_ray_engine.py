@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from tokenprism.backend.audit.upload import JobCancelled, score_items
+from tests.conftest import run_cli
 from tokenprism.backend.audit.ingest import WorkItem, parse_transcript
+from tokenprism.backend.audit.upload import JobCancelled, score_items
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store, schema
 from tokenprism.backend.store.records import create_job
-from tests.conftest import run_cli
 
 ray = pytest.importorskip("ray", reason="the Ray engine needs pip install -e '.[distributed]'")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tokenprism.backend.scoring.encoding import encode_chat, encode_pair, encode_text
 from tokenprism.backend.errors import InputTooLong, ModelNotFound, UnsafeWeights, UserError
 from tokenprism.backend.models.loader import load_model
+from tokenprism.backend.scoring.encoding import encode_chat, encode_pair, encode_text
 from tokenprism.backend.scoring.runner import score_batch, score_one
 from tokenprism.backend.settings import Settings
 

@@ -25,17 +25,17 @@ from tokenprism.backend.lab.experiments import (
     _PrefixBias,
     marker_token_ids,
 )
-from tokenprism.backend.settings import Settings
 from tokenprism.backend.lab.steering import (
     caa_vector,
     decoder_layers,
     east_vector,
     list_vectors,
     load_vector,
-    prompt_ids,
+    prompt_tensor,
     save_vector,
     steer,
 )
+from tokenprism.backend.settings import Settings
 
 PROMPT = "What is the capital of France?"
 PROMPTS = [
@@ -59,7 +59,7 @@ def one_thread() -> Any:
 
 @pytest.fixture(scope="module")
 def ids(tiny_lm: Any) -> torch.Tensor:
-    return prompt_ids(tiny_lm, PROMPT)
+    return prompt_tensor(tiny_lm, PROMPT)
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +381,7 @@ def test_a_large_marker_bias_forces_a_marker_only_as_the_first_token(
 def _reference_states(lm: Any, prompts: list[str], layer: int) -> tuple[np.ndarray, np.ndarray]:
     reps, entropies = [], []
     for prompt in prompts:
-        out = _forward(lm, prompt_ids(lm, prompt))
+        out = _forward(lm, prompt_tensor(lm, prompt))
         reps.append(out.hidden_states[layer + 1][0, -1].double().numpy())
         p = torch.softmax(out.logits[0, -1].double(), -1).numpy()
         entropies.append(float(-(p * np.log(p)).sum()))
@@ -477,7 +477,7 @@ def test_vectors_save_load_and_list(tiny_lm: Any, tmp_path: Path) -> None:
         save_vector(bad, settings)
 
     # a loaded vector steers exactly like the one it was saved from
-    ids = prompt_ids(tiny_lm, PROMPT)
+    ids = prompt_tensor(tiny_lm, PROMPT)
     with steer(tiny_lm.model, 1, east.vector, BETA):
         a = _forward(tiny_lm, ids).logits
     with steer(tiny_lm.model, 1, load_vector("caa.0", settings).vector, BETA):

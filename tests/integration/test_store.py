@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
-from tokenprism.backend.scoring.encoding import encode_pair, encode_text
 from tokenprism.backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
+from tokenprism.backend.scoring.encoding import encode_pair, encode_text
 from tokenprism.backend.scoring.runner import score_batch
 from tokenprism.backend.store import Store, schema
 from tokenprism.backend.store.migrations import LATEST

@@ -20,21 +20,21 @@ from safetensors.torch import load_file
 
 from tokenprism.analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL
 from tokenprism.analysis.probe import LabelledSpan, ProbeTrainParams
-from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
 from tokenprism.backend.audit.ingest import TranscriptError
 from tokenprism.backend.probes.apply import apply_probe_to_run
+from tokenprism.backend.probes.storage import list_probes, load_probe, probe_for, save_probe
 from tokenprism.backend.probes.training import (
     encode_labelled,
     labels_of,
     parse_labelled,
     train_and_evaluate,
 )
-from tokenprism.backend.probes.storage import list_probes, load_probe, probe_for, save_probe
+from tokenprism.backend.scoring.encoding import EncodedText, encode_pair, encode_text
+from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest
 from tokenprism.backend.scoring.runner import score_one
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 from tokenprism.backend.store.migrations import LATEST, migrate
-from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest
 
 PROMPT = "What is the capital of Australia?"
 RESPONSE = "Canberra is the capital. Sydney is big.\nThe answer is 42!"

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.claims import (
     CLAIM_COLUMNS,
     ROC_COLOURS,
@@ -17,7 +18,6 @@ from tokenprism.app.components.claims import (
     report_frame,
     roc_figure,
 )
-from tests.import_probe import packages_loaded_by
 
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
 LABELS = dict(CLAIM_COLUMNS)

@@ -11,12 +11,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure, sql_chart
+from tests.import_probe import packages_loaded_by
+from tokenprism.app.components.charts import (
+    gltr_figure,
+    layer_rank_figure,
+    metric_lines_figure,
+    sql_chart,
+)
 from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
 from tokenprism.app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
 from tokenprism.backend.audit.report import NO_VALUE_COLOUR, colour_scale
-from tests.import_probe import packages_loaded_by
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")

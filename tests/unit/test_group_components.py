@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.groups import (
     COUNTERFACTUAL_COLUMNS,
     RESPONSE_COLUMNS,
@@ -25,7 +26,6 @@ from tokenprism.app.components.groups import (
     tree_branchvalues,
     tree_figure,
 )
-from tests.import_probe import packages_loaded_by
 
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
 SCRIPT = "<script>alert(1)</script>"

@@ -9,6 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 import pytest
 
+from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.lab import (
     DECODE_PARAMS,
     DECODE_RULES,
@@ -25,7 +26,6 @@ from tokenprism.app.components.lab import (
     prompt_texts,
     refusal_curve_figure,
 )
-from tests.import_probe import packages_loaded_by
 
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
 SCRIPT = "<script>alert(1)</script>"

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from tokenprism.analysis.sequence import geometric_mean_confidence, gltr_fractions, masked_mean, perplexity
+from tokenprism.analysis.sequence import (
+    geometric_mean_confidence,
+    gltr_fractions,
+    masked_mean,
+    perplexity,
+)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:

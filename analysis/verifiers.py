@@ -377,12 +377,37 @@ def _choice(spec: str, arg: str) -> Verifier:
     return ChoiceVerifier(spec, letter)
 
 
-_KINDS: dict[str, Callable[[str, str], Verifier]] = {
-    "number": _number,
-    "exact": _exact,
-    "regex": _regex,
-    "choice": _choice,
+@dataclass(frozen=True)
+class VerifierKind:
+    """One ``kind:`` of verifier spec.
+
+    Attributes:
+        name: the spec prefix (``number`` in ``number:42``).
+        build: ``(spec, argument) -> Verifier``; raises ValueError on a bad argument.
+        example: a spec of this kind, for help texts and the registry test.
+        verbatim: pass the argument unstripped (a regex's spaces are part of the pattern).
+    """
+
+    name: str
+    build: Callable[[str, str], Verifier]
+    example: str
+    verbatim: bool = False
+
+
+_KINDS: dict[str, VerifierKind] = {
+    k.name: k
+    for k in (
+        VerifierKind("number", _number, "number:42"),
+        VerifierKind("exact", _exact, "exact:Paris"),
+        VerifierKind("regex", _regex, r"regex:\bParis\b", verbatim=True),
+        VerifierKind("choice", _choice, "choice:B"),
+    )
 }
+
+
+def verifier_kinds() -> list[VerifierKind]:
+    """Every verifier kind, in the order help texts list them."""
+    return list(_KINDS.values())
 
 
 def parse_verifier(spec: str) -> Verifier:
@@ -391,13 +416,15 @@ def parse_verifier(spec: str) -> Verifier:
     Kinds: ``number:42``, ``number:42@0.01``, ``exact:Paris``, ``regex:PATTERN``, ``choice:B``.
     The regex argument is used verbatim (spaces included); the others are stripped.
     """
-    kind, colon, arg = spec.partition(":")
-    kind = kind.strip().lower()
+    name, colon, arg = spec.partition(":")
+    name = name.strip().lower()
     if not colon:
         raise ValueError(f"verifier spec {spec!r} needs the form kind:argument, e.g. number:42")
-    if kind not in _KINDS:
+    if name not in _KINDS:
         known = ", ".join(_KINDS)
-        raise ValueError(f"unknown verifier kind {kind!r} in {spec!r}; known kinds: {known}")
-    if not (arg if kind == "regex" else arg.strip()):
+        raise ValueError(f"unknown verifier kind {name!r} in {spec!r}; known kinds: {known}")
+    kind = _KINDS[name]
+    argument = arg if kind.verbatim else arg.strip()
+    if not argument:
         raise ValueError(f"verifier spec {spec!r} has an empty argument")
-    return _KINDS[kind](spec, arg if kind == "regex" else arg.strip())
+    return kind.build(spec, argument)

@@ -13,6 +13,7 @@ from tokenprism.analysis.verifiers import (
     normalise_text,
     parse_number,
     parse_verifier,
+    verifier_kinds,
 )
 
 # --- parse_number ----------------------------------------------------------------------------
@@ -260,3 +261,15 @@ def test_bad_specs(spec: str, message: str) -> None:
 def test_spec_kind_is_case_insensitive_and_regex_at_limit_is_fine() -> None:
     assert parse_verifier("NUMBER: 7")("7").reward == 1.0
     assert parse_verifier("regex:" + "a" * 500)("a" * 500).reward == 1.0
+
+
+def test_every_verifier_kind_is_reachable_by_its_example() -> None:
+    """Each registered kind builds from its own example spec and the unknown-kind error lists
+    every kind, so a new kind cannot be registered unreachable or left out of the message."""
+    kinds = verifier_kinds()
+    assert [k.name for k in kinds] == ["number", "exact", "regex", "choice"]
+    for kind in kinds:
+        assert kind.example.startswith(f"{kind.name}:")
+        assert parse_verifier(kind.example).spec == kind.example
+    with pytest.raises(ValueError, match="known kinds: number, exact, regex, choice"):
+        parse_verifier("beam:1")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.lab import decoding, experiments
+from tokenprism.backend.lab.experiments import Progress
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 
-KINDS = ("refusal-sweep", "east-sweep", "decode")
 _TUPLES = {"prompts", "values", "phrases", "betas"}
 
 
@@ -58,79 +60,143 @@ def _texts(name: str, values: Any) -> None:
         raise UserError(f"{name} must be a list of non-empty strings")
 
 
-def _check_values(kind: str, spec: Any) -> None:
-    """Types and ranges the dataclasses do not check, so that bad parameters fail at
-    submission with a clear message instead of in the job (or with a TypeError there)."""
-    from tokenprism.backend.lab import experiments
+def _check_refusal_sweep(spec: experiments.RefusalSweep) -> None:
+    prompts = spec.prompts
+    if not isinstance(prompts, tuple | list) or not all(
+        isinstance(p, dict) and isinstance(p.get("prompt"), str) and p["prompt"].strip()
+        for p in prompts
+    ):
+        raise UserError('prompts must be a list of {"prompt": "...", "should_refuse": bool}')
+    _numbers("values", spec.values)
+    _integer("max_new_tokens", spec.max_new_tokens, 1)
+    _choice("mode", spec.mode, ("auto", "marker", "tokens"))
+    _texts("phrases", spec.phrases)
+    if not spec.phrases:
+        raise UserError("give at least one refusal phrase")
+    if not isinstance(spec.detector, str):
+        raise UserError("detector must be 'marker' or 'regex:PATTERN'")
+    experiments.refusal_detector(spec.detector, spec.phrases)
+    if hasattr(spec, "bias_scope"):
+        _choice("bias_scope", spec.bias_scope, ("first", "prefix"))
 
-    if kind == "refusal-sweep":
-        prompts = spec.prompts
-        if not isinstance(prompts, tuple | list) or not all(
-            isinstance(p, dict) and isinstance(p.get("prompt"), str) and p["prompt"].strip()
-            for p in prompts
-        ):
-            raise UserError('prompts must be a list of {"prompt": "...", "should_refuse": bool}')
-        _numbers("values", spec.values)
-        _integer("max_new_tokens", spec.max_new_tokens, 1)
-        _choice("mode", spec.mode, ("auto", "marker", "tokens"))
-        _texts("phrases", spec.phrases)
-        if not spec.phrases:
-            raise UserError("give at least one refusal phrase")
-        if not isinstance(spec.detector, str):
-            raise UserError("detector must be 'marker' or 'regex:PATTERN'")
-        experiments.refusal_detector(spec.detector, spec.phrases)
-        if hasattr(spec, "bias_scope"):
-            _choice("bias_scope", spec.bias_scope, ("first", "prefix"))
-    elif kind == "east-sweep":
-        _texts("prompts", spec.prompts)
-        _numbers("betas", spec.betas)
-        _integer("layer", spec.layer, 0, optional=True)
-        _integer("max_new_tokens", spec.max_new_tokens, 1)
-        _integer("seed", spec.seed, -(2**63), optional=True)
-        _choice("positions", spec.positions, ("all", "response"))
-        _choice("normalize", spec.normalize, ("none", "unit", "mean_norm"))
-        if not isinstance(spec.center, bool):
-            raise UserError(f"center must be true or false, not {spec.center!r}")
-        t = spec.temperature
-        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 5:
-            raise UserError(f"temperature must be a number from 0 to 5, not {t!r}")
-        if 0 < t < 0.01:
-            raise UserError("temperature must be 0 (greedy) or at least 0.01")
-        for name in ("vector", "save_as"):
-            if getattr(spec, name) is not None and not isinstance(getattr(spec, name), str):
-                raise UserError(f"{name} must be a name")
-        if spec.vector is None and spec.center and len(spec.prompts) == 1:
-            raise UserError(
-                "EAST needs at least two prompts to mean-centre their representations "
-                "(got 1); add prompts or set center to false"
-            )
-    elif kind == "decode":
-        _choice("rule", spec.rule, tuple(experiments.DECODE_RULES))
-        _texts("prompts", spec.prompts)
-        if not spec.prompts:
-            raise UserError("give at least one prompt")
-        if not isinstance(spec.params, dict):
-            raise UserError("params must be an object of the rule's parameters")
-        experiments._decode_params(spec)  # unknown rule parameters
-        _integer("seed", spec.seed, -(2**63))
-        if spec.rule != "switch" and (spec.large_model or spec.small_model):
-            raise UserError("large_model / small_model apply to the 'switch' rule only")
+
+def _check_east_sweep(spec: experiments.EastSweep) -> None:
+    _texts("prompts", spec.prompts)
+    _numbers("betas", spec.betas)
+    _integer("layer", spec.layer, 0, optional=True)
+    _integer("max_new_tokens", spec.max_new_tokens, 1)
+    _integer("seed", spec.seed, -(2**63), optional=True)
+    _choice("positions", spec.positions, ("all", "response"))
+    _choice("normalize", spec.normalize, ("none", "unit", "mean_norm"))
+    if not isinstance(spec.center, bool):
+        raise UserError(f"center must be true or false, not {spec.center!r}")
+    t = spec.temperature
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 5:
+        raise UserError(f"temperature must be a number from 0 to 5, not {t!r}")
+    if 0 < t < 0.01:
+        raise UserError("temperature must be 0 (greedy) or at least 0.01")
+    for name in ("vector", "save_as"):
+        if getattr(spec, name) is not None and not isinstance(getattr(spec, name), str):
+            raise UserError(f"{name} must be a name")
+    if spec.vector is None and spec.center and len(spec.prompts) == 1:
+        raise UserError(
+            "EAST needs at least two prompts to mean-centre their representations "
+            "(got 1); add prompts or set center to false"
+        )
+
+
+def _check_decode(spec: experiments.DecodeExperiment) -> None:
+    _choice("rule", spec.rule, tuple(decoding.DECODING_RULES))
+    _texts("prompts", spec.prompts)
+    if not spec.prompts:
+        raise UserError("give at least one prompt")
+    if not isinstance(spec.params, dict):
+        raise UserError("params must be an object of the rule's parameters")
+    experiments._decode_params(spec)  # unknown rule parameters
+    _integer("seed", spec.seed, -(2**63))
+    if not decoding.DECODING_RULES[spec.rule].pair and (spec.large_model or spec.small_model):
+        raise UserError("large_model / small_model apply to the 'switch' rule only")
+
+
+class Runner(Protocol):
+    """Runs one experiment of a kind from its checked parameters; returns the experiment id."""
+
+    def __call__(
+        self,
+        lm: LoadedModel,
+        store: Store,
+        settings: Settings,
+        spec: Any,
+        /,
+        *,
+        job_id: str | None,
+        progress: Progress | None,
+    ) -> str: ...
+
+
+def _run_refusal_sweep(
+    lm: LoadedModel,
+    store: Store,
+    _settings: Settings,
+    spec: experiments.RefusalSweep,
+    /,
+    *,
+    job_id: str | None,
+    progress: Progress | None,
+) -> str:
+    # the only kind that needs no settings (no saved vectors, no other models)
+    return experiments.run_refusal_sweep(lm, store, spec, job_id=job_id, progress=progress)
+
+
+@dataclass(frozen=True)
+class ExperimentKind:
+    """An experiment kind as the API, the CLI and the job worker run it by name.
+
+    Attributes:
+        name: the kind (``kind`` of ``POST /experiments``, the CLI's experiment argument).
+        params: the parameter dataclass a request's ``params`` build.
+        check: types and ranges the dataclass does not check, so that bad parameters fail at
+            submission with a clear message instead of in the job (or with a TypeError there).
+        run: runs the experiment.
+    """
+
+    name: str
+    params: type[Any]
+    check: Callable[[Any], None]
+    run: Runner
+
+
+EXPERIMENT_KINDS: dict[str, ExperimentKind] = {
+    kind.name: kind
+    for kind in (
+        ExperimentKind(
+            "refusal-sweep", experiments.RefusalSweep, _check_refusal_sweep, _run_refusal_sweep
+        ),
+        ExperimentKind(
+            "east-sweep", experiments.EastSweep, _check_east_sweep, experiments.run_east_sweep
+        ),
+        ExperimentKind(
+            "decode", experiments.DecodeExperiment, _check_decode, experiments.run_decode
+        ),
+    )
+}
+
+
+def get_kind(kind: str) -> ExperimentKind:
+    """The experiment kind registered as ``kind``; UserError lists the kinds."""
+    try:
+        return EXPERIMENT_KINDS[kind]
+    except KeyError:
+        choices = ", ".join(EXPERIMENT_KINDS)
+        raise UserError(f"unknown experiment kind {kind!r}; choose from {choices}") from None
 
 
 def check_experiment(kind: str, params: dict[str, Any]) -> Any:
     """Validate ``params`` for ``kind``; return the experiment dataclass."""
-    from tokenprism.backend.lab import experiments
-
-    if kind == "refusal-sweep":
-        spec = _build(experiments.RefusalSweep, params)
-    elif kind == "east-sweep":
-        spec = _build(experiments.EastSweep, params)
-    elif kind == "decode":
-        spec = _build(experiments.DecodeExperiment, params)
-    else:
-        raise UserError(f"unknown experiment kind {kind!r}; choose from {', '.join(KINDS)}")
-    _check_values(kind, spec)
-    return spec
+    spec = get_kind(kind)
+    experiment = _build(spec.params, params)
+    spec.check(experiment)
+    return experiment
 
 
 def run_experiment(
@@ -144,13 +210,5 @@ def run_experiment(
     progress: Callable[[int, int], None] | None = None,
 ) -> str:
     """Run an experiment of ``kind``; return its id."""
-    from tokenprism.backend.lab import experiments
-
-    spec = check_experiment(kind, params)
-    if kind == "refusal-sweep":
-        return experiments.run_refusal_sweep(lm, store, spec, job_id=job_id, progress=progress)
-    if kind == "east-sweep":
-        return experiments.run_east_sweep(
-            lm, store, settings, spec, job_id=job_id, progress=progress
-        )
-    return experiments.run_decode(lm, store, settings, spec, job_id=job_id, progress=progress)
+    experiment = check_experiment(kind, params)
+    return get_kind(kind).run(lm, store, settings, experiment, job_id=job_id, progress=progress)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from tokenprism.backend.lab import decoding, experiments
 from tokenprism.backend.lab.jobs import EXPERIMENT_KINDS, check_experiment, get_kind
 
 # one valid request per kind: what each kind needs at the least
-MINIMAL_PARAMS = {
+MINIMAL_PARAMS: dict[str, dict[str, Any]] = {
     "refusal-sweep": {"values": [0.0]},
     "east-sweep": {"prompts": ["a", "b"], "betas": [1.0]},
     "decode": {"rule": "ead", "prompts": ["a"]},

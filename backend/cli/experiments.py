@@ -7,17 +7,15 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tokenprism.backend.cli.common import out
 from tokenprism.backend.errors import UserError
 
 experiment_app = typer.Typer(
     no_args_is_help=True,
     help="Steering and decoding experiments (every output is stored as a run).",
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PromptOpt = typer.Option(None, "--prompt", "-p", help="a prompt (repeat; default: shipped set)")
 ModelOpt = typer.Option(None, "--model", "-m")
@@ -34,9 +32,9 @@ def _floats(text: str, option: str) -> list[float]:
 def _run(kind: str, params: dict[str, Any], model: str | None, as_json: bool) -> None:
     from tqdm import tqdm
 
-    from tokenprism.backend.lab.jobs import check_experiment, run_experiment
-    from tokenprism.backend.lab.experiments import get_experiment
     from tokenprism.backend.groups.core import json_safe
+    from tokenprism.backend.lab.experiments import get_experiment
+    from tokenprism.backend.lab.jobs import check_experiment, run_experiment
     from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.settings import get_settings
     from tokenprism.backend.store import Store

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tokenprism.backend.cli.main import _streamlit_command
+from tokenprism.backend.cli.serve import _streamlit_command
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

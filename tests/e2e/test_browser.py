@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tokenprism.backend.cli.serve import _streamlit_command
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
+from tokenprism.backend.cli.serve import _streamlit_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

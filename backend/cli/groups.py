@@ -7,19 +7,10 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tokenprism.backend.cli.common import load_settings, out
 from tokenprism.backend.errors import UserError
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _settings() -> Any:
-    from tokenprism.backend.settings import get_settings
-
-    return get_settings()
 
 
 def _stage_bars() -> tuple[Any, Any]:
@@ -96,7 +87,7 @@ def group(
     from tokenprism.backend.groups.core import check_request
 
     check_request(request)
-    settings = _settings()
+    settings = load_settings()
     store = Store(settings.db_path)
     lm = get_model(model or settings.default_model, settings)
     progress, close = _stage_bars()
@@ -147,7 +138,7 @@ def rollouts(
     from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.store import Store
 
-    settings = _settings()
+    settings = load_settings()
     request = RolloutRequest(
         group_id=group_id,
         run_id=run,
@@ -198,7 +189,7 @@ def contrastive(
     from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.store import Store
 
-    settings = _settings()
+    settings = load_settings()
     with Store(settings.db_path) as store:
         lm = get_model(get_group(store, group_id, tokens=False)["model"]["id"], settings)
         progress, close = _stage_bars()
@@ -219,9 +210,3 @@ def contrastive(
         f"adapters saved to {summary['directory']}; final loss positive "
         f"{summary['final_loss']['positive']:.3f}, negative {summary['final_loss']['negative']:.3f}"
     )
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(group)
-    app.command()(rollouts)
-    app.command()(contrastive)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
-from tokenprism.backend.cli.main import _streamlit_command
+from tokenprism.backend.cli.serve import _streamlit_command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

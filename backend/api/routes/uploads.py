@@ -1,0 +1,162 @@
+"""Uploads: a transcript to audit (a job), the list, one upload's summary and its exports."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import File, Form, Query, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from tokenprism.backend.api.service import (
+    ApiError,
+    NotFound,
+    ServiceDep,
+    metric_families,
+    protected_router,
+)
+from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_transcript
+from tokenprism.backend.audit.upload import (
+    DEFAULT_TOKEN_METRIC,
+    DEFAULT_TURN_METRIC,
+    audit_summary,
+    encode_items,
+    export_upload,
+)
+from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
+from tokenprism.backend.store.records import (
+    create_upload,
+    find_upload,
+    get_upload,
+    list_uploads,
+    set_upload_job,
+)
+
+router = protected_router()
+
+
+@router.post("/uploads", status_code=202, summary="Upload a transcript to audit (a job)")
+def upload(
+    svc: ServiceDep,
+    file: Annotated[UploadFile, File(description="JSONL, CSV or plain text")],
+    model: Annotated[str | None, Form()] = None,
+    format: Annotated[str | None, Form(description="jsonl, csv or text")] = None,
+    metrics: Annotated[
+        str | None, Form(description="extra metric families, e.g. ccp,probe")
+    ] = None,
+    engine: Annotated[
+        Literal["local", "ray"],
+        Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
+    ] = "local",
+    shard_items: Annotated[
+        int, Form(ge=1, le=100_000, description="items per Ray shard (engine=ray)")
+    ] = 64,
+) -> JSONResponse:
+    if engine == "ray":
+        from tokenprism.backend.audit.ray_engine import check_engine
+
+        check_engine(engine)  # Ray missing: refused now, not when the job runs
+    limit = svc.settings.upload_max_bytes
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"the file is over the upload limit of {limit} bytes")
+    name = Path(file.filename or "upload").name
+    if not data.strip():
+        raise ApiError(422, "empty_file", f"{name} is empty")
+    text = decode_text(data, name)
+    fmt = format or detect_format(name, text)
+    items = parse_transcript(text, fmt, name, max_items=svc.settings.upload_max_items)
+    model_name = svc.model_name(model)
+    lm = svc.model(model_name)
+    encode_items(lm, items, name)  # too-long or empty turns fail now, before any write
+    job_params: dict[str, Any] = {"model": model_name, "engine": engine}
+    if engine == "ray":
+        job_params["ray"] = {"shard_items": shard_items}
+    extras = metric_families(metrics)
+    if extras:
+        request = ExtraRequest(metrics=extras)
+        plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
+        job_params["extras"] = request.as_dict()
+    digest = hashlib.sha256(data).hexdigest()
+    existing = find_upload(svc.store, digest, model_name)
+    if existing is not None:
+        return JSONResponse(
+            status_code=200,
+            content={
+                "upload_id": existing["upload_id"],
+                "job_id": existing["job_id"],
+                "duplicate": True,
+                "n_items": existing["n_items"],
+                "format": existing["format"],
+                "message": f"this file was already uploaded on {existing['created_at']} "
+                f"as {existing['upload_id']} ({existing['filename']}); nothing was re-scored",
+            },
+        )
+    upload_id = create_upload(
+        svc.store,
+        filename=name,
+        sha256=digest,
+        format=fmt,
+        size_bytes=len(data),
+        n_items=len(items),
+        content=text,
+        model=model_name,
+    )
+    job_id = svc.jobs.submit("audit", {"upload_id": upload_id, **job_params}, len(items))
+    set_upload_job(svc.store, upload_id, job_id)
+    return JSONResponse(
+        status_code=202,
+        content={
+            "upload_id": upload_id,
+            "job_id": job_id,
+            "duplicate": False,
+            "n_items": len(items),
+            "format": fmt,
+        },
+    )
+
+
+@router.get("/uploads", summary="List uploads")
+def uploads(
+    svc: ServiceDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+) -> dict[str, Any]:
+    return {"uploads": list_uploads(svc.store, limit=limit, offset=offset)}
+
+
+@router.get("/uploads/{upload_id}", summary="Upload, its job and the audit summary")
+def upload_summary(
+    upload_id: str,
+    svc: ServiceDep,
+    metric: str = DEFAULT_TURN_METRIC,
+    token_metric: str = DEFAULT_TOKEN_METRIC,
+    top: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict[str, Any]:
+    upload = get_upload(svc.store, upload_id)
+    if upload is None:
+        raise NotFound(f"no upload with id {upload_id!r}")
+    summary = audit_summary(svc.store, upload_id, metric=metric, token_metric=token_metric, top=top)
+    summary["job"] = svc.jobs.status(upload["job_id"]) if upload["job_id"] else None
+    return summary
+
+
+@router.get("/uploads/{upload_id}/export", summary="CSV, Parquet or HTML report")
+def upload_export(
+    upload_id: str,
+    svc: ServiceDep,
+    format: Annotated[str, Query(pattern="^(csv|parquet|html)$")] = "html",
+    metric: str = DEFAULT_TURN_METRIC,
+    token_metric: str = DEFAULT_TOKEN_METRIC,
+) -> Response:
+    if get_upload(svc.store, upload_id) is None:
+        raise NotFound(f"no upload with id {upload_id!r}")
+    content, media, filename = export_upload(
+        svc.store, upload_id, format, metric=metric, token_metric=token_metric
+    )
+    return Response(
+        content,
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

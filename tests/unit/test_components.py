@@ -21,7 +21,7 @@ from tokenprism.app.components.charts import (
 from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
 from tokenprism.app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
-from tokenprism.backend.audit.report import NO_VALUE_COLOUR, colour_scale
+from tokenprism.backend.display import NO_VALUE_COLOUR, colour_scale
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.import_probe import packages_loaded_by
+from tests.import_probe import packages_loaded_by, tree_modules
 from tokenprism.app.components.charts import (
     gltr_figure,
     layer_rank_figure,
@@ -627,15 +627,8 @@ def test_runs_frame_columns_and_order() -> None:
 # ---- purity --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        "tokenprism.app.components.token_view",
-        "tokenprism.app.components.charts",
-        "tokenprism.app.components.compare",
-        "tokenprism.app.components.tables",
-    ],
-)
+# Every module of app/components (claims, groups and lab included), found by walking the folder.
+@pytest.mark.parametrize("module", tree_modules("app.components"))
 def test_components_import_no_ui_database_or_model_libraries(module: str) -> None:
     assert packages_loaded_by(module, HEAVY) == []
 

@@ -8,7 +8,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.claims import (
     CLAIM_COLUMNS,
     ROC_COLOURS,

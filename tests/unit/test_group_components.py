@@ -9,7 +9,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.groups import (
     COUNTERFACTUAL_COLUMNS,
     RESPONSE_COLUMNS,

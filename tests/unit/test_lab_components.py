@@ -9,7 +9,6 @@ from typing import Any
 import plotly.graph_objects as go
 import pytest
 
-from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.lab import (
     DECODE_PARAMS,
     DECODE_RULES,

@@ -45,7 +45,7 @@ from backend.errors import (
     UserError,
 )
 from backend.generation import sample_responses
-from backend.ingest import TranscriptError, decode_text, detect_format, parse_transcript
+from backend.ingest import TranscriptError, decode_text, detect_format, parse_with_report
 from backend.jobs import JobManager, JobNotFound, JobStateError
 from backend.models import DEFAULT_MODEL, LoadedModel, get_model, loaded_model_names
 from backend.probe_apply import apply_probe_to_run
@@ -224,7 +224,7 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
             if isinstance(err, cls):
                 extra = {}
                 if isinstance(err, TranscriptError):
-                    extra["problems"] = [{"line": ln, "message": m} for ln, m in err.problems]
+                    extra.update(err.details)
                 return _error(status, code, str(err), **extra)
         return _error(400, "bad_request", str(err))
 
@@ -389,9 +389,9 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
     @router.post("/uploads", status_code=202, summary="Upload a transcript to audit (a job)")
     def upload(
         svc: ServiceDep,
-        file: Annotated[UploadFile, File(description="JSONL, CSV or plain text")],
+        file: Annotated[UploadFile, File(description="JSON array, JSONL, CSV or plain text")],
         model: Annotated[str | None, Form()] = None,
-        format: Annotated[str | None, Form(description="jsonl, csv or text")] = None,
+        format: Annotated[str | None, Form(description="json, jsonl, csv or text")] = None,
         metrics: Annotated[
             str | None, Form(description="extra metric families, e.g. ccp,probe")
         ] = None,
@@ -402,6 +402,9 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         shard_items: Annotated[
             int, Form(ge=1, le=100_000, description="items per Ray shard (engine=ray)")
         ] = 64,
+        skip_invalid: Annotated[
+            bool, Form(description="audit the valid conversations; list the invalid ones")
+        ] = False,
     ) -> JSONResponse:
         if engine == "ray":
             from backend.distributed import check_engine
@@ -416,7 +419,9 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
             raise ApiError(422, "empty_file", f"{name} is empty")
         text = decode_text(data, name)
         fmt = format or detect_format(name, text)
-        items = parse_transcript(text, fmt, name, max_items=svc.settings.upload_max_items)
+        items, report = parse_with_report(
+            text, fmt, name, max_items=svc.settings.upload_max_items, skip_invalid=skip_invalid
+        )
         model_name = svc.model_name(model)
         lm = svc.model(model_name)
         encode_items(lm, items, name)  # too-long or empty turns fail now, before any write
@@ -463,6 +468,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
                 "duplicate": False,
                 "n_items": len(items),
                 "format": fmt,
+                "ingest": report.as_dict(),
             },
         )
 

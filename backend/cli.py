@@ -227,7 +227,12 @@ def audit(
     export: Path | None = typer.Option(
         None, "--export", help="also write report.html, tokens.csv or tokens.parquet"
     ),
-    fmt: str | None = typer.Option(None, "--format", help="jsonl, csv or text (default: guess)"),
+    fmt: str | None = typer.Option(
+        None, "--format", help="json, jsonl, csv or text (default: guess)"
+    ),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="audit the valid conversations, list the invalid ones"
+    ),
     metric: str = typer.Option("mean_entropy", help="sequence metric that ranks turns in exports"),
     rank_by: str = typer.Option("entropy", help="token metric that ranks the uncertain tokens"),
     top: int = typer.Option(5, help="uncertain tokens to list per turn"),
@@ -262,7 +267,13 @@ def audit(
     """Score every assistant turn of a transcript, summarise each turn, optionally export."""
     from tqdm import tqdm
 
-    from backend.audit import export_upload, score_upload, summarise_turn
+    from backend.audit import (
+        export_upload,
+        ingest_lines,
+        score_upload,
+        summarise_turn,
+        upload_ingest_summary,
+    )
     from backend.store.records import update_job
 
     if export is not None and export.suffix.lstrip(".") not in ("html", "csv", "parquet"):
@@ -289,8 +300,9 @@ def audit(
             lm, items, upload_id, job_id, plan = _resume_audit(store, resume, data, model)
         else:
             lm, items, upload_id, job_id, plan = _new_audit(
-                store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options
-            )
+                store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options,
+                skip_invalid,
+            )  # fmt: skip
         update_job(store, job_id, status="running", error=None)
         with tqdm(total=len(items), desc="scoring turns", unit="turn", file=sys.stderr) as bar:
 
@@ -330,6 +342,8 @@ def audit(
             )
             export.write_bytes(content)
             err.print(f"wrote {export} ({len(content):,} bytes)")
+        for line in ingest_lines(upload_ingest_summary(store, upload_id)):
+            err.print(line, markup=False, highlight=False)
     if engine == "ray":
         err.print(
             f"ray: {len(result['scored'])} shards scored, {len(result['from_disk'])} read back "
@@ -351,6 +365,7 @@ def _new_audit(
     samples: int,
     engine: str,
     ray_options: dict[str, Any],
+    skip_invalid: bool = False,
 ) -> tuple[Any, list[Any], str, str, Any]:
     """Parse and validate ``file``, record its upload and a new audit job."""
     import hashlib
@@ -360,7 +375,7 @@ def _new_audit(
 
     text = decode_text(data, str(file))
     fmt = fmt or detect_format(file.name, text)
-    items = parse_transcript(text, fmt, str(file))
+    items = parse_transcript(text, fmt, str(file), skip_invalid=skip_invalid)
     lm = _load(model)
     plan = _extras(lm, metrics, judge, probe, samples)
     upload_id = create_upload(

@@ -131,7 +131,10 @@ def test_bare_array_of_messages_is_one_chat() -> None:
 
 
 def test_single_object_document_and_list_records() -> None:
-    obj = '{\n "messages": [{"role": "user", "content": "q"},\n {"role": "assistant", "content": "a"}]\n}'
+    obj = (
+        '{\n "messages": [{"role": "user", "content": "q"},\n'
+        ' {"role": "assistant", "content": "a"}]\n}'
+    )
     assert chats(parse_transcript(obj, "json")) == [(1, 1, 0, "a")]
     nested = json.dumps([[{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]])
     assert chats(parse_transcript(nested, "json")) == [(1, 1, 0, "a")]

@@ -64,6 +64,7 @@ MAX_INT_DIGITS = 100  # longer integers are refused: no real transcript field ne
 FORMATS = ("json", "jsonl", "csv", "text")
 _TEXT_PARTS = ("text", "input_text", "output_text")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # the only way JSON text makes one
 _WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -281,34 +282,46 @@ def _json_problem(err: ValueError) -> str:
 # ---- records to chats ---------------------------------------------------------------------
 
 
-def _text_of(content: Any, where: str, notes: Counter[str]) -> str:
-    """A message's text: a string, null (empty), or the text parts of a list of parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
+def _text_of(content: Any, where: int | str, notes: Counter[str], check: bool = True) -> str:
+    """A message's text: a string, null (empty), or the text parts of a list of parts.
+
+    ``where`` is the message number (or a field name) for the error; ``check`` looks for lone
+    surrogates (only possible when the document has ``\\uD8xx``-style escapes).
+    """
+    if type(content) is str:
         text = content
+    elif content is None:
+        return ""
     elif isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, dict) and part.get("type", "text") in _TEXT_PARTS:
-                if not isinstance(part.get("text"), str):
-                    raise ValueError(f"{where} has a text part without a string 'text'")
-                texts.append(part["text"])
-            elif isinstance(part, dict):
-                notes[f"non-text content part skipped ({str(part.get('type'))[:40]})"] += 1
-            else:
-                raise ValueError(f"{where} has a content part that is not an object")
-        text = "\n".join(texts)
+        text = _parts_text(content, where, notes)
     else:
-        raise ValueError(f"{where} has content of type {type(content).__name__}, not text")
-    if _SURROGATE.search(text):
-        raise ValueError(f"{where} contains an invalid (lone) surrogate character")
+        raise ValueError(f"{_where(where)} has content of type {type(content).__name__}, not text")
+    if check and _SURROGATE.search(text):
+        raise ValueError(f"{_where(where)} contains an invalid (lone) surrogate character")
     return text
 
 
-def _messages(raw: Any, notes: Counter[str]) -> list[dict[str, str]]:
+def _where(where: int | str) -> str:
+    return f"message {where}" if isinstance(where, int) else where
+
+
+def _parts_text(content: list[Any], where: int | str, notes: Counter[str]) -> str:
+    texts = []
+    for part in content:
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type", "text") in _TEXT_PARTS:
+            if not isinstance(part.get("text"), str):
+                raise ValueError(f"{_where(where)} has a text part without a string 'text'")
+            texts.append(part["text"])
+        elif isinstance(part, dict):
+            notes[f"non-text content part skipped ({str(part.get('type'))[:40]})"] += 1
+        else:
+            raise ValueError(f"{_where(where)} has a content part that is not an object")
+    return "\n".join(texts)
+
+
+def _messages(raw: Any, notes: Counter[str], check: bool = True) -> list[dict[str, str]]:
     if not isinstance(raw, list):
         raise ValueError("the message list is not a list")
     if not raw:
@@ -319,20 +332,27 @@ def _messages(raw: Any, notes: Counter[str]) -> list[dict[str, str]]:
             raise ValueError(f"message {i} is not an object")
         role_key = "from" if "from" in msg else "role"
         role = msg.get(role_key)
-        if not isinstance(role, str) or role.strip().lower() not in ROLES:
+        mapped = ROLES.get(role) if type(role) is str else None
+        if mapped is None:
+            mapped = ROLES.get(role.strip().lower()) if isinstance(role, str) else None
+        if mapped is None:
             known = ", ".join(sorted(ROLES))
             raise ValueError(f"message {i} has unknown {role_key} {role!r} (known: {known})")
-        text_key = next((k for k in ("value", "content", "text") if k in msg), "content")
-        text = _text_of(msg.get(text_key), f"message {i}", notes)
-        out.append({"role": ROLES[role.strip().lower()], "content": text})
+        if "value" in msg:
+            content = msg["value"]
+        else:
+            content = msg["content"] if "content" in msg else msg.get("text")
+        out.append({"role": mapped, "content": _text_of(content, i, notes, check)})
     return out
 
 
-def _pair(prompt: Any, response: Any, system: Any = None) -> list[dict[str, str]]:
+def _pair(
+    prompt: Any, response: Any, system: Any = None, check: bool = True
+) -> list[dict[str, str]]:
     if not isinstance(prompt, str) or not isinstance(response, str):
         raise ValueError("'prompt' and 'response' must be strings")
     for value in (prompt, response, system):
-        if isinstance(value, str) and _SURROGATE.search(value):
+        if check and isinstance(value, str) and _SURROGATE.search(value):
             raise ValueError("a field contains an invalid (lone) surrogate character")
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     if isinstance(system, str) and system:
@@ -340,28 +360,36 @@ def _pair(prompt: Any, response: Any, system: Any = None) -> list[dict[str, str]
     return messages
 
 
-def chat_of_record(record: Any, notes: Counter[str]) -> list[dict[str, str]]:
-    """The messages of one record in any supported shape; ValueError names what is wrong."""
+def chat_of_record(
+    record: Any, notes: Counter[str], *, check_surrogates: bool = True
+) -> list[dict[str, str]]:
+    """The messages of one record in any supported shape; ValueError names what is wrong.
+
+    ``check_surrogates=False`` skips the lone-surrogate scan (for a document that has no
+    surrogate escapes, where none can occur).
+    """
+    check = check_surrogates
     if isinstance(record, list):
-        return _messages(record, notes)
+        return _messages(record, notes, check)
     if not isinstance(record, dict):
         raise ValueError(f"expected a conversation object, found a {_kind(record)}")
     for key in ("messages", "conversations", "conversation"):
         if key in record:
-            messages = _messages(record[key], notes)
+            messages = _messages(record[key], notes, check)
             system = record.get("system")
             if isinstance(system, str) and system and messages[0]["role"] != "system":
-                messages.insert(0, {"role": "system", "content": _text_of(system, "system", notes)})
+                text = _text_of(system, "the system field", notes, check)
+                messages.insert(0, {"role": "system", "content": text})
             return messages
     if "instruction" in record and "output" in record:
         extra = record.get("input")
         prompt = record["instruction"]
         if isinstance(prompt, str) and isinstance(extra, str) and extra.strip():
             prompt = f"{prompt}\n{extra}"
-        return _pair(prompt, record["output"], record.get("system"))
+        return _pair(prompt, record["output"], record.get("system"), check)
     if "prompt" in record and ("response" in record or "completion" in record):
         response = record["response"] if "response" in record else record["completion"]
-        return _pair(record["prompt"], response, record.get("system"))
+        return _pair(record["prompt"], response, record.get("system"), check)
     keys = ", ".join(repr(k) for k in list(record)[:8]) or "none"
     raise ValueError(
         "expected 'messages', 'conversations' or 'conversation' lists, 'instruction' and "
@@ -592,6 +620,8 @@ def parse_with_report(
         report.conversations = report.to_score = 1
         return [WorkItem(index=0, line=1, conversation=1, turn_index=0, text=text)], report
     records = {"json": _json_records, "jsonl": _jsonl_records, "csv": _csv_records}[fmt](text)
+    # lone surrogates come from \uD8xx escapes (or a str built in Python): scan strings only then
+    check = bool(_SURROGATE_ESCAPE.search(text) or _SURROGATE.search(text))
     items: list[WorkItem] = []
     try:
         for line, record in records:
@@ -599,7 +629,7 @@ def parse_with_report(
             try:
                 if isinstance(record, ValueError):
                     raise record
-                messages = chat_of_record(record, report.notes)
+                messages = chat_of_record(record, report.notes, check_surrogates=check)
             except ValueError as err:
                 report.invalid.append((line, str(err)))
                 continue

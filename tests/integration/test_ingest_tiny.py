@@ -147,3 +147,48 @@ def test_the_twins_give_the_same_runs(client: TestClient) -> None:
     b = {(t["conversation"], t["turn_index"]): t["sequence"]["mean_entropy"] for t in twin["turns"]}
     assert a.keys() == b.keys()
     assert all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
+
+
+STRICT = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'assistant' and (loop.first or messages[loop.index0 - 1]['role'] "
+    "!= 'user') %}{{ raise_exception('Conversation roles must alternate') }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_a_refusing_template_gives_raw_continuations_in_provenance(
+    tiny_lm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from backend.audit import score_items
+    from backend.ingest import parse_transcript
+    from backend.store import Store
+
+    monkeypatch.setattr(tiny_lm.tokenizer, "chat_template", STRICT)
+    text = (DATA / "sharegpt_array.json").read_text(encoding="utf-8")
+    items = parse_transcript(text, "json")
+    with Store(tmp_path / "t.duckdb") as store:
+        run_ids = score_items(tiny_lm, store, items, source="export.json")
+        assert len(run_ids) == len(items)
+        by_item = {
+            r["item_index"]: store.get_run(r["run_id"])
+            for r in store.list_runs(limit=len(items) + 1)
+        }
+    for item in items:
+        assert item.messages is not None
+        # the strict template renders a chat iff every assistant message follows a user one
+        # (tool messages go in as user text: the template has no tool role)
+        roles = ["user" if m["role"] == "tool" else m["role"] for m in item.messages]
+        renders = all(
+            i > 0 and roles[i - 1] == "user" for i, r in enumerate(roles) if r == "assistant"
+        )
+        run = by_item[item.index]
+        assert run["provenance"]["rendering"] == ("template" if renders else "raw_continuation")
+        if not renders:
+            assert run["kind"] == "chat" and run["provenance"]["chat_template"] is None
+            assert "Conversation roles must alternate" in run["provenance"]["rendering_notes"][-1]
+            assert run["text"].endswith(item.messages[-1]["content"][-20:])
+            assert "<|im_start|>" not in run["text"]
+    renderings = [by_item[i.index]["provenance"]["rendering"] for i in items]
+    assert renderings.count("raw_continuation") >= 15 and renderings.count("template") >= 15

@@ -414,3 +414,20 @@ def test_left_truncate_keeps_a_leading_bos() -> None:
     assert (kept, spans, cut, dropped) == ([1, 12, 13], [(0, 0), (0, 2), (2, 4)], 4, 2)
     kept, spans, cut, dropped = _left_truncate(ids[1:], offsets[1:], 3, {1})
     assert (kept, spans, cut, dropped) == ([11, 12, 13], [(0, 2), (2, 4), (4, 6)], 2, 1)
+
+
+def test_the_bench_export_parses_the_same_as_array_and_jsonl(tmp_path: Any) -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "ingest.py"
+    spec = importlib.util.spec_from_file_location("bench_ingest", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    array, lines, n = bench.write_files(tmp_path, 64 * 1024)
+    a, report = parse_with_report(array.read_text(encoding="utf-8"), "json")
+    b = parse_transcript(lines.read_text(encoding="utf-8"), "jsonl")
+    assert report.conversations == n and len(a) == len(b) > n // 2
+    assert [it.messages for it in a] == [it.messages for it in b]
+    assert any("\u2028" in (it.messages or [])[-1]["content"] for it in a)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from analysis.registry import list_metrics
@@ -47,7 +47,8 @@ from backend.errors import (
 from backend.generation import sample_responses
 from backend.ingest import TranscriptError, decode_text, detect_format, parse_transcript
 from backend.jobs import JobManager, JobNotFound, JobStateError
-from backend.models import DEFAULT_MODEL, LoadedModel, get_model, loaded_model_names
+from backend.limits import cancel_scope, check_prompts_fit
+from backend.models import LoadedModel, get_model, loaded_model_names
 from backend.probe_apply import apply_probe_to_run
 from backend.probes import check_probe_name, list_probes, load_probe
 from backend.runner import score_one
@@ -62,6 +63,16 @@ from backend.schemas import (
     SqlRequest,
     VectorBody,
 )
+from backend.security import (
+    check_engine_allowed,
+    check_probe_training,
+    gate_experiment_models,
+    gate_judge,
+    gate_model_name,
+    public_health,
+    token_ok,
+)
+from backend.security import install as install_security
 from backend.settings import Settings, get_settings
 from backend.store import Store
 from backend.store.records import (
@@ -73,6 +84,7 @@ from backend.store.records import (
     list_uploads,
     set_upload_job,
 )
+from backend.store.store import SqlLimits
 from backend.uncertainty import ExtraRequest, parse_metrics, plan_extras
 
 log = logging.getLogger(__name__)
@@ -123,35 +135,14 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.db_path)
+        self.store = Store(settings.db_path, SqlLimits.from_settings(settings))
         self.model_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.jobs = JobManager(self.store, self.model, settings, self.model_lock)
 
     def model_name(self, requested: str | None) -> str:
-        """Resolve and authorise a requested model name."""
-        name = requested or self.settings.default_model
-        if name in (DEFAULT_MODEL, self.settings.default_model):
-            return name
-        path = Path(name).expanduser()
-        if path.exists() or name.startswith((".", "/", "~")):
-            resolved = path.resolve()
-            allowed = [Path(d).expanduser().resolve() for d in self.settings.allowed_model_dirs]
-            if not any(resolved.is_relative_to(d) for d in allowed):
-                raise ApiError(
-                    403,
-                    "model_path_not_allowed",
-                    "local model paths must be inside TOKENPRISM_ALLOWED_MODEL_DIRS",
-                )
-            return str(resolved)
-        if not self.settings.allow_hub_models:
-            raise ApiError(
-                403,
-                "hub_models_disabled",
-                f"model {name!r} is not available on this server "
-                "(hub ids need TOKENPRISM_ALLOW_HUB_MODELS=1)",
-            )
-        return name
+        """Resolve and authorise a requested model name (the one gate, see backend.security)."""
+        return gate_model_name(requested or self.settings.default_model, self.settings)
 
     def model(self, name: str) -> LoadedModel:
         with self._load_lock:
@@ -168,11 +159,7 @@ ServiceDep = Annotated[Service, Depends(_service)]
 
 def _require_token(request: Request) -> None:
     token = request.app.state.service.settings.api_token
-    if not token:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    if not token_ok(request.headers.get("authorization", ""), token):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
 
 
@@ -193,7 +180,7 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
             service.jobs.stop()
             service.store.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI / ReDoc from packaged assets: no CDN
         title="TokenPrism API",
         version=__version__,
         lifespan=lifespan,
@@ -207,12 +194,9 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
                 _require_token(request)
             except ApiError as err:
                 return _error(err.status, err.code, err.message)
-        length = request.headers.get("content-length")
-        is_upload = request.url.path == f"{API}/uploads"
-        limit = settings.upload_max_bytes + 1024 * 1024 if is_upload else settings.max_body_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
-            return _error(413, "too_large", f"request body over the limit of {limit} bytes")
         return await call_next(request)
+
+    install_security(app, settings)  # Host / Origin / streamed body limits, 403/409/429 codes
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, err: ApiError) -> JSONResponse:
@@ -259,10 +243,10 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
 
 def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a flat list of routes
     @public.get("/health", summary="Service health (no token needed)")
-    def health(svc: ServiceDep) -> dict[str, Any]:
+    def health(svc: ServiceDep, request: Request) -> dict[str, Any]:
         import torch
 
-        return {
+        full = {
             "status": "ok",
             "version": __version__,
             "default_model": svc.settings.default_model,
@@ -272,6 +256,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
             "queue_length": svc.jobs.queue_length,
             "auth": bool(svc.settings.api_token),
         }
+        return public_health(full, svc.settings, request.headers.get("authorization", ""))
 
     @router.get("/metrics", summary="Every metric with level, unit and direction")
     def metrics() -> list[dict[str, Any]]:
@@ -304,8 +289,9 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         plan = None
         extras = _metric_families(body.metrics)
         if extras:
+            judge = gate_judge(body.judge, svc.settings)
             request = ExtraRequest(
-                metrics=extras, judge=body.judge, probe=body.probe, samples=body.samples
+                metrics=extras, judge=judge, probe=body.probe, samples=body.samples
             )
             plan = plan_extras(lm, request, svc.settings)
         elif body.judge or body.probe:
@@ -369,7 +355,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         lm = svc.model(svc.model_name(body.model))
         extras = _metric_families(body.metrics)
         plan = plan_extras(lm, ExtraRequest(metrics=extras), svc.settings) if extras else None
-        with svc.model_lock:
+        with svc.model_lock, cancel_scope(svc.jobs.stopping):
             encoded = sample_responses(
                 lm,
                 body.prompt,
@@ -403,6 +389,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
             int, Form(ge=1, le=100_000, description="items per Ray shard (engine=ray)")
         ] = 64,
     ) -> JSONResponse:
+        check_engine_allowed(engine, svc.settings)
         if engine == "ray":
             from backend.distributed import check_engine
 
@@ -501,6 +488,8 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         filename = Path(file.filename or "labelled.jsonl").name
         text = decode_text(data, filename)
         items = parse_labelled(text, filename)  # validated whole before anything is stored
+        check_probe_training(name, len(items), svc.settings)
+        judge = gate_judge(judge, svc.settings)
         chosen: int | str | None = None
         if layer not in (None, ""):
             if layer == "auto":
@@ -564,6 +553,9 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         params = body.model_dump()
         model_name = svc.model_name(params.pop("model"))
         check_request(GroupRequest(**params))  # a bad verifier fails now, not in the job
+        check_prompts_fit(
+            svc.model(model_name), [body.prompt], body.max_new_tokens, system=body.system
+        )
         job_id = svc.jobs.submit("group", {**params, "model": model_name}, 1000)
         return JSONResponse(status_code=202, content={"job_id": job_id})
 
@@ -621,11 +613,13 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
 
     @router.post("/experiments", status_code=202, summary="Start a steering / decoding experiment")
     def create_experiment(body: ExperimentBody, svc: ServiceDep) -> JSONResponse:
-        from backend.experiment_jobs import check_experiment
+        from backend.experiment_jobs import check_experiment, check_experiment_fits
 
-        check_experiment(body.kind, body.params)  # bad parameters fail now, not in the job
+        spec = check_experiment(body.kind, body.params)  # bad parameters fail now, not in the job
         model_name = svc.model_name(body.model)
-        params = {"kind": body.kind, "params": body.params, "model": model_name}
+        check_experiment_fits(svc.model(model_name), body.kind, spec)
+        gated = gate_experiment_models(body.kind, body.params, svc.settings)
+        params = {"kind": body.kind, "params": gated, "model": model_name}
         job_id = svc.jobs.submit("experiment", params, 1000)
         return JSONResponse(status_code=202, content={"job_id": job_id})
 
@@ -718,7 +712,12 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         if get_upload(svc.store, upload_id) is None:
             raise NotFound(f"no upload with id {upload_id!r}")
         content, media, filename = export_upload(
-            svc.store, upload_id, format, metric=metric, token_metric=token_metric
+            svc.store,
+            upload_id,
+            format,
+            metric=metric,
+            token_metric=token_metric,
+            max_turns=svc.settings.export_max_runs,
         )
         return Response(
             content,

@@ -205,9 +205,12 @@ def sql(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run one read-only SQL query (SELECT / EXPLAIN) over the token store."""
-    from backend.store.store import run_read_only_sql
+    from backend.store.store import SqlLimits, run_read_only_sql
 
-    columns, rows, truncated = run_read_only_sql(_settings().db_path, query, max_rows=max_rows)
+    limits = SqlLimits.from_settings(_settings())
+    columns, rows, truncated = run_read_only_sql(
+        _settings().db_path, query, max_rows=max_rows, limits=limits
+    )
     if as_json:
         payload = {"columns": columns, "rows": [list(r) for r in rows], "truncated": truncated}
         sys.stdout.write(json.dumps(payload, ensure_ascii=False, default=str) + "\n")
@@ -420,9 +423,8 @@ def serve(
     model: str | None = typer.Option(None, "--model", "-m", help="model to load at start-up"),
 ) -> None:
     """Run the HTTP API (one process: the only owner of the model and the database)."""
-    import uvicorn
-
     from backend.api import create_app
+    from backend.serving import run_server
     from backend.settings import get_settings
 
     settings = get_settings()
@@ -438,9 +440,7 @@ def serve(
         f"TokenPrism API on http://{host}:{port}/api/v1 (docs at /docs), "
         f"model {settings.default_model}, database {settings.db_path}"
     )
-    uvicorn.run(
-        create_app(settings, preload=True), host=host, port=port, workers=1, log_level="warning"
-    )
+    run_server(create_app(settings, preload=True), settings, host, port)  # SIGTERM: < 10 s
 
 
 def _streamlit_command(port: int) -> list[str]:

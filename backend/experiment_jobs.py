@@ -15,6 +15,25 @@ from backend.store import Store
 KINDS = ("refusal-sweep", "east-sweep", "decode")
 _TUPLES = {"prompts", "values", "phrases", "betas"}
 
+# The same ceilings as POST /generate and /groups, so that no experiment parameter asks for
+# unbounded work (a sweep is prompts x values generations of max_new_tokens each).
+MAX_NEW_TOKENS = 1024
+MAX_PROMPTS = 200
+MAX_PROMPT_CHARS = 20_000
+MAX_VALUES = 32
+MAX_PHRASES = 64
+MAX_DETECTOR_CHARS = 600
+# integer parameters of the decoding rules and their ceilings (max_new_tokens as above)
+DECODE_CAPS = {
+    "max_new_tokens": MAX_NEW_TOKENS,
+    "max_branches": 16,
+    "max_trials": 16,
+    "max_trial_tokens": 256,
+    "lookahead": 64,
+    "window": 256,
+    "warmup": 1024,
+}
+
 
 def _build(cls: Any, params: dict[str, Any]) -> Any:
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -44,6 +63,42 @@ def _integer(name: str, value: Any, low: int, *, optional: bool = False) -> None
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         bound = f" >= {low}" if low > -(2**63) else ""
         raise UserError(f"{name} must be an integer{bound}, not {value!r}")
+
+
+def _at_most(name: str, value: Any, high: int) -> None:
+    """``value`` (an int or a sized collection) is at most ``high`` (the caps above)."""
+    size = len(value) if isinstance(value, tuple | list | dict | str) else value
+    if isinstance(size, int) and not isinstance(size, bool) and size > high:
+        what = "items" if isinstance(value, tuple | list | dict) else ""
+        raise UserError(f"{name} is {size:,} {what}; the limit is {high:,}".replace("  ", " "))
+
+
+def _check_caps(kind: str, spec: Any) -> None:
+    """Every size an experiment asks for against the ceilings above."""
+    _at_most("prompts", spec.prompts, MAX_PROMPTS)
+    for prompt in spec.prompts:
+        text = prompt.get("prompt") if isinstance(prompt, dict) else prompt
+        if isinstance(text, str):
+            _at_most("a prompt", text, MAX_PROMPT_CHARS)
+    if kind == "refusal-sweep":
+        _at_most("values", spec.values, MAX_VALUES)
+        _at_most("phrases", spec.phrases, MAX_PHRASES)
+        _at_most("max_new_tokens", spec.max_new_tokens, MAX_NEW_TOKENS)
+        if isinstance(spec.detector, str):
+            _at_most("detector", spec.detector, MAX_DETECTOR_CHARS)
+    elif kind == "east-sweep":
+        _at_most("betas", spec.betas, MAX_VALUES)
+        _at_most("max_new_tokens", spec.max_new_tokens, MAX_NEW_TOKENS)
+    elif kind == "decode" and isinstance(spec.params, dict):
+        for name, value in spec.params.items():
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"params.{name} must be a finite number, not {value!r}")
+            if name in DECODE_CAPS:
+                if not isinstance(value, int) or value < 1:
+                    raise UserError(f"params.{name} must be a positive integer, not {value!r}")
+                _at_most(f"params.{name}", value, DECODE_CAPS[name])
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -129,8 +184,25 @@ def check_experiment(kind: str, params: dict[str, Any]) -> Any:
         spec = _build(experiments.DecodeExperiment, params)
     else:
         raise UserError(f"unknown experiment kind {kind!r}; choose from {', '.join(KINDS)}")
+    _check_caps(kind, spec)
     _check_values(kind, spec)
     return spec
+
+
+def check_experiment_fits(lm: LoadedModel, kind: str, spec: Any) -> None:
+    """Every prompt of the experiment, with its ``max_new_tokens``, fits ``lm``'s context
+    (a 4xx before anything is generated)."""
+    from backend import experiments
+    from backend.limits import check_prompts_fit
+
+    if kind == "refusal-sweep":
+        prompts = [str(p["prompt"]) for p in spec.prompts]
+        check_prompts_fit(lm, prompts, spec.max_new_tokens)
+    elif kind == "east-sweep":
+        check_prompts_fit(lm, list(spec.prompts), spec.max_new_tokens)
+    else:
+        tokens = experiments._decode_params(spec)["max_new_tokens"]
+        check_prompts_fit(lm, list(spec.prompts), int(tokens))
 
 
 def run_experiment(
@@ -147,6 +219,7 @@ def run_experiment(
     from backend import experiments
 
     spec = check_experiment(kind, params)
+    check_experiment_fits(lm, kind, spec)
     if kind == "refusal-sweep":
         return experiments.run_refusal_sweep(lm, store, spec, job_id=job_id, progress=progress)
     if kind == "east-sweep":

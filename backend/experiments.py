@@ -32,6 +32,7 @@ from analysis.steering import SteeringVectorParams
 from backend.encoding import encode_pair
 from backend.errors import UserError
 from backend.groups import json_safe
+from backend.limits import check_cancelled, check_context, stopping_criteria
 from backend.models import LoadedModel
 from backend.runner import ScoredText, score_batch
 from backend.settings import SOURCE_ROOT, Settings
@@ -179,6 +180,7 @@ def _generate(
     from transformers import LogitsProcessorList
 
     sampling = temperature > 0
+    check_context(lm, int(ids.shape[1]), max_new_tokens)
     with torch.inference_mode():
         out = lm.model.generate(
             ids,
@@ -190,6 +192,7 @@ def _generate(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
             logits_processor=LogitsProcessorList(processors or []),
+            stopping_criteria=stopping_criteria(),
         )
     return str(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
 
@@ -270,18 +273,15 @@ def refusal_detector(spec: str, phrases: Sequence[str]) -> Callable[[str], bool]
 
         return marker
     if spec.startswith("regex:"):
-        import regex
+        from analysis.verifiers import compile_user_regex
 
-        try:
-            pattern = regex.compile(spec[len("regex:") :])
-        except regex.error as err:
+        try:  # RE2: linear time, bounded memory, limits named (see analysis.verifiers)
+            pattern = compile_user_regex(spec[len("regex:") :], "refusal detector regex")
+        except ValueError as err:
             raise UserError(f"bad refusal detector regex: {err}") from None
 
         def matcher(text: str) -> bool:
-            try:
-                return pattern.search(text, timeout=0.5) is not None
-            except TimeoutError:
-                return False
+            return pattern.search(text) is not None
 
         return matcher
     raise UserError(f"unknown refusal detector {spec!r}; use 'marker' or 'regex:PATTERN'")
@@ -363,6 +363,8 @@ def run_refusal_sweep(
     first_probs = []
     for p in prompts:
         ids = prompt_ids(lm, str(p["prompt"]))
+        check_context(lm, int(ids.shape[1]), sweep.max_new_tokens)
+        check_cancelled()
         with torch.inference_mode():
             logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
         first_probs.append((ids, torch.softmax(logits, -1)))
@@ -500,6 +502,8 @@ class EastSweep:
 
 
 def _entropy_at_first(lm: LoadedModel, ids: torch.Tensor) -> float:
+    check_context(lm, int(ids.shape[1]))
+    check_cancelled()
     with torch.inference_mode():
         logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
     logp = torch.log_softmax(logits, -1)

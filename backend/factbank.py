@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from backend.limits import stopping_criteria
 from backend.models import LoadedModel
 from backend.settings import SOURCE_ROOT
 
@@ -221,6 +222,7 @@ def greedy_answers(
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                stopping_criteria=stopping_criteria(),
             )
         yield from (t.strip() for t in tok.batch_decode(out[:, width:], skip_special_tokens=True))
 

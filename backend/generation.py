@@ -15,6 +15,7 @@ import torch
 
 from backend.encoding import EncodedText, encode_pair
 from backend.errors import UserError
+from backend.limits import check_context, stopping_criteria
 from backend.models import LoadedModel
 
 Sampler = Literal["hf", "vllm"]
@@ -96,6 +97,7 @@ def sample_hf(
         torch.manual_seed(seed)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     sampling = temperature > 0
+    check_context(lm, len(ids), max_new_tokens)
     with torch.inference_mode(), lm.autocast_context():
         out = lm.model.generate(
             prompt,
@@ -107,6 +109,7 @@ def sample_hf(
             num_return_sequences=n,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
+            stopping_criteria=stopping_criteria(),
         )
     generated = out[:, prompt.shape[1] :]
     texts = tok.batch_decode(generated, skip_special_tokens=True)
@@ -140,6 +143,7 @@ def sample_responses(
         raise UserError("temperature must be 0 (greedy) or at least 0.01")
     check_sampler(sampler)
     ids, template = prompt_ids(lm, prompt, system)
+    check_context(lm, len(ids), max_new_tokens)  # before any sampler touches the model
     if sampler == "vllm":
         from backend.vllm_sampler import sample_vllm
 

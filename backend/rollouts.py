@@ -24,6 +24,7 @@ from analysis.critical import budget_positions, critical_position
 from analysis.verifiers import Verifier, parse_verifier
 from backend.errors import UserError
 from backend.groups import get_group, update_group_json
+from backend.limits import check_context, stopping_criteria
 from backend.models import LoadedModel
 from backend.store import Store
 
@@ -62,6 +63,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
     ids = torch.tensor([prefix], device=lm.device)
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    check_context(lm, len(prefix), request.max_new_tokens)
     with torch.inference_mode(), lm.autocast_context():
         out = lm.model.generate(
             ids,
@@ -73,6 +75,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
             num_return_sequences=k,
             max_new_tokens=request.max_new_tokens,
             pad_token_id=pad,
+            stopping_criteria=stopping_criteria(),
         )
     return out[:, len(prefix) :].cpu().tolist()  # one copy for the k continuations
 

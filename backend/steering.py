@@ -34,6 +34,7 @@ from torch import Tensor
 
 from analysis.steering import SteeringVectorParams, contrastive_vector, entropy_weighted_vector
 from backend.errors import UserError
+from backend.limits import check_cancelled, check_context
 from backend.models import LoadedModel
 from backend.settings import Settings
 
@@ -114,6 +115,8 @@ def _last_prompt_states(
     reps, entropies = [], []
     for prompt in prompts:
         ids = prompt_ids(lm, prompt)
+        check_context(lm, int(ids.shape[1]))
+        check_cancelled()
         with torch.inference_mode():
             out = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False)
         reps.append(out.hidden_states[layer + 1][0, -1].float().cpu())

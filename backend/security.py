@@ -41,6 +41,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # routes a browser page may read without a token when none is set: nothing here changes state
 _DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _LAYERS = re.compile(r"^(?P<base>.+)@layers=(?P<n>\d{1,4})$")
 
 
@@ -266,7 +267,8 @@ def repair_text(value: Any) -> Any:
     """``value`` with every lone surrogate replaced by U+FFFD (for rows stored before the
     boundary refused them)."""
     if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        # a str holds a surrogate code point only unpaired (pairs decode to one character)
+        return _SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {repair_text(k): repair_text(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -32,7 +32,10 @@ def server(home: Path, model: Path, **env: str) -> Iterator[tuple[str, subproces
     port = _free_port()
     proc = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "tokenprism"),
+            # the code under test, whatever console script the venv holds
+            sys.executable,
+            "-c",
+            "from backend.cli import main; main()",
             "serve",
             "--port",
             str(port),

@@ -143,16 +143,16 @@ class GuardMiddleware:
         if scope["method"] in STATE_CHANGING:
             chunks, total = [], 0
             while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
+                event = await receive()
+                if event["type"] == "http.disconnect":
                     return
-                chunk = message.get("body", b"")
+                chunk = event.get("body", b"")
                 total += len(chunk)
                 if total > limit:
                     await _too_large(limit)(send)
                     return
                 chunks.append(chunk)
-                if not message.get("more_body", False):
+                if not event.get("more_body", False):
                     break
             receive = _replay(b"".join(chunks), receive)
         await self.app(scope, receive, send)

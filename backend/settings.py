@@ -96,14 +96,14 @@ class Settings(BaseSettings):
     ray_workers: int | None = None
     allow_ray: bool = False
     allowed_hosts: list[str] = Field(default_factory=list)
-    sql_timeout_s: float = Field(10.0, gt=0, le=3600)
-    sql_memory_mb: int = Field(2048, ge=64)
-    sql_max_result_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    max_queued_jobs: int = Field(32, ge=1)
-    max_loaded_models: int = Field(3, ge=1)
-    probe_max_items: int = Field(5000, ge=1)
-    export_max_runs: int = Field(2000, ge=1)
-    shutdown_grace_s: float = Field(5.0, ge=0, le=60)
+    sql_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    sql_memory_mb: int = Field(default=2048, ge=64)
+    sql_max_result_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_queued_jobs: int = Field(default=32, ge=1)
+    max_loaded_models: int = Field(default=3, ge=1)
+    probe_max_items: int = Field(default=5000, ge=1)
+    export_max_runs: int = Field(default=2000, ge=1)
+    shutdown_grace_s: float = Field(default=5.0, ge=0, le=60)
 
     @field_validator("api_token", mode="before")
     @classmethod

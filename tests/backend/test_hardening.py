@@ -216,7 +216,7 @@ def test_every_model_name_goes_through_the_gate(live: tuple[str, Any]) -> None:
     messages = set()
     # outside the allowed root (the tiny model's parent): exists or not, the same words
     for path in ("/etc", "/no/such/dir", "/tmp", "someorg/somemodel"):
-        switch = {
+        switch: dict[str, Any] = {
             "kind": "decode",
             "params": {"rule": "switch", "prompts": ["Hi"], "large_model": path},
         }
@@ -243,17 +243,17 @@ def test_experiment_parameters_have_the_generate_caps(live: tuple[str, Any]) -> 
         ({"values": [0.0] * 100}, "values is 100 items"),
         ({"prompts": [{"prompt": "a"}] * 500}, "prompts is 500 items"),
     ):
-        body = {"kind": "refusal-sweep", "params": params}
+        body: dict[str, Any] = {"kind": "refusal-sweep", "params": params}
         assert needle in _error(httpx.post(url + "/experiments", json=body, timeout=30), 400)
     for rule_params, needle in (
         ({"max_branches": 10**6}, "params.max_branches is 1,000,000"),
         ({"max_new_tokens": 10**9}, "params.max_new_tokens"),
     ):
-        body = {
+        decode: dict[str, Any] = {
             "kind": "decode",
             "params": {"rule": "latr", "prompts": ["a"], "params": rule_params},
         }
-        assert needle in _error(httpx.post(url + "/experiments", json=body, timeout=30), 400)
+        assert needle in _error(httpx.post(url + "/experiments", json=decode, timeout=30), 400)
 
 
 def test_probe_items_are_capped(live: tuple[str, Any]) -> None:

@@ -169,14 +169,17 @@ def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     assert "TOKENPRISM_API_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
 
 
+SECRET = "s3cret-0123456789abcdef"
+
+
 def test_token_required_when_set(tmp_path: Path, tiny_model_dir: Path) -> None:
-    with server(tmp_path / "home", tiny_model_dir, TOKENPRISM_API_TOKEN="s3cret-0123456789abcdef") as (url, _):
+    with server(tmp_path / "home", tiny_model_dir, TOKENPRISM_API_TOKEN=SECRET) as (url, _):
         assert httpx.get(url + API + "/health").status_code == 200
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-0123456789abcdef"}):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": SECRET}):
             denied = httpx.get(url + API + "/runs", headers=headers)
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
-        ok = httpx.get(url + API + "/runs", headers={"Authorization": "Bearer s3cret-0123456789abcdef"})
+        ok = httpx.get(url + API + "/runs", headers={"Authorization": f"Bearer {SECRET}"})
         assert ok.status_code == 200
         assert httpx.get(url + "/openapi.json").status_code == 401  # the schema is private too
-        schema = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer s3cret-0123456789abcdef"})
+        schema = httpx.get(url + "/openapi.json", headers={"Authorization": f"Bearer {SECRET}"})
         assert schema.status_code == 200 and "/api/v1/runs" in schema.json()["paths"]

@@ -431,3 +431,14 @@ def test_local_ray_listens_on_loopback_only() -> None:
         assert all(addr.startswith("0100007F:") for addr in bound), bound
     finally:
         ray.shutdown()
+
+
+def test_cli_sql_has_the_same_time_limit(tmp_path: Path) -> None:
+    from backend.store import Store
+    from tests.conftest import run_cli
+
+    Store(tmp_path / "tokenprism.duckdb").close()
+    cross = "select count(*) from range(1000000000::BIGINT) a, range(1000000000::BIGINT) b"
+    proc = run_cli("sql", cross, home=tmp_path, env={"TOKENPRISM_SQL_TIMEOUT_S": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert "query took longer than 1 s" in proc.stderr and "Traceback" not in proc.stderr

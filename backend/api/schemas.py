@@ -1,4 +1,9 @@
-"""Request bodies of the HTTP API (responses are plain JSON documented in the routes)."""
+"""Request bodies of the HTTP API (responses are plain JSON documented in the routes).
+
+Every body refuses (422) non-finite floats (``NaN``/``Infinity``, which Python's JSON parser
+accepts) and strings that are not UTF-8 encodable (a lone surrogate such as ``"\\ud800"``,
+which a JSON escape can carry and which would make every later read of the row fail).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _utf8(cls, data: Any) -> Any:
+        from tokenprism.backend.api.security import unencodable
+
+        where = unencodable(data)
+        if where is not None:
+            raise ValueError(
+                f"{where} holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair); "
+                "text must be valid Unicode"
+            )
+        return data
 
 
 class RunRequest(_Body):
@@ -88,7 +106,9 @@ class GroupBody(_Body):
     max_new_tokens: int = Field(96, ge=1, le=1024)
     seed: int | None = Field(0, ge=0, le=2**32 - 1)
     thr_p: float = Field(0.1, ge=-1.0, le=1.0, description="THR reweighting knob p")
-    thr_beta: float = Field(1.0, description="beta of the dominant-token threshold")
+    thr_beta: float = Field(
+        1.0, ge=-100.0, le=100.0, description="beta of the dominant-token threshold"
+    )
     latr_tau_abs: float = Field(0.25, ge=0.0, le=1.0)
     latr_tau_rel: float = Field(0.15, ge=0.0, le=1.0)
     cure_k: int = Field(20, ge=1, le=200)

@@ -138,9 +138,12 @@ def sql(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run one read-only SQL query (SELECT / EXPLAIN) over the token store."""
-    from tokenprism.backend.store.store import run_read_only_sql
+    from tokenprism.backend.store.store import SqlLimits, run_read_only_sql
 
-    columns, rows, truncated = run_read_only_sql(load_settings().db_path, query, max_rows=max_rows)
+    limits = SqlLimits.from_settings(load_settings())
+    columns, rows, truncated = run_read_only_sql(
+        load_settings().db_path, query, max_rows=max_rows, limits=limits
+    )
     if as_json:
         payload = {"columns": columns, "rows": [list(r) for r in rows], "truncated": truncated}
         sys.stdout.write(json.dumps(payload, ensure_ascii=False, default=str) + "\n")

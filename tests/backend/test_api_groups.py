@@ -74,7 +74,7 @@ def client(tiny_model_dir: Path, home: Path) -> Iterator[TestClient]:
         allowed_model_dirs=[tiny_model_dir.parent],
         batch_tokens=4096,
     )
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 

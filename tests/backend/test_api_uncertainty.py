@@ -83,7 +83,7 @@ def make_client(tiny_model_dir: Path, tmp_path: Path) -> Iterator[ClientFactory]
             allowed_model_dirs=[tiny_model_dir.parent],
             batch_tokens=4096,
         )
-        c = TestClient(create_app(settings))
+        c = TestClient(create_app(settings), base_url="http://127.0.0.1")
         c.__enter__()
         opened.append(c)
         return c

@@ -9,6 +9,7 @@ from fastapi import Query
 from fastapi.responses import Response
 
 from tokenprism.backend.api.schemas import GenerateRequest, RunRequest
+from tokenprism.backend.api.security import gate_judge
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -18,6 +19,7 @@ from tokenprism.backend.api.service import (
     protected_router,
 )
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import cancel_scope
 from tokenprism.backend.sampling.generation import sample_responses
 from tokenprism.backend.scoring.encoding import encode_pair, encode_text
 from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
@@ -45,7 +47,10 @@ def create_run(body: RunRequest, svc: ServiceDep) -> dict[str, Any]:
     extras = metric_families(body.metrics)
     if extras:
         request = ExtraRequest(
-            metrics=extras, judge=body.judge, probe=body.probe, samples=body.samples
+            metrics=extras,
+            judge=gate_judge(body.judge, svc.settings),
+            probe=body.probe,
+            samples=body.samples,
         )
         plan = plan_extras(lm, request, svc.settings)
     elif body.judge or body.probe:
@@ -115,7 +120,7 @@ def generate(body: GenerateRequest, svc: ServiceDep) -> dict[str, Any]:
     lm = svc.model(svc.model_name(body.model))
     extras = metric_families(body.metrics)
     plan = plan_extras(lm, ExtraRequest(metrics=extras), svc.settings) if extras else None
-    with svc.model_lock:
+    with svc.model_lock, cancel_scope(svc.jobs.stopping):
         encoded = sample_responses(
             lm,
             body.prompt,

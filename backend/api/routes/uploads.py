@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from tokenprism.backend.api.security import check_engine_allowed
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -56,6 +57,7 @@ def upload(
         bool, Form(description="audit the valid conversations; list the invalid ones")
     ] = False,
 ) -> JSONResponse:
+    check_engine_allowed(engine, svc.settings)
     if engine == "ray":
         from tokenprism.backend.audit.ray_engine import check_engine
 
@@ -159,7 +161,12 @@ def upload_export(
     if get_upload(svc.store, upload_id) is None:
         raise NotFound(f"no upload with id {upload_id!r}")
     content, media, filename = export_upload(
-        svc.store, upload_id, format, metric=metric, token_metric=token_metric
+        svc.store,
+        upload_id,
+        format,
+        metric=metric,
+        token_metric=token_metric,
+        max_turns=svc.settings.export_max_runs,
     )
     return Response(
         content,

@@ -248,7 +248,7 @@ def test_top_tokens_agree_with_sorting_all_scores() -> None:
 
 
 def _head_group(
-    lengths: list[int], rewards: list[float], *, vocab_size: int = 37, d: int = 6, seed: int = 0
+    lengths: list[int], *, vocab_size: int = 37, d: int = 6, seed: int = 0
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Random tokens, hidden states and an LM head with a bias, in float64."""
     gen = torch.Generator().manual_seed(seed)
@@ -283,7 +283,7 @@ def test_full_vocab_matrix_form_matches_naive_double_sum(
     lengths: list[int], rewards: list[float], max_block: int
 ) -> None:
     # max_block 64 and 7 force vocabulary chunks of 1..9 ids and row blocks of a few tokens
-    ids, hidden, weight, bias = _head_group(lengths, rewards, seed=len(lengths) + max_block)
+    ids, hidden, weight, bias = _head_group(lengths, seed=len(lengths) + max_block)
     got, reason = thr_full_vocab(
         ids, hidden, rewards, weight, bias, dtype=torch.float64, max_block=max_block
     )
@@ -297,7 +297,7 @@ def test_full_vocab_matrix_form_matches_naive_double_sum(
 
 
 def test_full_vocab_float32_and_no_bias() -> None:
-    ids, hidden, weight, _ = _head_group([5, 6, 3], [1, 0, 0], seed=11)
+    ids, hidden, weight, _ = _head_group([5, 6, 3], seed=11)
     got, _ = thr_full_vocab(ids, hidden, [1, 0, 0], weight.float())
     ref = thr_naive(_full_features(ids, hidden, [1, 0, 0], weight, None), torch.arange(37))
     _assert_close(got, ref, rtol=1e-5)
@@ -305,7 +305,7 @@ def test_full_vocab_float32_and_no_bias() -> None:
 
 def test_full_vocab_equals_group_form_when_the_group_covers_the_vocabulary() -> None:
     # with V* = V the NTHR restriction is no restriction: both forms are the same number
-    ids, hidden, weight, bias = _head_group([40, 40], [1, 0], vocab_size=5, seed=2)
+    ids, hidden, weight, bias = _head_group([40, 40], vocab_size=5, seed=2)
     vocab = group_vocabulary(ids)
     assert vocab.tolist() == list(range(5))
     full, _ = thr_full_vocab(ids, hidden, [1, 0], weight, bias, dtype=torch.float64)
@@ -315,7 +315,7 @@ def test_full_vocab_equals_group_form_when_the_group_covers_the_vocabulary() -> 
 
 
 def test_full_vocab_without_anchor_and_bad_inputs() -> None:
-    ids, hidden, weight, bias = _head_group([3, 0, 2], [0, 1, 0], seed=3)
+    ids, hidden, weight, bias = _head_group([3, 0, 2], seed=3)
     got, reason = thr_full_vocab(ids, hidden, [0, 0, 0], weight, bias)
     assert reason == NO_ANCHOR_REASON
     assert [t.numel() for t in got] == [3, 0, 2] and all(torch.isnan(t).all() for t in got)

@@ -88,7 +88,12 @@ class GroupBody(_Body):
     max_new_tokens: int = Field(96, ge=1, le=1024)
     seed: int | None = Field(0, ge=0, le=2**32 - 1)
     thr_p: float = Field(0.1, ge=-1.0, le=1.0, description="THR reweighting knob p")
-    thr_beta: float = Field(1.0, description="beta of the dominant-token threshold")
+    thr_beta: float = Field(1.0, ge=0.0, description="beta of the dominant-token threshold (>= 0)")
+    thr_vocab: Literal["full", "group"] = Field(
+        "full",
+        description="THR vocabulary: full (exact, default) or group (NTHR's V* shortcut, "
+        "reported with its agreement with the full value)",
+    )
     latr_tau_abs: float = Field(0.25, ge=0.0, le=1.0)
     latr_tau_rel: float = Field(0.15, ge=0.0, le=1.0)
     cure_k: int = Field(20, ge=1, le=200)

@@ -187,7 +187,7 @@ def test_stored_thr_is_the_full_vocabulary_first_order_influence(
 
 
 def test_v_star_shortcut_reports_its_agreement_with_the_full_value(
-    store: Store, mixed: dict[str, Any], mixed_v_star: dict[str, Any]
+    mixed: dict[str, Any], mixed_v_star: dict[str, Any]
 ) -> None:
     from scipy.stats import spearmanr
 
@@ -592,7 +592,13 @@ def test_a_bad_verifier_fails_before_sampling(
 
 
 @pytest.mark.parametrize(
-    ("changes", "needle"), [({"prompt": "  "}, "prompt is empty"), ({"n": 0}, "n must be")]
+    ("changes", "needle"),
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"n": 0}, "n must be"),
+        ({"thr_vocab": "vstar"}, "unknown THR vocabulary 'vstar'"),
+        ({"thr_beta": -0.5}, "thr_beta must be a finite number >= 0"),
+    ],
 )
 def test_bad_group_parameters_are_user_errors(
     tiny_lm: LoadedModel, tmp_path: Path, changes: dict[str, Any], needle: str
@@ -661,9 +667,11 @@ def test_group_rollouts_and_contrastive_commands(home: Path, tiny_model_dir: Pat
     group = invoke(
         "group", "--prompt", MIXED.prompt, "--verifier", MIXED.verifier, "--n", str(MIXED.n),
         "--max-new-tokens", str(MIXED.max_new_tokens), "--seed", str(MIXED.seed),
-        "--model", str(tiny_model_dir), "--json",
+        "--model", str(tiny_model_dir), "--thr-vocab", "group", "--json",
     )  # fmt: skip
     assert len(group["responses"]) == MIXED.n
+    assert group["params"]["thr_vocab"] == "group" and group["summary"]["thr_vocab"] == "group"
+    assert 0.0 <= group["summary"]["thr_group_agreement"]["sign_agreement"] <= 1.0
     assert {"group_id", "responses", "tree", "summary", "params"} <= set(group)
     assert group["params"]["verifier"] == MIXED.verifier
     verifier = parse_verifier(MIXED.verifier)

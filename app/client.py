@@ -92,10 +92,13 @@ class TokenPrismClient:
         template: bool = True,
         system: str | None = None,
         metrics: list[str] | None = None,
+        ccp_preset: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"template": template}
         if metrics:
             body["metrics"] = metrics
+            if ccp_preset and "ccp" in metrics:
+                body["ccp_preset"] = ccp_preset
         for key, value in (
             ("prompt", prompt),
             ("response", response),
@@ -119,6 +122,7 @@ class TokenPrismClient:
         top_p: float = 1.0,
         seed: int | None = None,
         metrics: list[str] | None = None,
+        ccp_preset: str | None = None,
     ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {
             "metrics": metrics or None,
@@ -128,6 +132,8 @@ class TokenPrismClient:
             "temperature": temperature,
             "top_p": top_p,
         }
+        if ccp_preset and metrics and "ccp" in metrics:
+            body["ccp_preset"] = ccp_preset
         for key, value in (("model", model), ("system", system), ("seed", seed)):
             if value is not None:
                 body[key] = value
@@ -173,10 +179,13 @@ class TokenPrismClient:
         model: str | None = None,
         metrics: list[str] | None = None,
         engine: str = "local",
+        ccp_preset: str | None = None,
     ) -> dict[str, Any]:
         form = {"model": model} if model else {}
         if metrics:
             form["metrics"] = ",".join(metrics)
+            if ccp_preset and "ccp" in metrics:
+                form["ccp_preset"] = ccp_preset
         if engine != "local":
             form["engine"] = engine
         return dict(self._json("POST", "/uploads", files={"file": (filename, data)}, data=form))

@@ -52,7 +52,9 @@ from backend.probe_apply import apply_probe_to_run
 from backend.probes import check_probe_name, list_probes, load_probe
 from backend.runner import score_one
 from backend.schemas import (
+    CCP_PRESET_HELP,
     ApplyProbeRequest,
+    CcpPreset,
     ContrastiveBody,
     ExperimentBody,
     GenerateRequest,
@@ -73,7 +75,7 @@ from backend.store.records import (
     list_uploads,
     set_upload_job,
 )
-from backend.uncertainty import ExtraRequest, parse_metrics, plan_extras
+from backend.uncertainty import extra_request, parse_metrics, plan_extras
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
@@ -304,12 +306,18 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         plan = None
         extras = _metric_families(body.metrics)
         if extras:
-            request = ExtraRequest(
-                metrics=extras, judge=body.judge, probe=body.probe, samples=body.samples
+            request = extra_request(
+                extras,
+                judge=body.judge,
+                probe=body.probe,
+                samples=body.samples,
+                ccp_preset=body.ccp_preset,
             )
             plan = plan_extras(lm, request, svc.settings)
-        elif body.judge or body.probe:
-            raise ApiError(422, "invalid_request", "'judge' / 'probe' need 'metrics'")
+        elif body.judge or body.probe or body.ccp_preset:
+            raise ApiError(
+                422, "invalid_request", "'judge' / 'ccp_preset' / 'probe' need 'metrics'"
+            )
         with svc.model_lock:
             scored = score_one(lm, enc, extras=plan)
         run_id = svc.store.save_runs(lm, [scored])[0]
@@ -368,7 +376,8 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
     def generate(body: GenerateRequest, svc: ServiceDep) -> dict[str, Any]:
         lm = svc.model(svc.model_name(body.model))
         extras = _metric_families(body.metrics)
-        plan = plan_extras(lm, ExtraRequest(metrics=extras), svc.settings) if extras else None
+        request = extra_request(extras, ccp_preset=body.ccp_preset)
+        plan = plan_extras(lm, request, svc.settings) if extras else None
         with svc.model_lock:
             encoded = sample_responses(
                 lm,
@@ -395,6 +404,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
         metrics: Annotated[
             str | None, Form(description="extra metric families, e.g. ccp,probe")
         ] = None,
+        ccp_preset: Annotated[CcpPreset | None, Form(description=CCP_PRESET_HELP)] = None,
         engine: Annotated[
             Literal["local", "ray"],
             Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
@@ -425,7 +435,7 @@ def _routes(public: APIRouter, router: APIRouter) -> None:  # noqa: C901 - a fla
             job_params["ray"] = {"shard_items": shard_items}
         extras = _metric_families(metrics)
         if extras:
-            request = ExtraRequest(metrics=extras)
+            request = extra_request(extras, ccp_preset=ccp_preset)
             plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
             job_params["extras"] = request.as_dict()
         digest = hashlib.sha256(data).hexdigest()

@@ -54,22 +54,25 @@ MetricsOpt = typer.Option(
 JudgeOpt = typer.Option(
     None, "--judge", help="CCP judge: 'fallback' or an NLI model id / path (default: setting)"
 )
+CcpPresetOpt = typer.Option(
+    None, "--ccp-preset", help="CCP conventions: lm-polygraph (default) or tokenprism (shortcuts)"
+)
 ProbeOpt = typer.Option(None, "--probe", help="probe name (default: newest for the model)")
 SamplesOpt = typer.Option(5, "--samples", help="responses sampled for selfcheck / sentence SAR")
 
 
 def _extras(
-    lm: Any, metrics: str | None, judge: str | None, probe: str | None, samples: int
+    lm: Any, metrics: str | None, judge: str | None, probe: str | None, samples: int, preset: Any
 ) -> Any:
     """Resolve --metrics and friends into an ExtraPlan (None when no extras were asked for)."""
-    from backend.uncertainty import ExtraRequest, parse_metrics, plan_extras
+    from backend.uncertainty import extra_request, parse_metrics, plan_extras
 
     names = parse_metrics(metrics)
     if not names:
-        if judge or probe:
-            raise UserError("--judge / --probe need --metrics ccp / probe")
+        if judge or probe or preset:
+            raise UserError("--judge / --ccp-preset / --probe need --metrics ccp / probe")
         return None
-    request = ExtraRequest(metrics=names, judge=judge, probe=probe, samples=samples)
+    request = extra_request(names, judge=judge, probe=probe, samples=samples, ccp_preset=preset)
     return plan_extras(lm, request, _settings())
 
 
@@ -107,6 +110,7 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="print the run as JSON"),
     metrics: str | None = MetricsOpt,
     judge: str | None = JudgeOpt,
+    ccp_preset: str | None = CcpPresetOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
 ) -> None:
@@ -138,7 +142,7 @@ def score(
             template=not no_template,
             system_prompt=system,
         )
-    plan = _extras(lm, metrics, judge, probe, samples)
+    plan = _extras(lm, metrics, judge, probe, samples, ccp_preset)
     scored = score_one(lm, enc, extras=plan)
     with store:
         run_id = store.save_runs(lm, [scored])[0]
@@ -233,6 +237,7 @@ def audit(
     top: int = typer.Option(5, help="uncertain tokens to list per turn"),
     metrics: str | None = MetricsOpt,
     judge: str | None = JudgeOpt,
+    ccp_preset: str | None = CcpPresetOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
     engine: str = typer.Option(
@@ -289,8 +294,9 @@ def audit(
             lm, items, upload_id, job_id, plan = _resume_audit(store, resume, data, model)
         else:
             lm, items, upload_id, job_id, plan = _new_audit(
-                store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options
-            )
+                store, file, data, fmt, model, metrics, judge, ccp_preset, probe, samples,
+                engine, ray_options,
+            )  # fmt: skip
         update_job(store, job_id, status="running", error=None)
         with tqdm(total=len(items), desc="scoring turns", unit="turn", file=sys.stderr) as bar:
 
@@ -347,6 +353,7 @@ def _new_audit(
     model: str | None,
     metrics: str | None,
     judge: str | None,
+    ccp_preset: str | None,
     probe: str | None,
     samples: int,
     engine: str,
@@ -362,7 +369,7 @@ def _new_audit(
     fmt = fmt or detect_format(file.name, text)
     items = parse_transcript(text, fmt, str(file))
     lm = _load(model)
-    plan = _extras(lm, metrics, judge, probe, samples)
+    plan = _extras(lm, metrics, judge, probe, samples, ccp_preset)
     upload_id = create_upload(
         store,
         filename=file.name,

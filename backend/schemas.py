@@ -6,6 +6,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+CcpPreset = Literal["lm-polygraph", "tokenprism"]  # analysis.ccp.CCP_PRESETS
+CCP_PRESET_HELP = (
+    "CCP conventions: lm-polygraph (default; no shortcuts, NaN propagates, empty claim 1) or "
+    "tokenprism (stopword / same-word / empty-word shortcuts, NaN skipped)"
+)
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -25,6 +31,7 @@ class RunRequest(_Body):
         None, description="extra metric families: ccp, probe, sar, selfcheck (or all)"
     )
     judge: str | None = Field(None, description="CCP judge: 'fallback' or an NLI model id/path")
+    ccp_preset: CcpPreset | None = Field(None, description=CCP_PRESET_HELP)
     probe: str | None = Field(None, description="probe name (default: newest for the model)")
     samples: int = Field(5, ge=2, le=20, description="samples for selfcheck / sentence SAR")
 
@@ -55,6 +62,7 @@ class GenerateRequest(_Body):
     metrics: list[str] | None = Field(
         None, description="extra metric families for the samples: ccp, probe, sar, selfcheck"
     )
+    ccp_preset: CcpPreset | None = Field(None, description=CCP_PRESET_HELP)
 
     @model_validator(mode="after")
     def _usable_temperature(self) -> GenerateRequest:

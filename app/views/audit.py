@@ -9,7 +9,7 @@ import streamlit as st
 
 from app.components.tables import turns_frame
 from app.run_view import render_run
-from app.ui import EXTRA_METRICS, backend_errors, client
+from app.ui import CCP_PRESET_HELP, CCP_PRESETS, EXTRA_METRICS, backend_errors, client
 
 TURN_METRICS = [
     "mean_entropy",
@@ -50,6 +50,9 @@ with st.form("audit.form", clear_on_submit=False):
     extras = form_cols[1].multiselect(
         "Uncertainty & hallucination metrics", EXTRA_METRICS, key="audit.extras"
     )
+    ccp_preset = form_cols[1].selectbox(
+        "CCP preset", CCP_PRESETS, key="audit.ccp_preset", help=CCP_PRESET_HELP
+    )
     engine = form_cols[2].selectbox(
         "Engine",
         ["local", "ray"],
@@ -66,7 +69,12 @@ if sent:
     else:
         with backend_errors():
             reply = client().upload(
-                upload.name, upload.getvalue(), model=model or None, metrics=extras, engine=engine
+                upload.name,
+                upload.getvalue(),
+                model=model or None,
+                metrics=extras,
+                engine=engine,
+                ccp_preset=ccp_preset,
             )
         if reply.get("duplicate"):
             st.info(reply["message"])

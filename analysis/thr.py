@@ -196,9 +196,9 @@ THR_VOCABULARIES: dict[str, str] = {
     "not renormalised",
 }
 
-# Elements of one [rows, cols] float intermediate (64 MiB in float32): bounds the memory of
+# Elements of one [rows, cols] float intermediate (128 MiB in float32): bounds the memory of
 # thr_full_vocab whatever the vocabulary or group size.
-MAX_BLOCK = 1 << 24
+MAX_BLOCK = 1 << 25
 
 
 def _log_normaliser(hidden: Tensor, weight: Tensor, bias: Tensor | None, vchunk: int) -> Tensor:
@@ -249,6 +249,7 @@ def thr_full_vocab(
     head_weight: Tensor,
     head_bias: Tensor | None = None,
     *,
+    log_normaliser: Sequence[Tensor] | None = None,
     dtype: torch.dtype = torch.float32,
     max_block: int = MAX_BLOCK,
 ) -> tuple[list[Tensor], str | None]:
@@ -274,6 +275,8 @@ def thr_full_vocab(
         rewards: binary rewards.
         head_weight: ``[V, d]`` LM head (unembedding) weight.
         head_bias: ``[V]`` LM head bias, or None.
+        log_normaliser: per response ``[T_i]`` logsumexp of the head's logits, when the caller
+            already has it (it saves one pass over the vocabulary); None computes it.
         dtype: accumulation dtype (float32; float64 for references).
         max_block: element budget of one intermediate.
 
@@ -314,12 +317,17 @@ def thr_full_vocab(
     n_plus = int(is_anchor.sum())
     vchunk = max(1, min(vocab_size, max_block // max(n_plus, 1)))
     row_block = max(1, max_block // max(n_plus, vchunk))
-    lse = torch.cat(
-        [
-            _log_normaliser(h[r0 : r0 + row_block], weight, bias, vchunk)
-            for r0 in range(0, h.shape[0], row_block)
-        ]
-    )
+    if log_normaliser is not None:
+        lse = torch.cat([t.reshape(-1) for t in log_normaliser]).to(dev, dtype)
+        if lse.shape[0] != h.shape[0]:
+            raise ValueError(f"log_normaliser has {lse.shape[0]} values for {h.shape[0]} tokens")
+    else:
+        lse = torch.cat(
+            [
+                _log_normaliser(h[r0 : r0 + row_block], weight, bias, vchunk)
+                for r0 in range(0, h.shape[0], row_block)
+            ]
+        )
     h_p, y_p, lse_p = h[is_anchor], ids[is_anchor], lse[is_anchor]
     w_p = 1.0 / length[is_anchor]
     out = torch.empty(h.shape[0], dtype=dtype, device=dev)

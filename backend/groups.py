@@ -133,12 +133,14 @@ class _Captured:
     """What THR needs from the forward pass of each response, gathered while scoring.
 
     ``probs`` (over V*) are only kept for ``thr_vocab="group"``; the full-vocabulary THR
-    recomputes the distributions from ``hidden``. ``head_error`` is the largest relative gap
-    between the logits of the forward pass and the LM head applied to ``hidden``.
+    recomputes the distributions from ``hidden`` and keeps ``lse``, the logsumexp of the
+    recomputed logits, which the head check computes anyway. ``head_error`` is the largest
+    relative gap between the logits of the forward pass and the LM head applied to ``hidden``.
     """
 
     probs: list[torch.Tensor]
     hidden: list[torch.Tensor]
+    lse: list[torch.Tensor]
     head_error: float = 0.0
 
 
@@ -178,23 +180,24 @@ def _capture(
     def hook(out: Any, _ids: torch.Tensor, _mask: torch.Tensor) -> None:
         final = out.hidden_states[-1]  # post final norm, as THR's derivation uses
         device = out.logits.device
-        probs, hidden = [], []
+        probs, hidden, lse = [], [], []
         for row, i in enumerate(rows):
             pos = torch.tensor(_response_positions(encoded[i]), dtype=torch.long)
             predicting = (pos - 1).to(device)
             logits = out.logits[row, predicting].float()  # float32 whatever the model dtype
             h = final[row, predicting].float()
+            again = h @ weight.float().T + (bias.float() if bias is not None else 0.0)
             if len(pos):
-                again = h @ weight.float().T + (bias.float() if bias is not None else 0.0)
                 gap = float((again - logits).abs().max()) / max(1.0, float(logits.abs().max()))
                 into.head_error = max(into.head_error, gap)
+            lse.append(torch.logsumexp(again, dim=-1))
             if vocab is not None:
                 # over the group vocabulary, not renormalised (NTHR App. 7.4)
                 probs.append(torch.softmax(logits, dim=-1)[:, vocab.to(device)])
             hidden.append(h)
         # one device-to-host copy per batch for each of the two, not one per response
-        for i, h in zip(rows, _to_host(hidden), strict=True):
-            into.hidden[i] = h
+        for i, h, z in zip(rows, _to_host(hidden), _to_host(lse), strict=True):
+            into.hidden[i], into.lse[i] = h, z
         if vocab is not None:
             for i, p in zip(rows, _to_host(probs), strict=True):
                 into.probs[i] = p
@@ -248,7 +251,7 @@ def run_group(
         [e.input_ids[p] for p in _response_positions(e)] for e in encoded
     ]  # aligned: the template renders the same prompt for every response
     vocab = group_vocabulary([torch.tensor(r, dtype=torch.long) for r in responses if r])
-    captured = _Captured([torch.zeros(0)] * len(encoded), [torch.zeros(0)] * len(encoded))
+    captured = _Captured(*([torch.zeros(0)] * len(encoded) for _ in range(3)))
     scored: list[ScoredText] = []
     batch = 4
     for start in range(0, len(encoded), batch):
@@ -380,7 +383,9 @@ def _thr(
     reason: str | None = None
     if head_ok:
         weight, bias = lm_head(lm)
-        scores, reason = thr_full_vocab(ids, captured.hidden, rewards, weight, bias)
+        scores, reason = thr_full_vocab(
+            ids, captured.hidden, rewards, weight, bias, log_normaliser=captured.lse
+        )
         full = [t.float().cpu() for t in scores]
     elif request.thr_vocab == "full":
         raise UserError(

@@ -296,6 +296,20 @@ def test_full_vocab_matrix_form_matches_naive_double_sum(
         np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-10, atol=1e-12 * scale)
 
 
+def test_full_vocab_accepts_a_precomputed_log_normaliser() -> None:
+    ids, hidden, weight, bias = _head_group([5, 0, 6], seed=12)
+    lse = [torch.logsumexp(h @ weight.T + bias, dim=-1) for h in hidden]
+    rewards = [1, 1, 0]
+    given, _ = thr_full_vocab(
+        ids, hidden, rewards, weight, bias, log_normaliser=lse, dtype=torch.float64
+    )
+    computed, _ = thr_full_vocab(ids, hidden, rewards, weight, bias, dtype=torch.float64)
+    for a, b in zip(given, computed, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="log_normaliser"):
+        thr_full_vocab(ids, hidden, rewards, weight, bias, log_normaliser=lse[:1])
+
+
 def test_full_vocab_float32_and_no_bias() -> None:
     ids, hidden, weight, _ = _head_group([5, 6, 3], seed=11)
     got, _ = thr_full_vocab(ids, hidden, [1, 0, 0], weight.float())

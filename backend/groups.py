@@ -251,7 +251,8 @@ def run_group(
         [e.input_ids[p] for p in _response_positions(e)] for e in encoded
     ]  # aligned: the template renders the same prompt for every response
     vocab = group_vocabulary([torch.tensor(r, dtype=torch.long) for r in responses if r])
-    captured = _Captured(*([torch.zeros(0)] * len(encoded) for _ in range(3)))
+    empty = [torch.zeros(0)] * len(encoded)
+    captured = _Captured(list(empty), list(empty), list(empty))
     scored: list[ScoredText] = []
     batch = 4
     for start in range(0, len(encoded), batch):

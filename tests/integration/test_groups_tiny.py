@@ -144,11 +144,13 @@ def autograd_thr(
     def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(hidden @ weight.T, dim=-1)[torch.arange(len(targets)), targets]
 
-    anchors = sum(
-        token_logprobs(h, y).sum() / len(y)
-        for (h, y), r in zip(inputs, rewards, strict=True)
-        if r == 1 and len(y)
-    )
+    anchors = torch.stack(
+        [
+            token_logprobs(h, y).sum() / len(y)
+            for (h, y), r in zip(inputs, rewards, strict=True)
+            if r == 1 and len(y)
+        ]
+    ).sum()
     (grad_plus,) = torch.autograd.grad(anchors, weight)
     out = []
     for (h, y), r in zip(inputs, rewards, strict=True):

@@ -22,6 +22,7 @@ from analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL, ccp_params
 from analysis.probe import LabelledSpan, ProbeTrainParams
 from backend.encoding import EncodedText, encode_pair, encode_text
 from backend.ingest import TranscriptError
+from backend.models import LoadedModel
 from backend.probe_apply import apply_probe_to_run
 from backend.probe_training import (
     encode_labelled,
@@ -133,12 +134,12 @@ def _claim_positions(run: dict[str, Any], start: int, end: int) -> list[int]:
 
 @pytest.mark.parametrize("preset", ["lm-polygraph", "tokenprism"])
 def test_ccp_and_claims_match_an_independent_computation(
-    tiny_lm, store: Store, preset: str
-) -> None:  # type: ignore[no-untyped-def]
+    tiny_lm: LoadedModel, store: Store, preset: str
+) -> None:
     judge = ContraJudge()
     settings = Settings(home=Path("/nonexistent-home"), device="cpu")
     request = ExtraRequest(metrics=("ccp",), ccp=ccp_params(preset))
-    plan = ExtraPlan(request=request, settings=settings, judge=judge)
+    plan = ExtraPlan(request=request, settings=settings, judge=judge)  # type: ignore[arg-type]
     enc = _encode(tiny_lm)
     scored = score_one(tiny_lm, enc, extras=plan)
     assert judge.pairs, "the judge was never asked"

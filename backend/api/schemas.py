@@ -11,6 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+CcpPreset = Literal["lm-polygraph", "tokenprism"]  # analysis.ccp.CCP_PRESETS
+CCP_PRESET_HELP = (
+    "CCP conventions: lm-polygraph (default; no shortcuts, NaN propagates, empty claim 1) or "
+    "tokenprism (stopword / same-word / empty-word shortcuts, NaN skipped)"
+)
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -43,6 +49,7 @@ class RunRequest(_Body):
         None, description="extra metric families: ccp, probe, sar, selfcheck (or all)"
     )
     judge: str | None = Field(None, description="CCP judge: 'fallback' or an NLI model id/path")
+    ccp_preset: CcpPreset | None = Field(None, description=CCP_PRESET_HELP)
     probe: str | None = Field(None, description="probe name (default: newest for the model)")
     samples: int = Field(5, ge=2, le=20, description="samples for selfcheck / sentence SAR")
 
@@ -73,6 +80,7 @@ class GenerateRequest(_Body):
     metrics: list[str] | None = Field(
         None, description="extra metric families for the samples: ccp, probe, sar, selfcheck"
     )
+    ccp_preset: CcpPreset | None = Field(None, description=CCP_PRESET_HELP)
 
     @model_validator(mode="after")
     def _usable_temperature(self) -> GenerateRequest:
@@ -107,7 +115,12 @@ class GroupBody(_Body):
     seed: int | None = Field(0, ge=0, le=2**32 - 1)
     thr_p: float = Field(0.1, ge=-1.0, le=1.0, description="THR reweighting knob p")
     thr_beta: float = Field(
-        1.0, ge=-100.0, le=100.0, description="beta of the dominant-token threshold"
+        1.0, ge=0.0, le=100.0, description="beta of the dominant-token threshold (0 to 100)"
+    )
+    thr_vocab: Literal["full", "group"] = Field(
+        "full",
+        description="THR vocabulary: full (exact, default) or group (NTHR's V* shortcut, "
+        "reported with its agreement with the full value)",
     )
     latr_tau_abs: float = Field(0.25, ge=0.0, le=1.0)
     latr_tau_rel: float = Field(0.15, ge=0.0, le=1.0)

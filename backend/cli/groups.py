@@ -48,6 +48,11 @@ def group(
     max_new_tokens: int = typer.Option(96, help="length limit of each response"),
     seed: int = typer.Option(0, help="sampling seed"),
     thr_p: float = typer.Option(0.1, help="THR reweighting knob p (>0 exploit, <0 explore)"),
+    thr_vocab: str = typer.Option(
+        "full",
+        "--thr-vocab",
+        help="THR vocabulary: full (exact, default) or group (NTHR's V* cost shortcut)",
+    ),
     sampler: str = typer.Option(
         "hf", "--sampler", help="hf (transformers generate) or vllm (pip install vllm; GPU)"
     ),
@@ -82,6 +87,7 @@ def group(
         max_new_tokens=max_new_tokens,
         seed=seed,
         thr_p=thr_p,
+        thr_vocab=thr_vocab,
         sampler=sampler,
     )
     from tokenprism.backend.groups.core import check_request
@@ -114,7 +120,19 @@ def group(
     if summary["thr_reason"]:
         out.print(f"THR: not available: {summary['thr_reason']}")
     else:
-        out.print(f"THR tau {summary['thr_tau']:.3g}; top positive THR tokens:")
+        out.print(
+            f"THR over the {summary['thr_vocab']} vocabulary ({summary['thr_vocab_size']} ids)"
+        )
+        agreement = summary.get("thr_group_agreement") or {}
+        if "spearman" in agreement:
+            out.print(
+                f"  vs the full vocabulary: Spearman {agreement['spearman']:.3f}, "
+                f"same sign {agreement['sign_agreement']:.1%} of {agreement['n_tokens']} tokens"
+            )
+        out.print(f"THR tau {summary['thr_tau']:.3g} ({summary['thr_tau_definition']})")
+        if summary.get("thr_tau_note"):
+            out.print(f"  {summary['thr_tau_note']}")
+        out.print("top positive THR tokens:")
         for resp, pos, value in summary["top_positive_thr"][:5]:
             token = result["responses"][resp]["tokens"][pos]
             out.print(f"  response {resp} token {token['text']!r}: {value:+.3g}")

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from tokenprism.backend.cli.common import (
+    CcpPresetOpt,
     JudgeOpt,
     MetricsOpt,
     ModelOpt,
@@ -52,6 +53,7 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="print the run as JSON"),
     metrics: str | None = MetricsOpt,
     judge: str | None = JudgeOpt,
+    ccp_preset: str | None = CcpPresetOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
 ) -> None:
@@ -83,7 +85,7 @@ def score(
             template=not no_template,
             system_prompt=system,
         )
-    plan = extras_plan(lm, metrics, judge, probe, samples)
+    plan = extras_plan(lm, metrics, judge, probe, samples, ccp_preset)
     scored = score_one(lm, enc, extras=plan)
     with store:
         run_id = store.save_runs(lm, [scored])[0]

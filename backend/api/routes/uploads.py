@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from tokenprism.backend.api.schemas import CCP_PRESET_HELP, CcpPreset
 from tokenprism.backend.api.security import check_engine_allowed
 from tokenprism.backend.api.service import (
     ApiError,
@@ -25,7 +26,7 @@ from tokenprism.backend.audit.upload import (
     encode_items,
     export_upload,
 )
-from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
+from tokenprism.backend.scoring.extras import extra_request, plan_extras
 from tokenprism.backend.store.records import (
     create_upload,
     find_upload,
@@ -46,6 +47,7 @@ def upload(
     metrics: Annotated[
         str | None, Form(description="extra metric families, e.g. ccp,probe")
     ] = None,
+    ccp_preset: Annotated[CcpPreset | None, Form(description=CCP_PRESET_HELP)] = None,
     engine: Annotated[
         Literal["local", "ray"],
         Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
@@ -82,7 +84,7 @@ def upload(
         job_params["ray"] = {"shard_items": shard_items}
     extras = metric_families(metrics)
     if extras:
-        request = ExtraRequest(metrics=extras)
+        request = extra_request(extras, ccp_preset=ccp_preset)
         plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
         job_params["extras"] = request.as_dict()
     digest = hashlib.sha256(data).hexdigest()

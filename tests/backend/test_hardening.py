@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backend.test_server import API, _wait_job, server
+from tests.backend.api_helpers import wait_job
+from tests.backend.test_server import API, server
 from tokenprism.analysis.verifiers import compile_user_regex, repeat_expansion
 from tokenprism.backend.audit.upload import csv_safe
 from tokenprism.backend.models.loader import remember
@@ -116,7 +117,7 @@ def test_prompt_over_the_context_is_4xx_before_generation(live: tuple[str, Any])
 def test_cancelled_sweep_stops_at_once_and_the_queue_is_bounded(live: tuple[str, Any]) -> None:
     url, _ = live
     job_id = httpx.post(url + "/experiments", json=LONG_SWEEP, timeout=30).json()["job_id"]
-    _wait_job(url.removesuffix(API), job_id, ("running",))
+    wait_job(url.removesuffix(API), job_id, until=("running",), poll=0.2)
     queued = httpx.post(url + "/experiments", json=LONG_SWEEP, timeout=30)
     assert queued.status_code == 202
     full = httpx.post(url + "/experiments", json=LONG_SWEEP, timeout=30)
@@ -125,7 +126,7 @@ def test_cancelled_sweep_stops_at_once_and_the_queue_is_bounded(live: tuple[str,
     time.sleep(0.5)  # let it generate
     start = time.monotonic()
     assert httpx.post(f"{url}/jobs/{job_id}/cancel", timeout=30).status_code == 200
-    job = _wait_job(url.removesuffix(API), job_id, ("cancelled", "done", "failed"))
+    job = wait_job(url.removesuffix(API), job_id, until=("cancelled", "done", "failed"), poll=0.2)
     assert job["status"] == "cancelled"
     # checked every token: a generation of 150 tokens no longer runs to its end first
     assert time.monotonic() - start < 5.0
@@ -356,7 +357,7 @@ def test_sigterm_ends_the_server_during_a_job_and_a_query(
         job_id = httpx.post(url + API + "/experiments", json=LONG_SWEEP, timeout=30).json()[
             "job_id"
         ]
-        _wait_job(url, job_id, ("running",))
+        wait_job(url, job_id, until=("running",), poll=0.2)
         cross = "select count(*) from range(1000000000::BIGINT) a, range(1000000000::BIGINT) b"
 
         def query() -> None:

@@ -290,28 +290,44 @@ def label_alternatives(
     labels = torch.full((n, width), NEUTRAL, dtype=torch.long)
     pending: list[tuple[int, int, tuple[str, str]]] = []  # (row, col, forward pair)
     for t, (orig, row) in enumerate(zip(original, alternatives, strict=True)):
-        if not row:
-            continue
-        labels[t, 0] = ENTAIL
-        word = normalise_word(orig, params.strip)
-        if params.stopword_rule and word.lower() in ENGLISH_STOPWORDS:
-            labels[t, : len(row)] = ENTAIL
-            continue
-        if not word and params.empty in ("neutral", "entail"):
-            labels[t, 1 : len(row)] = ENTAIL if params.empty == "entail" else NEUTRAL
-            continue
         prefix = prefixes[t] if params.context == "prefix" and prefixes is not None else ""
-        premise = prefix + _judged_text(word, orig, params)
-        for j in range(1, len(row)):
-            alt = normalise_word(row[j], params.strip)
-            if not alt and params.empty in ("neutral", "entail"):
-                labels[t, j] = ENTAIL if params.empty == "entail" else NEUTRAL
-            elif params.identity_casefold and word and alt.casefold() == word.casefold():
-                labels[t, j] = ENTAIL
-            else:
-                pending.append((t, j, (premise, prefix + _judged_text(alt, row[j], params))))
-    if not pending:
-        return labels
+        pending += _label_row(labels, t, orig, row, params, prefix)
+    if pending:
+        _judge_pending(labels, pending, judge)
+    return labels
+
+
+def _label_row(
+    labels: Tensor, t: int, orig: str, row: Sequence[str], params: CcpParams, prefix: str
+) -> list[tuple[int, int, tuple[str, str]]]:
+    """Label row ``t`` in place by the rules; return the pairs that need the judge."""
+    if not row:
+        return []
+    labels[t, 0] = ENTAIL
+    word = normalise_word(orig, params.strip)
+    if params.stopword_rule and word.lower() in ENGLISH_STOPWORDS:
+        labels[t, : len(row)] = ENTAIL
+        return []
+    if not word and params.empty in ("neutral", "entail"):
+        labels[t, 1 : len(row)] = ENTAIL if params.empty == "entail" else NEUTRAL
+        return []
+    premise = prefix + _judged_text(word, orig, params)
+    pending = []
+    for j in range(1, len(row)):
+        alt = normalise_word(row[j], params.strip)
+        if not alt and params.empty in ("neutral", "entail"):
+            labels[t, j] = ENTAIL if params.empty == "entail" else NEUTRAL
+        elif params.identity_casefold and word and alt.casefold() == word.casefold():
+            labels[t, j] = ENTAIL
+        else:
+            pending.append((t, j, (premise, prefix + _judged_text(alt, row[j], params))))
+    return pending
+
+
+def _judge_pending(
+    labels: Tensor, pending: list[tuple[int, int, tuple[str, str]]], judge: PairJudge
+) -> None:
+    """Judge every distinct pair both ways in one call; write the combined labels in place."""
     unique: dict[tuple[str, str], int] = {}
     for _, _, (p, h) in pending:
         unique.setdefault((p, h), len(unique))
@@ -328,7 +344,6 @@ def label_alternatives(
     rows = torch.tensor([t for t, _, _ in pending])
     cols = torch.tensor([j for _, j, _ in pending])
     labels[rows, cols] = combine_directions(fwd, bwd)
-    return labels
 
 
 def token_log_ccp(alt_logprobs: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -311,6 +311,31 @@ class ExactVerifier:
         return Verdict(float(got == self.target), answer, f"answer {got!r} {op} {self.target!r}")
 
 
+def _class_end(pattern: str, i: int) -> int:
+    """Index just past the character class opening at ``pattern[i] == "["``."""
+    n, j = len(pattern), i + 1
+    if j < n and pattern[j] == "^":
+        j += 1
+    if j < n and pattern[j] == "]":
+        j += 1
+    while j < n and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def _counted_repeat(pattern: str, i: int) -> tuple[int, int] | None:
+    """``(times, index past "}")`` for a counted repeat opening at ``pattern[i] == "{"``; None
+    when the brace is a literal. ``{m}`` -> m copies, ``{m,n}`` -> n, ``{m,}`` -> m + 1 (m and a
+    star)."""
+    close = pattern.find("}", i)
+    body = pattern[i + 1 : close] if close > 0 else ""
+    low, comma, high = body.partition(",")
+    if close > 0 and low.strip().isdigit() and (not high.strip() or high.strip().isdigit()):
+        times = int(high) if high.strip() else int(low) + (1 if comma else 0)
+        return times, close + 1
+    return None
+
+
 def repeat_expansion(pattern: str) -> int:
     """About how many atoms ``pattern`` holds once every counted repeat ``{m,n}`` is written
     out (``(a{100}){100}`` -> 10,000): nested counted repeats multiply. An upper-bound estimate
@@ -326,14 +351,7 @@ def repeat_expansion(pattern: str) -> int:
             frames[-1][1] = 1
             continue
         if c == "[":
-            j = i + 1
-            if j < n and pattern[j] == "^":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 2 if pattern[j] == "\\" else 1
-            i = j + 1
+            i = _class_end(pattern, i)
             frames[-1][0] += 1
             frames[-1][1] = 1
             continue
@@ -343,19 +361,11 @@ def repeat_expansion(pattern: str) -> int:
             size = max(frames.pop()[0], 1)
             frames[-1][0] += size
             frames[-1][1] = size
-        elif c == "{":
-            close = pattern.find("}", i)
-            body = pattern[i + 1 : close] if close > 0 else ""
-            low, comma, high = body.partition(",")
-            if close > 0 and low.strip().isdigit() and (not high.strip() or high.strip().isdigit()):
-                # {m} -> m copies, {m,n} -> n, {m,} -> m and a star (counted as m + 1)
-                times = int(high) if high.strip() else int(low) + (1 if comma else 0)
-                frames[-1][0] += frames[-1][1] * max(times - 1, 0)
-                frames[-1][1] *= max(times, 1)
-                i = close + 1
-                continue
-            frames[-1][0] += 1
-            frames[-1][1] = 1
+        elif c == "{" and (repeat := _counted_repeat(pattern, i)) is not None:
+            times, i = repeat
+            frames[-1][0] += frames[-1][1] * max(times - 1, 0)
+            frames[-1][1] *= max(times, 1)
+            continue
         elif c not in "*+?|^$":
             frames[-1][0] += 1
             frames[-1][1] = 1

@@ -214,9 +214,7 @@ def _chunk_metrics(chunk: Tensor, tgt: Tensor, params: LogitMetricParams) -> Log
     )
 
 
-def _fused_chunk(
-    z: Tensor, tgt: Tensor, params: LogitMetricParams
-) -> tuple[LogitMetrics, Tensor]:
+def _fused_chunk(z: Tensor, tgt: Tensor, params: LogitMetricParams) -> tuple[LogitMetrics, Tensor]:
     """Every logit metric of ``[c, vocab]`` logits in few sweeps; ``z`` is overwritten.
 
     Hand-fused formulas, with ``m = max z`` (the top-1 value), ``e = exp(z - m)``,

@@ -8,8 +8,8 @@ per row, token-level arrays over all positions (position 0 has no prediction and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -210,7 +210,11 @@ def score_hidden(
     for v in views:
         lengths[v.row] = max(lengths[v.row], v.length)
     lm = head_logit_metrics(
-        final_hidden[:, :-1], head, input_ids[:, 1:], params.logits, [max(0, n - 1) for n in lengths]
+        final_hidden[:, :-1],
+        head,
+        input_ids[:, 1:],
+        params.logits,
+        [max(0, n - 1) for n in lengths],
     )
     return score_views(lm, views, params, layers)
 

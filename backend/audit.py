@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from analysis.registry import MetricSpec, get_metric
+from backend.conversation import OnePassCounts, scored_batches
 from backend.encoding import EncodedText, encode_chat, encode_text
 from backend.errors import UserError
 from backend.ingest import WorkItem, parse_transcript
@@ -27,7 +28,8 @@ from backend.models import LoadedModel
 from backend.runner import score_batch
 from backend.store import Store, schema
 from backend.store.records import finished_items, get_upload
-from backend.store.store import CORE_TOKEN_METRICS
+from backend.store.store import CONTEXT_KIND, CORE_TOKEN_METRICS
+from backend.store.tables import model_record
 
 if TYPE_CHECKING:
     from backend.settings import Settings
@@ -91,10 +93,15 @@ def score_items(
     should_stop: Callable[[], bool] | None = None,
     model_lock: threading.Lock | None = None,
     extras: ExtraPlan | None = None,
+    one_pass: bool = True,
+    counts: OnePassCounts | None = None,
 ) -> list[str]:
     """Score and store ``items`` in length-sorted batches; skip items the job already stored.
 
-    Returns the run ids stored by this call. ``on_progress`` receives the number of items done
+    With ``one_pass`` (the default) and no extras, each conversation goes through the model
+    once (:mod:`backend.conversation`); ``one_pass=False`` scores every turn with its whole
+    history in a pass of its own (the former path, kept for comparison and for extras).
+    ``counts`` receives how many turns took each path. Returns the run ids stored by this call. ``on_progress`` receives the number of items done
     so far (including those found already stored); ``should_stop`` is checked between batches.
     """
     done = finished_items(store, job_id) if job_id else set()
@@ -104,6 +111,40 @@ def score_items(
     if on_progress:
         on_progress(progress)
     stored: list[str] = []
+    if extras is None and one_pass:
+        # one forward pass per conversation (backend.conversation); extras (CCP, probes, ...)
+        # need each turn's own full outputs and keep the per-turn path below
+        batches = scored_batches(
+            lm,
+            todo,
+            encoded,
+            batch_tokens=batch_tokens,
+            upload_id=upload_id,
+            job_id=job_id,
+            counts=counts,
+        )
+        while True:
+            if should_stop and should_stop():
+                raise JobCancelled
+            with model_lock or nullcontext():
+                step = next(batches, None)
+            if step is None:
+                return stored
+            n_items, tables = step
+            store.ingest_tables(model_record(lm), tables)
+            runs = tables["runs"]
+            stored += [
+                r
+                for r, k in zip(
+                    runs.column("run_id").to_pylist(), runs.column("kind").to_pylist(), strict=True
+                )
+                if k != CONTEXT_KIND
+            ]
+            progress += n_items
+            if on_progress:
+                on_progress(progress)
+    if counts is not None:
+        counts.fallback_turns += len(todo)
     for batch in length_batches([e.n_tokens for e in encoded], batch_tokens):
         if should_stop and should_stop():
             raise JobCancelled
@@ -171,6 +212,7 @@ def score_upload(
         return {"engine": "ray", **report.as_dict()}
     if engine != "local":
         raise UserError(f"unknown engine {engine!r}; choose local or ray")
+    counts = OnePassCounts()
     stored = score_items(
         lm,
         store,
@@ -183,8 +225,9 @@ def score_upload(
         should_stop=should_stop,
         model_lock=model_lock,
         extras=extras,
+        counts=counts,
     )
-    return {"engine": "local", "runs_stored_by_this_attempt": len(stored)}
+    return {"engine": "local", "runs_stored_by_this_attempt": len(stored), **counts.as_dict()}
 
 
 # ---- ranking ------------------------------------------------------------------------------

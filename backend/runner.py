@@ -41,6 +41,9 @@ class ScoredText:
     scores: ScoredSequence
     provenance: dict[str, Any]
     claims: list[ClaimScore] = field(default_factory=list)
+    # Token positions whose rows are stored (None: all). A turn scored in its conversation's
+    # single pass stores its response only; the rest lives in the context run (store.py).
+    stored_positions: list[int] | None = None
 
 
 def step_positions(enc: EncodedText) -> list[int]:

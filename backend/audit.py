@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from analysis.registry import MetricSpec, get_metric
+from analysis.scoring import ScoringParams
 from backend.conversation import OnePassCounts, scored_batches
 from backend.encoding import EncodedText, encode_chat, encode_text
 from backend.errors import UserError
@@ -95,13 +96,15 @@ def score_items(
     extras: ExtraPlan | None = None,
     one_pass: bool = True,
     counts: OnePassCounts | None = None,
+    params: ScoringParams | None = None,
 ) -> list[str]:
     """Score and store ``items`` in length-sorted batches; skip items the job already stored.
 
     With ``one_pass`` (the default) and no extras, each conversation goes through the model
     once (:mod:`backend.conversation`); ``one_pass=False`` scores every turn with its whole
     history in a pass of its own (the former path, kept for comparison and for extras).
-    ``counts`` receives how many turns took each path. Returns the run ids stored by this call. ``on_progress`` receives the number of items done
+    ``counts`` receives how many turns took each path. Returns the run ids stored by this call.
+    ``on_progress`` receives the number of items done
     so far (including those found already stored); ``should_stop`` is checked between batches.
     """
     done = finished_items(store, job_id) if job_id else set()
@@ -122,6 +125,7 @@ def score_items(
             upload_id=upload_id,
             job_id=job_id,
             counts=counts,
+            params=params,
         )
         while True:
             if should_stop and should_stop():
@@ -149,7 +153,7 @@ def score_items(
         if should_stop and should_stop():
             raise JobCancelled
         with model_lock or nullcontext():
-            scored = score_batch(lm, [encoded[i] for i in batch], extras=extras)
+            scored = score_batch(lm, [encoded[i] for i in batch], params, extras=extras)
         stored += store.save_runs(
             lm,
             scored,
@@ -179,6 +183,7 @@ def score_upload(
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     model_lock: threading.Lock | None = None,
+    params: ScoringParams | None = None,
 ) -> dict[str, Any]:
     """Score an upload's items with the ``local`` or the ``ray`` engine; what was done.
 
@@ -208,6 +213,7 @@ def score_upload(
             extras=extras.request if extras is not None else None,
             on_progress=on_progress,
             should_stop=should_stop,
+            params=params,
         )
         return {"engine": "ray", **report.as_dict()}
     if engine != "local":
@@ -226,6 +232,7 @@ def score_upload(
         model_lock=model_lock,
         extras=extras,
         counts=counts,
+        params=params,
     )
     return {"engine": "local", "runs_stored_by_this_attempt": len(stored), **counts.as_dict()}
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from backend.errors import UserError
+from backend.scoring_options import LayersOpt, scoring_params
 
 app = typer.Typer(
     add_completion=False,
@@ -109,6 +110,7 @@ def score(
     judge: str | None = JudgeOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
+    layers: str = LayersOpt,
 ) -> None:
     """Score one text in a single forward pass, store it and show the per-token metrics.
 
@@ -139,7 +141,7 @@ def score(
             system_prompt=system,
         )
     plan = _extras(lm, metrics, judge, probe, samples)
-    scored = score_one(lm, enc, extras=plan)
+    scored = score_one(lm, enc, scoring_params(layers), extras=plan)
     with store:
         run_id = store.save_runs(lm, [scored])[0]
         run = store.get_run(run_id)
@@ -258,6 +260,7 @@ def audit(
     summary: bool = typer.Option(
         True, "--summary/--no-summary", help="print each turn's summary when done"
     ),
+    layers: str = LayersOpt,
 ) -> None:
     """Score every assistant turn of a transcript, summarise each turn, optionally export."""
     from tqdm import tqdm
@@ -310,6 +313,7 @@ def audit(
                     ray_options=ray_options,
                     extras=plan,
                     on_progress=progress,
+                    params=scoring_params(layers),
                 )
             except BaseException as e:
                 update_job(store, job_id, status="failed", error=str(e) or type(e).__name__)

@@ -101,6 +101,9 @@ class RayReport:
     scored: list[int] = field(default_factory=list)
     worker_pids: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # turns scored from their conversation's single pass vs in a pass of their own
+    one_pass_turns: int = 0
+    fallback_turns: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -355,6 +358,13 @@ def score_items_ray(
     report = RayReport(shard_dir=str(shard_dir))
     encoded = encode_items(lm, items, source)
     by_index = {it.index: it for it in items}
+    if extras is None:
+        from backend.conversation import plan_units
+
+        counts = plan_units(items, encoded)[1]
+        report.one_pass_turns, report.fallback_turns = counts.one_pass_turns, counts.fallback_turns
+    else:
+        report.fallback_turns = len(items)
     shards = plan_shards(
         {it.index: e.n_tokens for it, e in zip(items, encoded, strict=True)},
         options.shard_items,

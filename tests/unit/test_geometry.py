@@ -239,7 +239,9 @@ def _low_rank_inputs() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", ["rank1", "rank3", "rank1_wide", "identical_rows"])
-def test_effective_rank_exact_on_low_rank_inputs(name: str, method: str, dtype: torch.dtype) -> None:
+def test_effective_rank_exact_on_low_rank_inputs(
+    name: str, method: str, dtype: torch.dtype
+) -> None:
     """Issue 22: within 0.5 % of a float64 SVD (tested at 1e-3) on nearly degenerate inputs."""
     x = torch.tensor(_low_rank_inputs()[name], dtype=dtype)
     ref = _np_erank(x.double().numpy())

@@ -30,10 +30,6 @@ def _items() -> list[WorkItem]:
     return items
 
 
-def _token_values(store: Store, run_id: str) -> list[dict]:  # type: ignore[type-arg]
-    return store.get_run(run_id)["tokens"]
-
-
 def test_one_pass_audit_equals_per_turn_audit(tiny_lm, tmp_path) -> None:  # type: ignore[no-untyped-def]
     items = _items()
     with Store(tmp_path / "a.duckdb") as one, Store(tmp_path / "b.duckdb") as per:

@@ -65,7 +65,7 @@ def test_small_head_blocks_do_not_change_results(tiny_lm) -> None:  # type: igno
     enc = encode_chat(tiny_lm.tokenizer, CHAT, context_length=256)
     base = ScoringParams()
     small = ScoringParams(
-        logits=type(base.logits)(chunk_positions=3, head_positions=7)  # type: ignore[call-arg]
+        logits=type(base.logits)(chunk_positions=3, head_positions=7)
     )
     (a,) = score_views_pass(tiny_lm, [enc], [text_view(0, enc)], base) or []
     (b,) = score_views_pass(tiny_lm, [enc], [text_view(0, enc)], small) or []

@@ -21,21 +21,24 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from tokenprism.analysis.registry import MetricSpec, get_metric
+from tokenprism.analysis.scoring import ScoringParams
+from tokenprism.backend.audit.conversation import OnePassCounts, scored_batches
 from tokenprism.backend.audit.ingest import (
     IngestReport,
     WorkItem,
     parse_with_report,
 )
+from tokenprism.backend.audit.items import encode_item, encode_items, length_batches  # noqa: F401
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.limits import (
     JobCancelled as JobCancelled,  # re-exported: callers import it here
 )
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.encoding import EncodedText, encode_text, encode_turn
 from tokenprism.backend.scoring.runner import score_batch
 from tokenprism.backend.store import Store, schema
 from tokenprism.backend.store.records import finished_items, get_upload
-from tokenprism.backend.store.store import CORE_TOKEN_METRICS
+from tokenprism.backend.store.store import CONTEXT_KIND, CORE_TOKEN_METRICS
+from tokenprism.backend.store.tables import model_record
 
 if TYPE_CHECKING:
     from tokenprism.backend.scoring.extras import ExtraPlan
@@ -43,45 +46,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TURN_METRIC = "mean_entropy"
 DEFAULT_TOKEN_METRIC = "entropy"
-
-
-def encode_item(lm: LoadedModel, item: WorkItem) -> EncodedText:
-    """An item as audits score it: a turn too long for the context is left-truncated and a
-    chat the template cannot render becomes a raw continuation (see ``encode_turn``)."""
-    if item.messages is not None:
-        return encode_turn(lm.tokenizer, item.messages, context_length=lm.context_length)
-    assert item.text is not None
-    return encode_text(lm.tokenizer, item.text, context_length=lm.context_length, truncate=True)
-
-
-def encode_items(lm: LoadedModel, items: Sequence[WorkItem], source: str) -> list[EncodedText]:
-    """Encode every item up front, so a too-long or empty turn fails before anything is stored."""
-    encoded, problems = [], []
-    for item in items:
-        try:
-            encoded.append(encode_item(lm, item))
-        except UserError as err:
-            problems.append((item.line, str(err)))
-    if problems:
-        from tokenprism.backend.audit.ingest import TranscriptError
-
-        raise TranscriptError(source, problems)
-    return encoded
-
-
-def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
-    """Group indices into batches of similar length with at most ``batch_tokens`` padded tokens.
-
-    Sorting by length first keeps the padding of right-padded batches small.
-    """
-    batches: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda j: lengths[j]):
-        current = batches[-1] if batches else None
-        if current and lengths[i] * (len(current) + 1) <= batch_tokens:
-            current.append(i)
-        else:
-            batches.append([i])
-    return batches
 
 
 def score_items(
@@ -97,10 +61,17 @@ def score_items(
     should_stop: Callable[[], bool] | None = None,
     model_lock: threading.Lock | None = None,
     extras: ExtraPlan | None = None,
+    one_pass: bool = True,
+    counts: OnePassCounts | None = None,
+    params: ScoringParams | None = None,
 ) -> list[str]:
     """Score and store ``items`` in length-sorted batches; skip items the job already stored.
 
-    Returns the run ids stored by this call. ``on_progress`` receives the number of items done
+    With ``one_pass`` (the default) and no extras, each conversation goes through the model
+    once (:mod:`backend.audit.conversation`); ``one_pass=False`` scores every turn with its whole
+    history in a pass of its own (the former path, kept for comparison and for extras).
+    ``counts`` receives how many turns took each path. Returns the run ids stored by this call.
+    ``on_progress`` receives the number of items done
     so far (including those found already stored); ``should_stop`` is checked between batches.
     """
     done = finished_items(store, job_id) if job_id else set()
@@ -110,11 +81,46 @@ def score_items(
     if on_progress:
         on_progress(progress)
     stored: list[str] = []
+    if extras is None and one_pass:
+        # one forward pass per conversation (backend.audit.conversation); extras (CCP, probes, ...)
+        # need each turn's own full outputs and keep the per-turn path below
+        batches = scored_batches(
+            lm,
+            todo,
+            encoded,
+            batch_tokens=batch_tokens,
+            upload_id=upload_id,
+            job_id=job_id,
+            counts=counts,
+            params=params,
+        )
+        while True:
+            if should_stop and should_stop():
+                raise JobCancelled
+            with model_lock or nullcontext():
+                step = next(batches, None)
+            if step is None:
+                return stored
+            n_items, tables = step
+            store.ingest_tables(model_record(lm), tables)
+            runs = tables["runs"]
+            stored += [
+                r
+                for r, k in zip(
+                    runs.column("run_id").to_pylist(), runs.column("kind").to_pylist(), strict=True
+                )
+                if k != CONTEXT_KIND
+            ]
+            progress += n_items
+            if on_progress:
+                on_progress(progress)
+    if counts is not None:
+        counts.fallback_turns += len(todo)
     for batch in length_batches([e.n_tokens for e in encoded], batch_tokens):
         if should_stop and should_stop():
             raise JobCancelled
         with model_lock or nullcontext():
-            scored = score_batch(lm, [encoded[i] for i in batch], extras=extras)
+            scored = score_batch(lm, [encoded[i] for i in batch], params, extras=extras)
         stored += store.save_runs(
             lm,
             scored,
@@ -144,6 +150,7 @@ def score_upload(
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     model_lock: threading.Lock | None = None,
+    params: ScoringParams | None = None,
 ) -> dict[str, Any]:
     """Score an upload's items with the ``local`` or the ``ray`` engine; what was done.
 
@@ -173,10 +180,12 @@ def score_upload(
             extras=extras.request if extras is not None else None,
             on_progress=on_progress,
             should_stop=should_stop,
+            params=params,
         )
         return {"engine": "ray", **report.as_dict()}
     if engine != "local":
         raise UserError(f"unknown engine {engine!r}; choose local or ray")
+    counts = OnePassCounts()
     stored = score_items(
         lm,
         store,
@@ -189,8 +198,10 @@ def score_upload(
         should_stop=should_stop,
         model_lock=model_lock,
         extras=extras,
+        counts=counts,
+        params=params,
     )
-    return {"engine": "local", "runs_stored_by_this_attempt": len(stored)}
+    return {"engine": "local", "runs_stored_by_this_attempt": len(stored), **counts.as_dict()}
 
 
 # ---- ranking ------------------------------------------------------------------------------

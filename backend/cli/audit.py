@@ -22,6 +22,7 @@ from tokenprism.backend.cli.common import (
     open_store,
     out,
 )
+from tokenprism.backend.cli.layers import LayersOpt, scoring_params
 from tokenprism.backend.errors import UserError
 
 
@@ -78,6 +79,7 @@ def audit(
     summary: bool = typer.Option(
         True, "--summary/--no-summary", help="print each turn's summary when done"
     ),
+    layers: str = LayersOpt,
 ) -> None:
     """Score every assistant turn of a transcript, summarise each turn, optionally export."""
     ray_options = _check_options(export, engine, address, workers, shard_items, gpus_per_worker)
@@ -93,7 +95,7 @@ def audit(
                 store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options,
                 skip_invalid, ccp_preset,
             )  # fmt: skip
-        result = _score(store, job, str(file), engine, ray_options)
+        result = _score(store, job, str(file), engine, ray_options, layers)
         if summary:
             _print_turns(store, job, rank_by=rank_by, top=top)
         if export is not None:
@@ -136,7 +138,12 @@ def _check_options(
 
 
 def _score(
-    store: Any, job: AuditJob, source: str, engine: str, ray_options: dict[str, Any]
+    store: Any,
+    job: AuditJob,
+    source: str,
+    engine: str,
+    ray_options: dict[str, Any],
+    layers: str = "final",
 ) -> dict[str, Any]:
     """Score the job's items with a progress bar; a failure marks the job resumable."""
     from tqdm import tqdm
@@ -163,6 +170,7 @@ def _score(
                 ray_options=ray_options,
                 extras=job.plan,
                 on_progress=progress,
+                params=scoring_params(layers),
             )
         except BaseException as e:
             update_job(store, job.job_id, status="failed", error=str(e) or type(e).__name__)

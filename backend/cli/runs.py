@@ -25,6 +25,7 @@ from tokenprism.backend.cli.common import (
     open_store,
     out,
 )
+from tokenprism.backend.cli.layers import LayersOpt, scoring_params
 from tokenprism.backend.errors import UserError
 
 
@@ -56,6 +57,7 @@ def score(
     ccp_preset: str | None = CcpPresetOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
+    layers: str = LayersOpt,
 ) -> None:
     """Score one text in a single forward pass, store it and show the per-token metrics.
 
@@ -86,7 +88,7 @@ def score(
             system_prompt=system,
         )
     plan = extras_plan(lm, metrics, judge, probe, samples, ccp_preset)
-    scored = score_one(lm, enc, extras=plan)
+    scored = score_one(lm, enc, scoring_params(layers), extras=plan)
     with store:
         run_id = store.save_runs(lm, [scored])[0]
         run = store.get_run(run_id)

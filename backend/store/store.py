@@ -44,6 +44,12 @@ __all__ = ["CORE_TOKEN_METRICS", "Store"]
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 TOKEN_JSON_CACHE_CHARS = 256 * 1024 * 1024
+# Kind of the run holding a conversation's context tokens once (migration 6): turns scored in
+# the conversation's single pass store only their response tokens and point to it.
+CONTEXT_KIND = "context"
+# Token metrics defined over a run's response only (NaN on context): shown for a turn's own
+# rows only, never taken from sibling runs of the same conversation.
+RESPONSE_ONLY_TOKEN_METRICS = frozenset({"window_entropy", "step_first_surprisal"})
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
@@ -325,6 +331,8 @@ class Store:
             query = query.where(m.c.name == model)
         if kind:
             query = query.where(r.c.kind == kind)
+        else:  # a conversation's shared context is part of its turns, not a run of its own
+            query = query.where(r.c.kind != CONTEXT_KIND)
         if upload_id:
             query = query.where(r.c.upload_id == upload_id)
         if search:
@@ -521,34 +529,60 @@ class Store:
                 self._json_cache_chars -= len(self._json_cache.pop(key))
 
     def _tokens_json(self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None) -> str:
+        """One DuckDB query assembling a run's tokens.
+
+        A turn scored in its conversation's single pass (``context_run_id`` set) stores only
+        its response tokens; its other tokens are the rows, below its length, of the context
+        run and of the conversation's other turns (positions are disjoint and the values are
+        the same, the model being causal). They are read from there and marked as prompt.
+        """
+        r = schema.runs
+        link = conn.execute(
+            sa.select(r.c.context_run_id, r.c.n_tokens).where(r.c.run_id == run_id)
+        ).first()
+        ctx, n_tokens = (link[0], link[1]) if link is not None else (None, 0)
+        if ctx is None:
+            members = "SELECT CAST(:rid AS VARCHAR) AS run_id"
+        else:
+            members = "SELECT run_id FROM runs WHERE run_id = :ctx OR context_run_id = :ctx"
+        params = {"rid": run_id, "ctx": ctx, "n": n_tokens if ctx is not None else 2**31 - 1}
         names = [
             row[0]
             for row in conn.execute(
-                sa.text("SELECT DISTINCT metric FROM token_metrics WHERE run_id = :rid ORDER BY 1"),
-                {"rid": run_id},
+                sa.text(
+                    f"SELECT DISTINCT metric FROM token_metrics "
+                    f"WHERE run_id IN ({members}) ORDER BY 1"
+                ),
+                params,
             )
         ]
         if metrics is not None:
             names = [n for n in names if n in set(metrics)]
         # metric names become struct keys in SQL text: only plain identifiers are allowed
         names = [n for n in names if _METRIC_NAME.fullmatch(n)]
-        pivot = "".join(f", max(value) FILTER (WHERE metric = '{n}') AS m_{n}" for n in names)
+        own = {n: " AND run_id = :rid" if n in RESPONSE_ONLY_TOKEN_METRICS else "" for n in names}
+        pivot = "".join(
+            f", max(value) FILTER (WHERE metric = '{n}'{own[n]}) AS m_{n}" for n in names
+        )
         extra_keys = "".join(f", '{n}': e.m_{n}" for n in names)
         query = f"""
-            WITH extra AS (
-                SELECT position{pivot} FROM token_metrics WHERE run_id = :rid GROUP BY position)
+            WITH members AS ({members}),
+            extra AS (
+                SELECT position{pivot} FROM token_metrics
+                WHERE run_id IN (SELECT run_id FROM members) AND position < :n
+                GROUP BY position)
             SELECT coalesce(string_agg(to_json({{
                 'position': t.position, 'token_id': t.token_id, 'text': t.text,
                 'display': t.display, 'char_start': t.char_start, 'char_end': t.char_end,
-                'is_prompt': t.is_prompt, 'logprob': t.logprob, 'prob': t.prob,
-                'rank': t.rank, 'entropy': t.entropy,
+                'is_prompt': t.is_prompt OR t.run_id <> :rid, 'logprob': t.logprob,
+                'prob': t.prob, 'rank': t.rank, 'entropy': t.entropy,
                 'top_k': coalesce(t.top_k, [])
                 {extra_keys}}})::VARCHAR, ',' ORDER BY t.position), '')
             FROM tokens t
             LEFT JOIN extra e ON e.position = t.position
-            WHERE t.run_id = :rid
+            WHERE t.run_id IN (SELECT run_id FROM members) AND t.position < :n
         """
-        body = conn.execute(sa.text(query), {"rid": run_id}).scalar()
+        body = conn.execute(sa.text(query), params).scalar()
         return f"[{body or ''}]"
 
     def _claims(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run demo serve test lint browser bench bench-audit bench-ray bench-naive bench-throughput bench-peers probe clean
+.PHONY: install run demo serve test test-fast lint browser bench bench-audit bench-ray bench-naive bench-throughput bench-peers probe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ serve: install
 test: install lint browser
 	$(BIN)/python -m pytest
 
+# The unit tier for the edit loop: tests/unit only (no real model, no server), about a
+# minute. `make test` stays the whole suite.
+test-fast: install
+	$(BIN)/python -m pytest -m "unit and not slow" tests/unit
+
 # Debian's chromium + chromedriver for the end-to-end browser test; when they cannot be
 # installed the test is skipped and says so.
 browser:
@@ -59,8 +64,8 @@ browser:
 	fi
 
 lint: install
-	$(BIN)/ruff check analysis backend app tests bench
-	$(BIN)/ruff format --check analysis backend app tests bench
+	$(BIN)/ruff check analysis backend app tests bench tokenprism
+	$(BIN)/ruff format --check analysis backend app tests bench tokenprism
 	$(BIN)/mypy
 
 bench: install

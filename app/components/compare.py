@@ -17,8 +17,13 @@ from typing import Any
 import pandas as pd
 
 from tokenprism.analysis.registry import get_metric
-from tokenprism.backend.audit.report import colour_scale, visible_html
-from tokenprism.backend.scoring.encoding import visible_whitespace
+from tokenprism.backend.display import (
+    colour_scale,
+    number,
+    response_tokens,
+    visible_html,
+    visible_whitespace,
+)
 
 # Default |delta| above which a pair is highlighted, by the metric's unit.
 DEFAULT_THRESHOLDS = {
@@ -45,16 +50,6 @@ COMPARE_CSS = (
 )
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _response(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    return [t for t in tokens or [] if not t.get("is_prompt")]
-
-
 def align_runs(
     tokens_a: Iterable[dict[str, Any]] | None, tokens_b: Iterable[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
@@ -69,7 +64,7 @@ def align_runs(
         response token of both runs appears exactly once. ``same`` is True for matching ids;
         substituted tokens are paired (``same`` False) as far as both sides reach.
     """
-    resp_a, resp_b = _response(tokens_a), _response(tokens_b)
+    resp_a, resp_b = response_tokens(tokens_a), response_tokens(tokens_b)
     ids_a = [t.get("token_id") for t in resp_a]
     ids_b = [t.get("token_id") for t in resp_b]
     matcher = difflib.SequenceMatcher(None, ids_a, ids_b, autojunk=False)
@@ -89,8 +84,8 @@ def align_runs(
 
 
 def _value(tok: dict[str, Any] | None, metric: str) -> float:
-    number = None if tok is None else _number(tok.get(metric))
-    return math.nan if number is None else number
+    finite = None if tok is None else number(tok.get(metric))
+    return math.nan if finite is None else finite
 
 
 def _delta(row: dict[str, Any], metric: str) -> float:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from tokenprism.backend.display import number
+
 EXCERPT_CHARS = 80
 TURN_COLUMNS = (
     "rank",
@@ -42,9 +44,9 @@ def _int(value: Any) -> int | None:
 
 
 def _float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return math.nan
-    return float(value) if math.isfinite(value) else math.nan
+    """:func:`number` with NaN for missing values, so pandas keeps a float column."""
+    finite = number(value)
+    return math.nan if finite is None else finite
 
 
 def excerpt(text: Any, limit: int = EXCERPT_CHARS) -> str:

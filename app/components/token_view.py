@@ -8,17 +8,19 @@ and every string from the data escaped with ``html.escape(..., quote=True)``.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterable
 from typing import Any
 
-from tokenprism.backend.audit import report
-from tokenprism.backend.audit.report import (
+from tokenprism.backend.display import (
     ColourScale,
     colour_scale,
+    number,
+    response_tokens,
     token_span_html,
     token_tooltip,
+    visible_html,
 )
+from tokenprism.backend.display import legend_html as scale_legend_html
 
 TOOLTIP_ALTERNATIVES = 5
 # Keys of a token that are identity, offsets or text, never a metric to colour by.
@@ -62,24 +64,6 @@ LEGEND_CSS = (
 )
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def response_tokens(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """The analysed (non-prompt) tokens, in order.
-
-    Args:
-        tokens: a run's tokens; None counts as none.
-
-    Returns:
-        The tokens whose ``is_prompt`` is falsy.
-    """
-    return [t for t in tokens or [] if not t.get("is_prompt")]
-
-
 def token_scale(metric: str, tokens: Iterable[dict[str, Any]]) -> ColourScale:
     """The report's colour scale of ``metric`` over the response tokens of ``tokens``.
 
@@ -88,7 +72,7 @@ def token_scale(metric: str, tokens: Iterable[dict[str, Any]]) -> ColourScale:
         tokens: a run's tokens (prompt tokens are left out of the scale).
 
     Returns:
-        ``backend.report.colour_scale`` of the response tokens.
+        ``display.colour_scale`` of the response tokens.
     """
     return colour_scale(metric, response_tokens(tokens))
 
@@ -97,9 +81,7 @@ def _prompt_span(tok: dict[str, Any], metric: str) -> str:
     title = html.escape(
         token_tooltip(tok, metric, alternatives=TOOLTIP_ALTERNATIVES, token_id=True), quote=True
     )
-    return (
-        f'<span class="tok tp-prompt" title="{title}">{report.visible_html(tok.get("text"))}</span>'
-    )
+    return f'<span class="tok tp-prompt" title="{title}">{visible_html(tok.get("text"))}</span>'
 
 
 def token_html(
@@ -144,7 +126,7 @@ def legend_html(metric: str, tokens: Iterable[dict[str, Any]]) -> str:
         One ``<div class="tp-legend">`` with its ``<style>`` and the report's legend paragraph.
     """
     scale = token_scale(metric, tokens)
-    return f'<div class="tp-legend"><style>{LEGEND_CSS}</style>{report.legend_html(scale)}</div>'
+    return f'<div class="tp-legend"><style>{LEGEND_CSS}</style>{scale_legend_html(scale)}</div>'
 
 
 def available_token_metrics(tokens: Iterable[dict[str, Any]]) -> list[str]:
@@ -160,7 +142,7 @@ def available_token_metrics(tokens: Iterable[dict[str, Any]]) -> list[str]:
     present: set[str] = set()
     for tok in response_tokens(tokens):
         for name, value in tok.items():
-            if name not in NON_METRIC_KEYS and name not in present and _number(value) is not None:
+            if name not in NON_METRIC_KEYS and name not in present and number(value) is not None:
                 present.add(name)
     core = [name for name in CORE_METRICS if name in present]
     return core + sorted(present.difference(CORE_METRICS))

@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tokenprism.backend.scoring.encoding import visible_whitespace
+from tokenprism.backend.display import visible_whitespace
 
 ENTROPY_SCALE_NATS = 4.0  # entropies at or above this get the full "uncertain" colour
 

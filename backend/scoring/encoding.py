@@ -12,13 +12,6 @@ from typing import Any
 
 from tokenprism.backend.errors import InputTooLong, UserError
 
-_VISIBLE = str.maketrans({" ": "·", "\n": "↵", "\t": "→", "\r": "␍"})
-
-
-def visible_whitespace(text: str) -> str:
-    """Token text with spaces, newlines and tabs drawn as visible glyphs."""
-    return text.translate(_VISIBLE)
-
 
 @dataclass
 class EncodedText:

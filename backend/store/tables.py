@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 import tokenprism.backend.store.schema as schema
+from tokenprism.backend.display import visible_whitespace
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.encoding import visible_whitespace
 from tokenprism.backend.scoring.runner import ScoredText
 
 # Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.

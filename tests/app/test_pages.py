@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from tests.backend.api_helpers import wait_job
 from tests.conftest import REPO
 
 APP = str(REPO / "app" / "streamlit_app.py")
@@ -41,14 +41,6 @@ def _app(page: str | None = None) -> AppTest:
 
 def _html(at: AppTest) -> str:
     return "\n".join(str(getattr(el, "proto", "")) for el in at.get("html"))
-
-
-def _wait_for_job(url: str, job_id: str) -> None:
-    for _ in range(600):
-        if httpx.get(f"{url}/api/v1/jobs/{job_id}").json()["status"] == "done":
-            return
-        time.sleep(0.1)
-    raise AssertionError("job did not finish")
 
 
 def test_explore_empty_state_then_scoring(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
@@ -88,7 +80,7 @@ def test_audit_upload_summary_and_exports(backend: str) -> None:  # noqa: ARG001
     assert not at.exception, [e.value for e in at.exception]
     upload_id = at.session_state["audit.upload_id"]
     summary = httpx.get(f"{backend}/api/v1/uploads/{upload_id}").json()
-    _wait_for_job(backend, summary["job"]["job_id"])
+    _job_done(backend, summary["job"]["job_id"])
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     frames = at.dataframe
@@ -168,14 +160,10 @@ def _labelled_jsonl(n: int = 30) -> bytes:
 
 
 def _job_done(url: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = httpx.get(f"{url}/api/v1/jobs/{job_id}").json()
-        if job["status"] == "done":
-            return job
-        assert job["status"] in ("queued", "running"), job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+    """Wait for the job on the live backend at ``url``; it must end ``done``."""
+    job = wait_job(url, job_id, timeout=timeout, poll=0.1)
+    assert job["status"] == "done", job
+    return job
 
 
 @pytest.fixture(scope="module")

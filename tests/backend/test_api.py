@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.backend.api_helpers import url, wait_job
 from tokenprism.backend.api.app import API, create_app
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "samples" / "chats.jsonl"
-TERMINAL = ("done", "failed", "cancelled", "interrupted")
 TOKEN = "s3cret"
 
 ClientFactory = Callable[..., TestClient]
@@ -42,26 +42,6 @@ def _settings(tiny_model_dir: Path, home: Path, **overrides: Any) -> Settings:
         **overrides,
     }
     return Settings(**values)
-
-
-def url(path: str) -> str:
-    return f"{API}{path}"
-
-
-def wait_job(
-    client: TestClient, job_id: str, *, until: tuple[str, ...] = TERMINAL
-) -> dict[str, Any]:
-    """Poll the job until its status is in ``until``; fail after ~10 s."""
-    status = None
-    for _ in range(200):
-        resp = client.get(url(f"/jobs/{job_id}"))
-        assert resp.status_code == 200, resp.text
-        job = resp.json()
-        status = job["status"]
-        if status in until:
-            return job
-        time.sleep(0.05)
-    pytest.fail(f"job {job_id} did not reach {until} (last status {status!r})")
 
 
 def sql(client: TestClient, query: str, **extra: Any) -> list[list[Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.backend.api_helpers import wait_job
 from tests.conftest import REPO, SHARED_MODEL_CACHE, run_cli
 
 API = "/api/v1"
@@ -76,16 +77,6 @@ def server(home: Path, model: Path, **env: str) -> Iterator[tuple[str, subproces
                 proc.wait()
 
 
-def _wait_job(url: str, job_id: str, until: tuple[str, ...], timeout: float = 120) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{url}{API}/jobs/{job_id}", timeout=10).json()
-        if job["status"] in until:
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach {until}: {job}")
-
-
 def _sql(url: str, query: str) -> list[list[object]]:
     reply = httpx.post(f"{url}{API}/sql", json={"query": query}, timeout=30)
     assert reply.status_code == 200, reply.text
@@ -99,7 +90,7 @@ def test_upload_poll_and_read_tokens(tmp_path: Path, tiny_model_dir: Path) -> No
         data = (REPO / "data" / "samples" / "chats.jsonl").read_bytes()
         reply = httpx.post(url + API + "/uploads", files={"file": ("chats.jsonl", data)})
         assert reply.status_code == 202, reply.text
-        job = _wait_job(url, reply.json()["job_id"], ("done", "failed"))
+        job = wait_job(url, reply.json()["job_id"], until=("done", "failed"), poll=0.2)
         assert job["status"] == "done" and job["done"] == 8
         runs = httpx.get(
             url + API + "/runs", params={"upload_id": reply.json()["upload_id"]}
@@ -149,7 +140,7 @@ def test_kill_9_mid_job_then_resume(tmp_path: Path, tiny_model_dir: Path) -> Non
         assert broken == 0
         resumed = httpx.post(f"{url}{API}/jobs/{job_id}/resume")
         assert resumed.status_code == 200, resumed.text
-        done = _wait_job(url, job_id, ("done", "failed"))
+        done = wait_job(url, job_id, until=("done", "failed"), poll=0.2)
         assert done["status"] == "done", done
         assert done["result"]["runs_stored_by_this_attempt"] == 300 - stored
         total, distinct = _sql(

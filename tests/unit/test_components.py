@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.import_probe import packages_loaded_by
+from tests.import_probe import packages_loaded_by, tree_modules
 from tokenprism.app.components.charts import (
     gltr_figure,
     layer_rank_figure,
@@ -21,7 +21,7 @@ from tokenprism.app.components.charts import (
 from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
 from tokenprism.app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
-from tokenprism.backend.audit.report import NO_VALUE_COLOUR, colour_scale
+from tokenprism.backend.display import NO_VALUE_COLOUR, colour_scale
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
@@ -627,15 +627,8 @@ def test_runs_frame_columns_and_order() -> None:
 # ---- purity --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        "tokenprism.app.components.token_view",
-        "tokenprism.app.components.charts",
-        "tokenprism.app.components.compare",
-        "tokenprism.app.components.tables",
-    ],
-)
+# Every module of app/components (claims, groups and lab included), found by walking the folder.
+@pytest.mark.parametrize("module", tree_modules("app.components"))
 def test_components_import_no_ui_database_or_model_libraries(module: str) -> None:
     assert packages_loaded_by(module, HEAVY) == []
 

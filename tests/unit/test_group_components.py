@@ -9,7 +9,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.groups import (
     COUNTERFACTUAL_COLUMNS,
     RESPONSE_COLUMNS,
@@ -27,7 +26,8 @@ from tokenprism.app.components.groups import (
     tree_figure,
 )
 
-HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
+# Import purity of this module: test_components.py checks every module of app/components.
+
 SCRIPT = "<script>alert(1)</script>"
 LONG = "Let me think step by step about this problem first"
 
@@ -405,7 +405,3 @@ def test_labels_and_incorrect() -> None:
         }
     )
     assert label == "x" * 59 + "… · number:7 · 3/8 correct · 2025-01-02T03:04:05"
-
-
-def test_group_components_import_no_ui_database_or_model_libraries() -> None:
-    assert packages_loaded_by("tokenprism.app.components.groups", HEAVY) == []

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tokenprism.backend.audit.report import NO_VALUE_COLOUR, render_audit_report
+from tokenprism.backend.audit.report import render_audit_report
+from tokenprism.backend.display import NO_VALUE_COLOUR
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     probe_dirs: list[Path] = Field(default_factory=list)
     ray_address: str | None = None
     ray_workers: int | None = None
+    # serve without any model: only uploads audited from their own logprobs work
+    no_model: bool = False
 
     @property
     def db_path(self) -> Path:

@@ -81,6 +81,13 @@ class Service:
         return name
 
     def model(self, name: str) -> LoadedModel:
+        if self.settings.no_model:
+            raise ApiError(
+                409,
+                "no_model",
+                "this server runs with --no-model: only files with "
+                "logprobs can be audited (source=logprobs)",
+            )
         with self._load_lock:
             return get_model(name, self.settings)
 

@@ -27,7 +27,7 @@ from tokenprism.analysis.topk import (
     window_mean,
 )
 from tokenprism.backend.audit.logprobs import LogprobItem
-from tokenprism.backend.scoring.encoding import visible_whitespace
+from tokenprism.backend.display import visible_whitespace
 from tokenprism.backend.store import Store
 from tokenprism.backend.store.tables import CORE_TOKEN_METRICS, model_key
 
@@ -196,6 +196,7 @@ def logprob_tables(
     upload_id: str | None = None,
     job_id: str | None = None,
     extra: dict[str, dict[str, np.ndarray]] | None = None,
+    local_runs: dict[str, str | None] | None = None,
 ) -> dict[str, pa.Table]:
     """Every row storing ``items`` (one model) writes; ``extra`` adds token metrics by run id."""
     key = model_key(api_model_record(items[0].model))
@@ -205,6 +206,8 @@ def logprob_tables(
     ids = {"upload_id": upload_id, "job_id": job_id}
     for run_id, item in zip(run_ids, items, strict=True):
         prov = provenance_of(item, vocab_size)
+        if (local_runs or {}).get(run_id):
+            prov["local_run_id"] = (local_runs or {})[run_id]
         tok = item_metrics(item, prov["vocab_size"])
         tok.update((extra or {}).get(run_id, {}))
         runs.append(_run_row(run_id, item, key, prov, ids))
@@ -242,10 +245,12 @@ def store_logprob_runs(
     upload_id: str | None = None,
     job_id: str | None = None,
     extra: dict[int, dict[str, np.ndarray]] | None = None,
+    local_runs: dict[int, str] | None = None,
 ) -> list[str]:
     """Store every item as a run (one transaction per model name); the run ids, in item order.
 
-    ``extra`` maps an item index to more token metrics (``source=both``'s disagreement).
+    ``extra`` maps an item index to more token metrics (``source=both``'s disagreement) and
+    ``local_runs`` to the run id of its local re-score (kept in provenance).
     """
     run_ids = [uuid.uuid4().hex for _ in items]
     by_model: dict[str | None, list[int]] = {}
@@ -262,6 +267,7 @@ def store_logprob_runs(
             upload_id=upload_id,
             job_id=job_id,
             extra=extras,
+            local_runs={run_ids[i]: (local_runs or {}).get(items[i].index) for i in indices},
         )
         store.ingest_tables(api_model_record(model), tables)
     return run_ids

@@ -21,6 +21,8 @@ from rich.console import Console
 
 from tokenprism.analysis.registry import MetricSpec, get_metric
 from tokenprism.backend.audit.ingest import WorkItem, parse_transcript
+from tokenprism.backend.audit.logprob_jobs import FORMATS as LOGPROB_FORMATS
+from tokenprism.backend.audit.logprob_jobs import items_of
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.scoring.encoding import EncodedText, encode_chat, encode_text
@@ -209,6 +211,9 @@ def upload_items(store: Store, upload_id: str) -> tuple[dict[str, Any], list[Wor
     upload = get_upload(store, upload_id, content=True)
     if upload is None:
         raise UserError(f"no upload with id {upload_id!r}")
+    if upload["format"] in LOGPROB_FORMATS:  # API logprobs files (backend.audit.logprob_jobs)
+        turns = items_of(upload["content"], upload["format"], upload["filename"])
+        return upload, [t.work_item() for t in turns]
     items = parse_transcript(upload["content"], upload["format"], upload["filename"])
     return upload, items
 

@@ -17,6 +17,8 @@ from tokenprism.backend.api.service import (
     protected_router,
 )
 from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_transcript
+from tokenprism.backend.audit.logprob_jobs import choose_source
+from tokenprism.backend.audit.logprob_upload import submit_logprob_upload
 from tokenprism.backend.audit.upload import (
     DEFAULT_TOKEN_METRIC,
     DEFAULT_TURN_METRIC,
@@ -52,6 +54,16 @@ def upload(
     shard_items: Annotated[
         int, Form(ge=1, le=100_000, description="items per Ray shard (engine=ray)")
     ] = 64,
+    source: Annotated[
+        Literal["logprobs", "model", "both"] | None,
+        Form(description="for files with API logprobs: logprobs (default), model or both"),
+    ] = None,
+    batch_input: Annotated[
+        UploadFile | None, File(description="Batch API input file joined by custom_id")
+    ] = None,
+    vocab_size: Annotated[
+        int | None, Form(ge=1, le=10_000_000, description="V for entropy_upper (logprobs)")
+    ] = None,
 ) -> JSONResponse:
     if engine == "ray":
         from tokenprism.backend.audit.ray_engine import check_engine
@@ -65,6 +77,24 @@ def upload(
     if not data.strip():
         raise ApiError(422, "empty_file", f"{name} is empty")
     text = decode_text(data, name)
+    logprob_source = choose_source(text, source)  # API logprobs: backend.audit.logprob_upload
+    if logprob_source is not None or batch_input is not None:
+        batch = (
+            decode_text(batch_input.file.read(limit + 1)[:limit], "batch_input")
+            if batch_input
+            else None
+        )
+        status, body = submit_logprob_upload(
+            svc,
+            name=name,
+            data=data,
+            text=text,
+            source=logprob_source or "logprobs",
+            batch_input=batch,
+            vocab_size=vocab_size,
+            model=model,
+        )
+        return JSONResponse(status_code=status, content=body)
     fmt = format or detect_format(name, text)
     items = parse_transcript(text, fmt, name, max_items=svc.settings.upload_max_items)
     model_name = svc.model_name(model)

@@ -16,7 +16,7 @@ from tokenprism.backend.api.service import (
     metric_families,
     protected_router,
 )
-from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_transcript
+from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_with_report
 from tokenprism.backend.audit.logprob_jobs import choose_source
 from tokenprism.backend.audit.logprob_upload import submit_logprob_upload
 from tokenprism.backend.audit.upload import (
@@ -41,9 +41,9 @@ router = protected_router()
 @router.post("/uploads", status_code=202, summary="Upload a transcript to audit (a job)")
 def upload(
     svc: ServiceDep,
-    file: Annotated[UploadFile, File(description="JSONL, CSV or plain text")],
+    file: Annotated[UploadFile, File(description="JSON array, JSONL, CSV or plain text")],
     model: Annotated[str | None, Form()] = None,
-    format: Annotated[str | None, Form(description="jsonl, csv or text")] = None,
+    format: Annotated[str | None, Form(description="json, jsonl, csv or text")] = None,
     metrics: Annotated[
         str | None, Form(description="extra metric families, e.g. ccp,probe")
     ] = None,
@@ -54,6 +54,9 @@ def upload(
     shard_items: Annotated[
         int, Form(ge=1, le=100_000, description="items per Ray shard (engine=ray)")
     ] = 64,
+    skip_invalid: Annotated[
+        bool, Form(description="audit the valid conversations; list the invalid ones")
+    ] = False,
     source: Annotated[
         Literal["logprobs", "model", "both"] | None,
         Form(description="for files with API logprobs: logprobs (default), model or both"),
@@ -96,7 +99,9 @@ def upload(
         )
         return JSONResponse(status_code=status, content=body)
     fmt = format or detect_format(name, text)
-    items = parse_transcript(text, fmt, name, max_items=svc.settings.upload_max_items)
+    items, report = parse_with_report(
+        text, fmt, name, max_items=svc.settings.upload_max_items, skip_invalid=skip_invalid
+    )
     model_name = svc.model_name(model)
     lm = svc.model(model_name)
     encode_items(lm, items, name)  # too-long or empty turns fail now, before any write
@@ -143,6 +148,7 @@ def upload(
             "duplicate": False,
             "n_items": len(items),
             "format": fmt,
+            "ingest": report.as_dict(),
         },
     )
 

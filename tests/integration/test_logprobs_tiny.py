@@ -75,3 +75,27 @@ def test_stored_like_other_runs(tiny_lm: Any, tmp_path: Path) -> None:
     )
     assert "kurtosis" not in toks[0] or toks[0]["kurtosis"] is None
     assert math.isclose(run["sequence"]["perplexity"], math.exp(-np.mean(turns[0].logprob)))
+
+
+def test_cli_audit_from_logprobs_loads_no_model(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+    from tests.unit.test_logprobs_formats import chat_completion
+
+    path = tmp_path / "resp.json"
+    path.write_text(json.dumps(chat_completion()))
+    # a default model that does not exist: any attempt to load one would fail the command
+    env = {"TOKENPRISM_DEFAULT_MODEL": str(tmp_path / "no-such-model")}
+    done = run_cli(
+        "audit",
+        str(path),
+        "--source",
+        "logprobs",
+        "--export",
+        str(tmp_path / "t.csv"),
+        home=tmp_path / "home",
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mean entropy in [" in done.stdout and "4 tokens" in done.stdout
+    header = (tmp_path / "t.csv").read_text().splitlines()[0]
+    assert "entropy_lower" in header and "rank_gt" in header

@@ -76,7 +76,7 @@ def render_turn(
     """The chat's last (assistant) turn as an API would return it with ``top_logprobs=k``."""
     enc = encode_chat(lm.tokenizer, messages, context_length=lm.context_length)
     ids = torch.tensor([enc.input_ids], device=lm.device)
-    logits = lm.model(ids).logits[0].float()
+    logits = lm.model(ids).logits[0].double()  # float64: the truth must be exact to ~1e-12
     logp = torch.log_softmax(logits, dim=-1).cpu()
     # the response's own tokens: the template's closing tokens are scored but not returned
     start = enc.response_span[0]

@@ -24,9 +24,8 @@ def serve(
     ),
 ) -> None:
     """Run the HTTP API (one process: the only owner of the model and the database)."""
-    import uvicorn
-
     from tokenprism.backend.api.app import create_app
+    from tokenprism.backend.api.serving import run_server
     from tokenprism.backend.settings import get_settings
 
     settings = get_settings()
@@ -44,13 +43,9 @@ def serve(
         f"model {'none (--no-model)' if settings.no_model else settings.default_model}, "
         f"database {settings.db_path}"
     )
-    uvicorn.run(
-        create_app(settings, preload=not settings.no_model),
-        host=host,
-        port=port,
-        workers=1,
-        log_level="warning",
-    )
+    run_server(
+        create_app(settings, preload=not settings.no_model), settings, host, port
+    )  # SIGTERM: < 10 s
 
 
 def _streamlit_command(port: int) -> list[str]:

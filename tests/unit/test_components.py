@@ -628,7 +628,7 @@ def test_runs_frame_columns_and_order() -> None:
 
 
 # Every module of app/components (claims, groups and lab included), found by walking the folder.
-@pytest.mark.parametrize("module", tree_modules("tokenprism.app.components"))
+@pytest.mark.parametrize("module", tree_modules("app.components"))
 def test_components_import_no_ui_database_or_model_libraries(module: str) -> None:
     assert packages_loaded_by(module, HEAVY) == []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 from streamlit.testing.v1 import AppTest
@@ -16,7 +17,7 @@ __all__ = ["backend"]  # the fixture, re-exported for pytest
 def test_audit_page_uploads_a_logprobs_file(backend: str) -> None:
     at = _app("audit")
     data = json.dumps(chat_completion()).encode()
-    at.get("file_uploader")[0].set_value(("resp.json", data, "application/json"))
+    at.get("file_uploader")[0].set_value(("resp.json", data, "application/json"))  # type: ignore[union-attr]
     at.button[0].click().run()
     assert not at.exception, [e.value for e in at.exception]
     upload_id = at.session_state["audit.upload_id"]
@@ -29,7 +30,7 @@ def test_audit_page_uploads_a_logprobs_file(backend: str) -> None:
     run = httpx.get(f"{backend}/api/v1/runs/{run_id}").json()
     assert run["provenance"]["source"] == "logprobs"
 
-    def page(run: dict) -> None:  # type: ignore[type-arg]
+    def page(run: dict[str, Any]) -> None:
         from tokenprism.app.components.logprob_band import render_logprob_source
 
         render_logprob_source(run, key="t")

@@ -94,7 +94,9 @@ _BUILTIN = [
         "token",
         "nats",
         "uncertain",
-        "Shannon entropy of the full predictive distribution that predicted the token.",
+        "Shannon entropy of the full predictive distribution that predicted the token; for "
+        "runs from API logprobs (provenance source=logprobs) the entropy of the top-k "
+        "renormalised to sum 1, which is neither bound: see entropy_lower / entropy_upper.",
     ),
     MetricSpec(
         "margin",
@@ -479,5 +481,101 @@ for _name, _unit, _direction, _text in _DECODING:
     register_metric(
         MetricSpec(f"{_name}_mean", "sequence", _unit, _direction, f"Mean over the output: {_text}")
     )
-for _spec in _BUILTIN + _EXTRAS + _GROUPS:
+# Runs audited from API top-k logprobs (analysis.topk): what the top-k determines or bounds.
+_TOPK_INPUTS = ("top_logprobs",)
+_TOPK = [
+    MetricSpec(
+        "rank_gt",
+        "token",
+        "rank",
+        "uncertain",
+        "API logprobs: the sampled token is outside its top-k, so its rank exceeds this k "
+        "(rank is NULL there).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "topk_mass",
+        "token",
+        "probability",
+        "confident",
+        "API logprobs: probability the returned top-k alternatives cover.",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "entropy_lower",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: lower bound on the full-vocabulary entropy (residual mass packed into "
+        "as few tokens as the <= p_k cap allows; holds for any vocabulary size).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "entropy_upper",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: upper bound on the full-vocabulary entropy (residual mass spread evenly "
+        "over the other V - k tokens; V in provenance.vocab_size).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "window_entropy_lower",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: ARES inclusive window mean of entropy_lower (bounds the window entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "window_entropy_upper",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: ARES inclusive window mean of entropy_upper (bounds the window entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "logprob_disagreement",
+        "token",
+        "nats",
+        "neutral",
+        "source=both: local re-score logprob minus the API logprob of the same token "
+        "(> 0: the local model finds the token likelier than the model that wrote it).",
+        ("logits", "top_logprobs"),
+    ),
+    MetricSpec(
+        "mean_entropy_lower",
+        "sequence",
+        "nats",
+        "uncertain",
+        "API logprobs: mean of entropy_lower (a lower bound on the mean entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "mean_entropy_upper",
+        "sequence",
+        "nats",
+        "uncertain",
+        "API logprobs: mean of entropy_upper (an upper bound on the mean entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "mean_topk_mass",
+        "sequence",
+        "probability",
+        "confident",
+        "API logprobs: mean probability covered by the top-k.",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "mean_logprob_disagreement",
+        "sequence",
+        "nats",
+        "neutral",
+        "source=both: mean of logprob_disagreement over the response tokens.",
+        ("logits", "top_logprobs"),
+    ),
+]
+for _spec in _BUILTIN + _EXTRAS + _GROUPS + _TOPK:
     register_metric(_spec)

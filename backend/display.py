@@ -226,6 +226,11 @@ def token_tooltip(
     lines.append(" · ".join(f"{name} {format_exact(tok.get(name))}" for name in TOOLTIP_VALUES))
     if metric not in TOOLTIP_VALUES:
         lines.append(f"{metric} {format_exact(tok.get(metric))}")
+    if tok.get("entropy_lower") is not None:  # a run from API logprobs: the entropy is bounded
+        band = f"{format_exact(tok['entropy_lower'])}, {format_exact(tok.get('entropy_upper'))}"
+        lines.append(f"true entropy in [{band}] nats (entropy above: top-k renormalised)")
+    if tok.get("rank_gt") is not None:
+        lines.append(f"rank > {format_value(tok['rank_gt'])} (outside the top-k)")
     shown = (tok.get("top_k") or [])[:alternatives]
     if shown:
         lines.append("top alternatives:")

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     probe_dirs: list[Path] = Field(default_factory=list)
     ray_address: str | None = None
     ray_workers: int | None = None
+    # serve without any model: only uploads audited from their own logprobs work
+    no_model: bool = False
     allow_ray: bool = False
     allowed_hosts: list[str] = Field(default_factory=list)
     sql_timeout_s: float = Field(default=10.0, gt=0, le=3600)

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from tokenprism.app.client import BackendError
+from tokenprism.app.components.logprob_band import render_logprob_source
 from tokenprism.app.components.tables import turns_frame
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import CCP_PRESET_HELP, CCP_PRESETS, EXTRA_METRICS, backend_errors, client
@@ -28,6 +29,7 @@ TURN_METRICS = [
 ]
 TOKEN_METRICS = [
     "entropy",
+    "entropy_upper",
     "surprisal_bits",
     "prob",
     "margin",
@@ -233,6 +235,7 @@ if rows:
     with backend_errors():
         run = client().run(run_id)
     st.subheader("Turn detail")
+    render_logprob_source(run, key="audit.detail")  # source, and the entropy band of API runs
     render_run(run, key="audit.detail")
     st.caption(f"loaded in {time.perf_counter() - started:.2f} s")
 else:

@@ -60,6 +60,13 @@ class Service:
         return gate_model_name(requested or self.settings.default_model, self.settings)
 
     def model(self, name: str) -> LoadedModel:
+        if self.settings.no_model:
+            raise ApiError(
+                409,
+                "no_model",
+                "this server runs with --no-model: only files with "
+                "logprobs can be audited (source=logprobs)",
+            )
         with self._load_lock:
             return get_model(name, self.settings)
 

@@ -29,6 +29,8 @@ from tokenprism.backend.audit.ingest import (
     parse_with_report,
 )
 from tokenprism.backend.audit.items import encode_item, encode_items, length_batches  # noqa: F401
+from tokenprism.backend.audit.logprob_jobs import FORMATS as LOGPROB_FORMATS
+from tokenprism.backend.audit.logprob_jobs import items_of
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.limits import (
     JobCancelled as JobCancelled,  # re-exported: callers import it here
@@ -234,6 +236,11 @@ def upload_ingest(
     upload = get_upload(store, upload_id, content=True)
     if upload is None:
         raise UserError(f"no upload with id {upload_id!r}")
+    if upload["format"] in LOGPROB_FORMATS:  # API logprobs files (backend.audit.logprob_jobs)
+        turns = items_of(upload["content"], upload["format"], upload["filename"])
+        n = len(turns)
+        done = IngestReport(upload["format"], conversations=n, assistant_turns=n, to_score=n)
+        return upload, [t.work_item() for t in turns], done
     items, report = parse_with_report(
         upload["content"], upload["format"], upload["filename"], skip_invalid=True
     )

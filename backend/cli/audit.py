@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import typer
 
+from tokenprism.backend.cli.audit_logprobs import audit_logprobs
 from tokenprism.backend.cli.common import (
     CcpPresetOpt,
     JudgeOpt,
@@ -80,6 +81,15 @@ def audit(
         True, "--summary/--no-summary", help="print each turn's summary when done"
     ),
     layers: str = LayersOpt,
+    source: str | None = typer.Option(
+        None, "--source", help="files with API logprobs: logprobs (default; no model), model, both"
+    ),
+    batch_input: Path | None = typer.Option(
+        None, "--batch-input", help="Batch API input file, joined with FILE by custom_id"
+    ),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", min=1, help="V for entropy_upper (default: from the model name)"
+    ),
 ) -> None:
     """Score every assistant turn of a transcript, summarise each turn, optionally export."""
     ray_options = _check_options(export, engine, address, workers, shard_items, gpus_per_worker)
@@ -88,6 +98,9 @@ def audit(
         raise UserError(f"no such file: {file}")
     store = open_store()
     with store:
+        extra = (batch_input, vocab_size, export)
+        if not resume and audit_logprobs(store, file, data, source, model, extra):
+            return
         if resume:
             job = _resume_audit(store, resume, data, model)
         else:

@@ -19,6 +19,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     model: str | None = typer.Option(None, "--model", "-m", help="model to load at start-up"),
+    no_model: bool = typer.Option(
+        False, "--no-model", help="load no model: only audits from API logprobs files work"
+    ),
 ) -> None:
     """Run the HTTP API (one process: the only owner of the model and the database)."""
     from tokenprism.backend.api.app import create_app
@@ -28,6 +31,7 @@ def serve(
     settings = get_settings()
     if model:
         settings.default_model = model
+    settings.no_model = settings.no_model or no_model
     if not _is_loopback(host) and not settings.api_token:
         raise UserError(
             f"refusing to listen on {host} without TOKENPRISM_API_TOKEN: anyone who can reach "
@@ -36,9 +40,12 @@ def serve(
     open_store().close()  # a locked or unreadable database fails here, with one line
     err.print(
         f"TokenPrism API on http://{host}:{port}/api/v1 (docs at /docs), "
-        f"model {settings.default_model}, database {settings.db_path}"
+        f"model {'none (--no-model)' if settings.no_model else settings.default_model}, "
+        f"database {settings.db_path}"
     )
-    run_server(create_app(settings, preload=True), settings, host, port)  # SIGTERM: < 10 s
+    run_server(
+        create_app(settings, preload=not settings.no_model), settings, host, port
+    )  # SIGTERM: < 10 s
 
 
 def _streamlit_command(port: int) -> list[str]:

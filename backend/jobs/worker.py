@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tokenprism.backend.audit.upload import JobCancelled, eta_seconds, score_upload, upload_items
+from tokenprism.backend.audit.ingest import WorkItem
+from tokenprism.backend.audit.logprob_jobs import items_of, run_logprob_audit
+from tokenprism.backend.audit.upload import (
+    JobCancelled,
+    eta_seconds,
+    score_items,
+    score_upload,
+    upload_items,
+)
 from tokenprism.backend.errors import QueueFull, UserError
 from tokenprism.backend.limits import cancel_scope
 from tokenprism.backend.models.loader import LoadedModel
@@ -27,6 +35,7 @@ from tokenprism.backend.store.records import (
     TERMINAL,
     create_job,
     get_job,
+    get_upload,
     interrupt_unfinished,
     repair_job_text,
     update_job,
@@ -240,6 +249,8 @@ class JobManager:
 
     def _run_audit(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
         params = job["params"]
+        if params.get("source") in ("logprobs", "both"):
+            return self._run_logprob_audit(job, live)
         upload, items = upload_items(self.store, params["upload_id"])
         live.total = len(items)
         lm = self.get_model(params["model"])
@@ -264,6 +275,38 @@ class JobManager:
             model_lock=self.model_lock,
         )
         return {"upload_id": upload["upload_id"], "items": len(items), **done}
+
+    def _run_logprob_audit(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        """An audit from the file's own logprobs (no model unless source=both)."""
+        params, store = job["params"], self.store
+        upload = get_upload(store, params["upload_id"], content=True)
+        if upload is None:
+            raise UserError(f"the upload {params['upload_id']} is gone")
+        items = items_of(upload["content"], upload["format"], upload["filename"])
+        live.total = len(items)
+
+        def rescore(work: list[WorkItem]) -> list[str]:
+            lm = self.get_model(params["model"])
+            return score_items(
+                lm,
+                store,
+                work,
+                source=upload["filename"],
+                job_id=job["job_id"],
+                batch_tokens=self.settings.batch_tokens,
+                model_lock=self.model_lock,
+            )
+
+        return run_logprob_audit(
+            store,
+            items,
+            source=params["source"],
+            upload_id=upload["upload_id"],
+            job_id=job["job_id"],
+            vocab_size=params.get("vocab_size"),
+            rescore=rescore,
+            on_progress=self._progress(live),
+        )
 
     # stages of a probe-training job and their share of its 1000 progress units
     _PROBE_STAGES = {"features": (0, 300), "training": (300, 850), "ccp baseline": (850, 1000)}

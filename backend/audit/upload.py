@@ -50,6 +50,17 @@ DEFAULT_TURN_METRIC = "mean_entropy"
 DEFAULT_TOKEN_METRIC = "entropy"
 
 
+def _stop_if_asked(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop and should_stop():
+        raise JobCancelled
+
+
+def _turn_run_ids(runs: Any) -> list[str]:
+    """The run ids of a stored batch's turns (a conversation's context run is not a turn)."""
+    ids, kinds = runs.column("run_id").to_pylist(), runs.column("kind").to_pylist()
+    return [r for r, k in zip(ids, kinds, strict=True) if k != CONTEXT_KIND]
+
+
 def score_items(
     lm: LoadedModel,
     store: Store,
@@ -97,22 +108,14 @@ def score_items(
             params=params,
         )
         while True:
-            if should_stop and should_stop():
-                raise JobCancelled
+            _stop_if_asked(should_stop)
             with model_lock or nullcontext():
                 step = next(batches, None)
             if step is None:
                 return stored
             n_items, tables = step
             store.ingest_tables(model_record(lm), tables)
-            runs = tables["runs"]
-            stored += [
-                r
-                for r, k in zip(
-                    runs.column("run_id").to_pylist(), runs.column("kind").to_pylist(), strict=True
-                )
-                if k != CONTEXT_KIND
-            ]
+            stored += _turn_run_ids(tables["runs"])
             progress += n_items
             if on_progress:
                 on_progress(progress)
@@ -123,18 +126,30 @@ def score_items(
             raise JobCancelled
         with model_lock or nullcontext():
             scored = score_batch(lm, [encoded[i] for i in batch], params, extras=extras)
-        stored += store.save_runs(
-            lm,
-            scored,
-            upload_id=upload_id,
-            job_id=job_id,
-            turn_indices=[todo[i].turn_index for i in batch],
-            item_indices=[todo[i].index for i in batch],
-        )
+        stored += _save_turns(store, lm, scored, [todo[i] for i in batch], upload_id, job_id)
         progress += len(batch)
         if on_progress:
             on_progress(progress)
     return stored
+
+
+def _save_turns(
+    store: Store,
+    lm: LoadedModel,
+    scored: list[Any],
+    items: list[WorkItem],
+    upload_id: str | None,
+    job_id: str | None,
+) -> list[str]:
+    """Store turns scored one pass each (the per-turn path) with their item and turn numbers."""
+    return store.save_runs(
+        lm,
+        scored,
+        upload_id=upload_id,
+        job_id=job_id,
+        turn_indices=[it.turn_index for it in items],
+        item_indices=[it.index for it in items],
+    )
 
 
 def score_upload(

@@ -30,6 +30,8 @@ class EncodedText:
         system_prompt: system prompt given explicitly, if any.
         messages: the chat messages for ``chat`` mode.
         template: the chat template source when one was applied.
+        truncated: the response was cut off (generation stopped at ``max_new_tokens``), so no
+            end-of-turn token was produced and none is scored.
     """
 
     kind: str
@@ -44,6 +46,7 @@ class EncodedText:
     system_prompt: str | None = None
     messages: list[dict[str, str]] | None = None
     template: str | None = None
+    truncated: bool = False
 
     @property
     def n_tokens(self) -> int:
@@ -126,11 +129,14 @@ def encode_pair(
     context_length: int,
     template: bool = True,
     system_prompt: str | None = None,
+    end_of_turn: bool = True,
 ) -> EncodedText:
     """A prompt and its response; with ``template`` through the model's chat template.
 
     Without a template the two strings are concatenated as given and the prompt tokens are
-    marked as context.
+    marked as context. ``end_of_turn=False`` is for a generation cut at ``max_new_tokens``: the
+    model never produced an end-of-turn token, so none is appended (scoring one would add a
+    near-zero probability the model never chose) and the text is marked ``truncated``.
     """
     if not response.strip():
         raise UserError("nothing to score: the response is empty")
@@ -142,7 +148,9 @@ def encode_pair(
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": response},
         ]
-        return encode_chat(tokenizer, messages, context_length=context_length)
+        return encode_chat(
+            tokenizer, messages, context_length=context_length, end_of_turn=end_of_turn
+        )
     text = prompt + response
     return _build(
         tokenizer,
@@ -154,17 +162,23 @@ def encode_pair(
         prompt=prompt,
         response=response,
         system_prompt=system_prompt,
+        truncated=not end_of_turn,
     )
 
 
 def encode_chat(
-    tokenizer: Any, messages: list[dict[str, str]], *, context_length: int
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    *,
+    context_length: int,
+    end_of_turn: bool = True,
 ) -> EncodedText:
     """Score the last message (an assistant turn) in the context of the ones before it.
 
     The conversation is rendered with the model's chat template; the analysed span is the
     assistant content plus the end-of-turn token right after it (the model's decision to stop),
-    and the rendered text is cut there so trailing template markup is not scored.
+    and the rendered text is cut there so trailing template markup is not scored. With
+    ``end_of_turn=False`` (a cut-off generation) the span stops at the content's last character.
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise UserError("a chat to score must end with an assistant message")
@@ -182,7 +196,7 @@ def encode_chat(
     if start < 0 or found < 0:
         raise UserError("the chat template does not render the assistant message verbatim")
     end = found + len(content)
-    suffix = full[end:]
+    suffix = full[end:] if end_of_turn else ""
     for marker in sorted(getattr(tokenizer, "all_special_tokens", []), key=len, reverse=True):
         if marker and suffix.startswith(marker):
             end += len(marker)
@@ -202,4 +216,5 @@ def encode_chat(
         system_prompt=system,
         messages=messages,
         template=tokenizer.chat_template,
+        truncated=not end_of_turn,
     )

@@ -130,6 +130,7 @@ def score_batch(
             "scored_at": now,
             "params": params.as_dict(),
             "kind": enc.kind,
+            "truncated": enc.truncated,
             "chat_template": enc.template,
             "rendered_text": enc.text if enc.kind == "chat" else None,
             "batch_size": len(encoded),

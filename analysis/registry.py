@@ -288,7 +288,8 @@ _EXTRAS = [
         "sequence",
         "probability",
         "uncertain",
-        "1 - product of token CCP over the response.",
+        "1 - product of token CCP over the response. Saturates towards 1 with length: "
+        "comparable only across responses of similar length (rank by ccp_mean_log instead).",
         ("logits", "nli_judge"),
     ),
     MetricSpec(
@@ -296,7 +297,26 @@ _EXTRAS = [
         "sequence",
         "probability",
         "confident",
-        "CCP of the weakest claim (product of its tokens' CCP).",
+        "CCP of the weakest claim (product of its tokens' CCP). Comparable across responses "
+        "with claims of similar length; falls as the number of claims grows.",
+        ("logits", "nli_judge"),
+    ),
+    MetricSpec(
+        "claim_ccp_mean",
+        "sequence",
+        "probability",
+        "confident",
+        "Mean claim CCP over the response's claims (each the product of its tokens' CCP). "
+        "Comparable across responses of different lengths with claims of similar length.",
+        ("logits", "nli_judge"),
+    ),
+    MetricSpec(
+        "ccp_mean_log",
+        "sequence",
+        "nats",
+        "confident",
+        "Mean log CCP per response token (log of the geometric-mean token CCP; 0 = every "
+        "token certain). Length-normalised: comparable across responses of any length.",
         ("logits", "nli_judge"),
     ),
     MetricSpec(

@@ -20,8 +20,10 @@ TURN_METRICS = [
     "mean_step_first_surprisal",
     "mean_kurtosis",
     "probe_max",
-    "ccp_uncertainty",
+    "ccp_mean_log",
+    "claim_ccp_mean",
     "claim_ccp_min",
+    "ccp_uncertainty",
     "token_sar",
 ]
 TOKEN_METRICS = [

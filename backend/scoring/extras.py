@@ -306,9 +306,14 @@ def _add_ccp(
     sc.sequence["ccp_uncertainty"] = (
         1.0 - float(counted.double().log().sum().exp()) if len(counted) else math.nan
     )
+    # length-normalised forms: 1 - prod CCP tends to 1 with length, these do not
+    sc.sequence["ccp_mean_log"] = (
+        float(counted.double().clamp_min(1e-30).log().mean()) if len(counted) else math.nan
+    )
     per_claim = claim_ccp(ccp, [pos for _, pos in claims]) if claims else torch.tensor([])
     per_claim = per_claim[~torch.isnan(per_claim)]
     sc.sequence["claim_ccp_min"] = float(per_claim.min()) if len(per_claim) else math.nan
+    sc.sequence["claim_ccp_mean"] = float(per_claim.mean()) if len(per_claim) else math.nan
 
 
 def _claim_prefixes(

@@ -15,6 +15,7 @@ from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, met
 from tokenprism.app.components.claims import claims_frame, judge_caption
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
 from tokenprism.app.ui import backend_errors, client, sequence_cards
+from tokenprism.backend.display import SCALE_MODE_LABELS
 
 DEFAULT_METRIC = "entropy"
 
@@ -46,8 +47,19 @@ def render_run(run: dict[str, Any], *, key: str, default_metric: str | None = No
         key=f"{key}.metric",
     )
     with_prompt = right.toggle("show prompt tokens", key=f"{key}.show_prompt")
-    st.html(legend_html(metric, tokens))
-    st.html(token_html(tokens, metric, include_prompt=with_prompt))
+    mode_col, ws_col = st.columns([3, 1])
+    mode = mode_col.radio(
+        "Colour scale",
+        ["fixed", "run"],
+        format_func=SCALE_MODE_LABELS.get,
+        horizontal=True,
+        key=f"{key}.scale",
+    )
+    whitespace = ws_col.toggle("show whitespace", key=f"{key}.whitespace")
+    st.html(legend_html(metric, tokens, mode))
+    st.html(
+        token_html(tokens, metric, include_prompt=with_prompt, mode=mode, whitespace=whitespace)
+    )
     caption = judge_caption(run)
     if caption:
         st.caption(caption)

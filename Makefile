@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run demo serve test test-fast lint browser bench bench-audit bench-ray bench-naive bench-throughput bench-peers probe clean
+.PHONY: install run demo serve test test-fast lint browser bench bench-audit bench-ingest bench-ray bench-naive bench-throughput bench-peers probe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench: install
 
 bench-audit: install
 	$(BIN)/python bench/audit.py
+
+# Validating a ~100 MB JSON array export (and its JSONL twin): time and peak memory.
+bench-ingest: install
+	$(BIN)/python bench/ingest.py
 
 # One forward pass for every metric vs one pass per metric (separate tools), checked to agree.
 bench-naive: install

@@ -29,6 +29,7 @@ class BackendError(Exception):
     code: str
     message: str
     problems: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # the error's other fields
 
     def __str__(self) -> str:
         return self.message
@@ -66,6 +67,7 @@ class TokenPrismClient:
                 str(error.get("code", "error")),
                 str(error.get("message", "")),
                 list(error.get("problems", [])),
+                {k: v for k, v in error.items() if k not in ("code", "message", "problems")},
             )
         return reply
 
@@ -173,8 +175,11 @@ class TokenPrismClient:
         model: str | None = None,
         metrics: list[str] | None = None,
         engine: str = "local",
+        skip_invalid: bool = False,
     ) -> dict[str, Any]:
         form = {"model": model} if model else {}
+        if skip_invalid:
+            form["skip_invalid"] = "true"
         if metrics:
             form["metrics"] = ",".join(metrics)
         if engine != "local":

@@ -20,6 +20,8 @@ TURN_COLUMNS = (
     "geometric_mean_confidence",
     "mean_entropy",
     "perplexity",
+    "truncated_tokens",
+    "rendering",
     "prompt",
     "response",
     "run_id",
@@ -35,7 +37,7 @@ RUN_COLUMNS = (
     "response",
     "run_id",
 )
-_INT_TURN_COLUMNS = ("rank", "conversation", "turn", "line")
+_INT_TURN_COLUMNS = ("rank", "conversation", "turn", "line", "truncated_tokens")
 _FLOAT_TURN_COLUMNS = ("risk", "geometric_mean_confidence", "mean_entropy", "perplexity")
 
 
@@ -72,7 +74,9 @@ def turns_frame(summary: dict[str, Any]) -> pd.DataFrame:
     Returns:
         Columns :data:`TURN_COLUMNS`: rank (1-based, the summary's order), conversation,
         turn (1-based), line, risk, geometric-mean confidence, mean entropy, perplexity,
-        prompt and response excerpts and the run id. Missing numbers are ``<NA>`` / NaN.
+        tokens of history dropped to fit the context, how the chat was rendered (template or
+        raw continuation), prompt and response excerpts and the run id. Missing numbers are
+        ``<NA>`` / NaN.
     """
     records = []
     for rank, turn in enumerate(summary.get("turns") or [], start=1):
@@ -88,6 +92,8 @@ def turns_frame(summary: dict[str, Any]) -> pd.DataFrame:
                 "geometric_mean_confidence": _float(sequence.get("geometric_mean_confidence")),
                 "mean_entropy": _float(sequence.get("mean_entropy")),
                 "perplexity": _float(sequence.get("perplexity")),
+                "truncated_tokens": _int(turn.get("truncated_tokens")),
+                "rendering": str(turn.get("rendering") or ""),
                 "prompt": excerpt(turn.get("prompt")),
                 "response": excerpt(turn.get("response")),
                 "run_id": str(turn.get("run_id", "")),

@@ -136,7 +136,7 @@ def _add_error_handlers(app: FastAPI) -> None:
             if isinstance(err, cls):
                 extra = {}
                 if isinstance(err, TranscriptError):
-                    extra["problems"] = [{"line": ln, "message": m} for ln, m in err.problems]
+                    extra.update(err.details)
                 return error_response(status, code, str(err), **extra)
         return error_response(400, "bad_request", str(err))
 

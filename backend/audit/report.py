@@ -96,6 +96,49 @@ def _header(summary: dict[str, Any]) -> str:
     return f'<header><h1>TokenPrism audit report</h1><dl class="facts">{rows}</dl></header>'
 
 
+def _rendering_words(turn: dict[str, Any]) -> str:
+    """`` · rendered as …`` and `` · truncated: …`` when the turn was not scored plainly."""
+    words = ""
+    rendering = turn.get("rendering")
+    if rendering and rendering != "template":
+        words += f" · rendered as {str(rendering).replace('_', ' ')}"
+    dropped = turn.get("truncated_tokens") or 0
+    if dropped:
+        words += f" · truncated: {dropped} tokens of history dropped to fit the context"
+    return words
+
+
+def _ingest_section(summary: dict[str, Any]) -> str:
+    """What the upload held: counts, renderings, truncation and the skipped items."""
+    ingest = summary.get("ingest")
+    if not ingest:
+        return ""
+    rendering = ", ".join(
+        f"{n} {how}" for how, n in sorted((ingest.get("rendering") or {}).items())
+    )
+    facts = [
+        ("conversations", f"{ingest.get('conversations')} ({ingest.get('conversations_invalid')}"
+                          " invalid, skipped)"),
+        ("assistant turns found", ingest.get("assistant_turns")),
+        ("scored", ingest.get("scored")),
+        ("skipped", ingest.get("skipped_count")),
+        ("truncated", f"{ingest.get('truncated')} turns ({ingest.get('truncated_tokens')} tokens "
+                      "dropped)"),
+        ("rendered", rendering or "none yet"),
+        ("empty messages", ingest.get("empty_messages")),
+    ]  # fmt: skip
+    rows = "".join(f"<dt>{escape(k)}</dt><dd>{escape(format_value(v))}</dd>" for k, v in facts)
+    skipped = "".join(
+        f"<li>line {escape(format_value(s.get('line')))}"
+        + (f", conversation {escape(s['conversation'])}" if s.get("conversation") else "")
+        + (f", turn {escape(s['turn_index'] + 1)}" if s.get("turn_index") is not None else "")
+        + f": {escape(s.get('reason'))}</li>"
+        for s in ingest.get("skipped") or []
+    )
+    listed = f"<h3>Skipped</h3><ul>{skipped}</ul>" if skipped else ""
+    return f'<h2 id="ingest">Upload</h2><dl class="facts">{rows}</dl>{listed}'
+
+
 def _turn_row(rank: int, turn: dict[str, Any]) -> str:
     sequence = turn.get("sequence") or {}
     shown = [
@@ -180,7 +223,8 @@ def _turn_section(
         f'<section class="turn" id="turn-{escape(run_id)}"><h3>{escape(heading)}</h3>'
         f'<p class="meta">run <code>{escape(run_id)}</code> · '
         f"risk {escape(format_value(turn.get('risk')))}"
-        f" · {escape(format_value(turn.get('n_tokens')))} tokens</p>"
+        f" · {escape(format_value(turn.get('n_tokens')))} tokens"
+        f"{escape(_rendering_words(turn))}</p>"
         f"{_sequence_line(turn.get('sequence') or {})}"
         f"<h4>Prompt</h4><blockquote>{escape(turn.get('prompt') or '')}</blockquote>"
         f"<h4>Response</h4>{legend_html(scale)}{body}"
@@ -224,6 +268,7 @@ def render_audit_report(
         "content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>TokenPrism audit report — {escape(filename)}</title><style>{_CSS}</style></head>"
-        f"<body>{_header(summary)}<main>{_turns_table(summary)}{_tokens_table(summary)}"
+        f"<body>{_header(summary)}<main>{_ingest_section(summary)}{_turns_table(summary)}"
+        f"{_tokens_table(summary)}"
         f'<h2 id="sections">Turns</h2>{sections}</main></body></html>\n'
     )

@@ -11,6 +11,7 @@ import io
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,10 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from tokenprism.analysis.registry import MetricSpec, get_metric
-from tokenprism.backend.audit.ingest import WorkItem, parse_transcript
+from tokenprism.backend.audit.ingest import IngestReport, WorkItem, parse_with_report
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.encoding import EncodedText, encode_chat, encode_text
+from tokenprism.backend.scoring.encoding import EncodedText, encode_text, encode_turn
 from tokenprism.backend.scoring.runner import score_batch
 from tokenprism.backend.store import Store, schema
 from tokenprism.backend.store.records import finished_items, get_upload
@@ -42,10 +43,12 @@ class JobCancelled(Exception):
 
 
 def encode_item(lm: LoadedModel, item: WorkItem) -> EncodedText:
+    """An item as audits score it: a turn too long for the context is left-truncated and a
+    chat the template cannot render becomes a raw continuation (see ``encode_turn``)."""
     if item.messages is not None:
-        return encode_chat(lm.tokenizer, item.messages, context_length=lm.context_length)
+        return encode_turn(lm.tokenizer, item.messages, context_length=lm.context_length)
     assert item.text is not None
-    return encode_text(lm.tokenizer, item.text, context_length=lm.context_length)
+    return encode_text(lm.tokenizer, item.text, context_length=lm.context_length, truncate=True)
 
 
 def encode_items(lm: LoadedModel, items: Sequence[WorkItem], source: str) -> list[EncodedText]:
@@ -205,12 +208,54 @@ def _riskiest_first(spec: MetricSpec) -> bool:
     return spec.higher_means != "confident"
 
 
-def upload_items(store: Store, upload_id: str) -> tuple[dict[str, Any], list[WorkItem]]:
+def upload_ingest(
+    store: Store, upload_id: str
+) -> tuple[dict[str, Any], list[WorkItem], IngestReport]:
+    """An upload's row, items and ingest report, parsed again from its stored content.
+
+    Parsed with ``skip_invalid``: a file validated strictly at upload has no invalid record, so
+    it gives the very same items; one sent with ``skip_invalid`` gets its skipped records back
+    in the report.
+    """
     upload = get_upload(store, upload_id, content=True)
     if upload is None:
         raise UserError(f"no upload with id {upload_id!r}")
-    items = parse_transcript(upload["content"], upload["format"], upload["filename"])
+    items, report = parse_with_report(
+        upload["content"], upload["format"], upload["filename"], skip_invalid=True
+    )
+    return upload, items, report
+
+
+def upload_items(store: Store, upload_id: str) -> tuple[dict[str, Any], list[WorkItem]]:
+    upload, items, _ = upload_ingest(store, upload_id)
     return upload, items
+
+
+def rendering_facts(store: Store, upload_id: str) -> dict[str, tuple[str, int]]:
+    """``run_id -> (rendering, truncated_tokens)`` of an upload's runs, read from their
+    provenance inside DuckDB (the provenance holds the rendered chat: not parsed in Python)."""
+    r = schema.runs
+    rendering = sa.func.json_extract_string(r.c.provenance, "$.rendering")
+    dropped = sa.func.json_extract_string(r.c.provenance, "$.truncated_tokens")
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(r.c.run_id, rendering, dropped).where(r.c.upload_id == upload_id)
+        ).all()
+    return {run_id: (how or "template", int(n or 0)) for run_id, how, n in rows}
+
+
+def ingest_summary(report: IngestReport, facts: dict[str, tuple[str, int]]) -> dict[str, Any]:
+    """What the upload held and what became of it: the parse report plus, from the stored
+    runs, how many turns were scored, truncated (and tokens dropped) and how each was rendered."""
+    renderings = Counter(how for how, _ in facts.values())
+    truncated = [n for _, n in facts.values() if n > 0]
+    return {
+        **report.as_dict(),
+        "scored": len(facts),
+        "truncated": len(truncated),
+        "truncated_tokens": sum(truncated),
+        "rendering": dict(renderings),
+    }
 
 
 def audit_summary(
@@ -223,9 +268,10 @@ def audit_summary(
 ) -> dict[str, Any]:
     """Turns ranked by a sequence metric and the riskiest tokens by a token metric."""
     turn_spec, token_spec = _spec(metric, "sequence"), _spec(token_metric, "token")
-    upload, items = upload_items(store, upload_id)
+    upload, items, report = upload_ingest(store, upload_id)
     by_index = {it.index: it for it in items}
     runs = store.list_runs(upload_id=upload_id, limit=len(items) + 1)
+    facts = rendering_facts(store, upload_id)
     descending = _riskiest_first(turn_spec)
     turns = []
     for run in runs:
@@ -243,6 +289,8 @@ def audit_summary(
                 "n_tokens": run["n_response_tokens"],
                 "risk": value,
                 "sequence": run["sequence"],
+                "rendering": facts.get(run["run_id"], ("template", 0))[0],
+                "truncated_tokens": facts.get(run["run_id"], ("template", 0))[1],
             }
         )
 
@@ -267,6 +315,7 @@ def audit_summary(
         "token_metric": token_metric,
         "token_higher_means": token_spec.higher_means,
         "n_scored": len(turns),
+        "ingest": ingest_summary(report, facts),
         "turns": turns,
         "tokens": tokens,
     }
@@ -435,3 +484,32 @@ def eta_seconds(started: float, done: int, total: int, skipped: int = 0) -> floa
     if worked <= 0 or total <= done:
         return None if total > done else 0.0
     return (time.monotonic() - started) / worked * (total - done)
+
+
+def upload_ingest_summary(store: Store, upload_id: str) -> dict[str, Any]:
+    """:func:`ingest_summary` of a stored upload."""
+    _, _, report = upload_ingest(store, upload_id)
+    return ingest_summary(report, rendering_facts(store, upload_id))
+
+
+def ingest_lines(summary: dict[str, Any], *, listed: int = 20) -> list[str]:
+    """The upload summary as plain lines for a terminal: counts, then the skipped ones."""
+    rendering = ", ".join(f"{n} {how}" for how, n in sorted(summary["rendering"].items()))
+    lines = [
+        f"{summary['conversations']} conversations ({summary['conversations_invalid']} invalid, "
+        f"skipped) · {summary['assistant_turns']} assistant turns found · "
+        f"{summary['to_score']} to score · {summary['scored']} scored · "
+        f"{summary['skipped_count']} skipped · {summary['empty_messages']} empty messages",
+        f"truncated to fit the context: {summary['truncated']} turns "
+        f"({summary['truncated_tokens']} tokens dropped) · rendered: {rendering or 'none yet'}",
+    ]
+    for entry in summary["skipped"][:listed]:
+        where = f"line {entry['line']}"
+        if entry.get("conversation") is not None:
+            where += f", conversation {entry['conversation']}"
+        if entry.get("turn_index") is not None:
+            where += f", turn {entry['turn_index'] + 1}"
+        lines.append(f"  skipped {where}: {entry['reason']}")
+    if summary["skipped_count"] > listed:
+        lines.append(f"  … and {summary['skipped_count'] - listed} more skipped")
+    return lines

@@ -40,7 +40,12 @@ def audit(
     export: Path | None = typer.Option(
         None, "--export", help="also write report.html, tokens.csv or tokens.parquet"
     ),
-    fmt: str | None = typer.Option(None, "--format", help="jsonl, csv or text (default: guess)"),
+    fmt: str | None = typer.Option(
+        None, "--format", help="json, jsonl, csv or text (default: guess)"
+    ),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="audit the valid conversations, list the invalid ones"
+    ),
     metric: str = typer.Option("mean_entropy", help="sequence metric that ranks turns in exports"),
     rank_by: str = typer.Option("entropy", help="token metric that ranks the uncertain tokens"),
     top: int = typer.Option(5, help="uncertain tokens to list per turn"),
@@ -83,13 +88,15 @@ def audit(
             job = _resume_audit(store, resume, data, model)
         else:
             job = _new_audit(
-                store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options
-            )
+                store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options,
+                skip_invalid,
+            )  # fmt: skip
         result = _score(store, job, str(file), engine, ray_options)
         if summary:
             _print_turns(store, job, rank_by=rank_by, top=top)
         if export is not None:
             _export(store, job.upload_id, export, metric=metric, token_metric=rank_by)
+        _print_ingest(store, job.upload_id)
     if engine == "ray":
         err.print(
             f"ray: {len(result['scored'])} shards scored, {len(result['from_disk'])} read back "
@@ -187,6 +194,14 @@ def _export(store: Any, upload_id: str, export: Path, *, metric: str, token_metr
     err.print(f"wrote {export} ({len(content):,} bytes)")
 
 
+def _print_ingest(store: Any, upload_id: str) -> None:
+    """What the upload held: conversations, turns scored / skipped / truncated, renderings."""
+    from tokenprism.backend.audit.upload import ingest_lines, upload_ingest_summary
+
+    for line in ingest_lines(upload_ingest_summary(store, upload_id)):
+        err.print(line, markup=False, highlight=False)
+
+
 def _new_audit(
     store: Any,
     file: Path,
@@ -199,6 +214,7 @@ def _new_audit(
     samples: int,
     engine: str,
     ray_options: dict[str, Any],
+    skip_invalid: bool = False,
 ) -> AuditJob:
     """Parse and validate ``file``, record its upload and a new audit job."""
     import hashlib
@@ -208,7 +224,7 @@ def _new_audit(
 
     text = decode_text(data, str(file))
     fmt = fmt or detect_format(file.name, text)
-    items = parse_transcript(text, fmt, str(file))
+    items = parse_transcript(text, fmt, str(file), skip_invalid=skip_invalid)
     lm = load_model(model)
     plan = extras_plan(lm, metrics, judge, probe, samples)
     upload_id = create_upload(

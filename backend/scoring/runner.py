@@ -133,9 +133,13 @@ def score_batch(
             "truncated": enc.truncated,
             "chat_template": enc.template,
             "rendered_text": enc.text if enc.kind == "chat" else None,
+            "rendering": enc.rendering,
+            "truncated_tokens": enc.truncated_tokens,
             "batch_size": len(encoded),
             "batch_seconds": round(elapsed, 4),
         }
+        if enc.notes:
+            provenance["rendering_notes"] = enc.notes
         if extras is not None:
             provenance["extras"] = {**extras.provenance(), **row_extras}
         results.append(ScoredText(encoded=enc, scores=sc, provenance=provenance, claims=claims))

@@ -103,6 +103,32 @@ def test_audit_shows_validation_errors(backend: str) -> None:  # noqa: ARG001 - 
     assert not at.exception
 
 
+def test_audit_offers_to_skip_invalid_conversations(backend: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    good = {"prompt": f"Question {tag}?", "response": "Hello there! How can I help you today?"}
+    lines = [json.dumps(good), '{"messages": [{"role": "wizard", "content": "x"}]}']
+    lines += [json.dumps({"conversations": [{"from": "gpt", "value": f"Mid-chat {tag}."}]})]
+    at = _app("audit")
+    at.get("file_uploader")[0].set_value((f"mixed-{tag}.jsonl", "\n".join(lines).encode(), ""))
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("line 2" in e.value and "wizard" in e.value for e in at.error)
+    assert any("2 conversations fine, 1 with problems" in w.value for w in at.warning)
+    assert at.button(key="audit.lenient").disabled
+    at.checkbox(key="audit.skip_invalid").check().run()
+    at.button(key="audit.lenient").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    upload_id = at.session_state["audit.upload_id"]
+    summary = httpx.get(f"{backend}/api/v1/uploads/{upload_id}").json()
+    _job_done(backend, summary["job"]["job_id"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Conversations"] == "3" and shown["Scored"] == "2" and shown["Skipped"] == "1"
+    assert any("wizard" in str(t.value) for t in at.table)
+    assert len(at.dataframe[-2].value) == 2  # the ranked turns
+
+
 def test_runs_page_lists_and_filters(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
     httpx.post(f"{backend}/api/v1/runs", json={"text": "A unique zebra sentence."})
     at = _app("runs")

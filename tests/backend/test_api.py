@@ -840,21 +840,21 @@ BAD_UPLOADS: list[tuple[str, str, bytes, int, str, int | None, str]] = [
     (
         "no-assistant",
         "user-only.jsonl",
-        b'{"prompt": "a", "response": "b"}\n{"messages": [{"role": "user", "content": "hi"}]}\n',
-        422,
-        "invalid_transcript",
-        2,
-        "assistant",
+        b'{"messages": [{"role": "user", "content": "hi"}]}\n',
+        400,
+        "bad_request",
+        None,
+        "no non-empty assistant turn to score (1 × no assistant message)",
     ),
     (
         "empty-assistant",
         "blank.jsonl",
         b'{"messages": [{"role": "user", "content": "hi"}, '
         b'{"role": "assistant", "content": "  "}]}\n',
-        422,
-        "invalid_transcript",
-        1,
-        "assistant",
+        400,
+        "bad_request",
+        None,
+        "1 × empty assistant message",
     ),
     (
         "unknown-role",
@@ -873,17 +873,6 @@ BAD_UPLOADS: list[tuple[str, str, bytes, int, str, int | None, str]] = [
         "invalid_transcript",
         2,
         "object",
-    ),
-    (
-        "too-long",
-        "long.jsonl",
-        b'{"prompt": "a", "response": "b"}\n'
-        + json.dumps({"prompt": "Tell me.", "response": "Paris is nice. " * 80}).encode()
-        + b"\n",
-        422,
-        "invalid_transcript",
-        2,
-        "256",
     ),
     (
         "csv-no-header",

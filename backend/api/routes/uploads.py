@@ -16,7 +16,7 @@ from tokenprism.backend.api.service import (
     metric_families,
     protected_router,
 )
-from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_transcript
+from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_with_report
 from tokenprism.backend.audit.upload import (
     DEFAULT_TOKEN_METRIC,
     DEFAULT_TURN_METRIC,
@@ -39,9 +39,9 @@ router = protected_router()
 @router.post("/uploads", status_code=202, summary="Upload a transcript to audit (a job)")
 def upload(
     svc: ServiceDep,
-    file: Annotated[UploadFile, File(description="JSONL, CSV or plain text")],
+    file: Annotated[UploadFile, File(description="JSON array, JSONL, CSV or plain text")],
     model: Annotated[str | None, Form()] = None,
-    format: Annotated[str | None, Form(description="jsonl, csv or text")] = None,
+    format: Annotated[str | None, Form(description="json, jsonl, csv or text")] = None,
     metrics: Annotated[
         str | None, Form(description="extra metric families, e.g. ccp,probe")
     ] = None,
@@ -52,6 +52,9 @@ def upload(
     shard_items: Annotated[
         int, Form(ge=1, le=100_000, description="items per Ray shard (engine=ray)")
     ] = 64,
+    skip_invalid: Annotated[
+        bool, Form(description="audit the valid conversations; list the invalid ones")
+    ] = False,
 ) -> JSONResponse:
     if engine == "ray":
         from tokenprism.backend.audit.ray_engine import check_engine
@@ -66,7 +69,9 @@ def upload(
         raise ApiError(422, "empty_file", f"{name} is empty")
     text = decode_text(data, name)
     fmt = format or detect_format(name, text)
-    items = parse_transcript(text, fmt, name, max_items=svc.settings.upload_max_items)
+    items, report = parse_with_report(
+        text, fmt, name, max_items=svc.settings.upload_max_items, skip_invalid=skip_invalid
+    )
     model_name = svc.model_name(model)
     lm = svc.model(model_name)
     encode_items(lm, items, name)  # too-long or empty turns fail now, before any write
@@ -113,6 +118,7 @@ def upload(
             "duplicate": False,
             "n_items": len(items),
             "format": fmt,
+            "ingest": report.as_dict(),
         },
     )
 

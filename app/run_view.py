@@ -16,7 +16,7 @@ from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, met
 from tokenprism.app.components.claims import claims_frame, judge_caption
 from tokenprism.app.components.token_canvas import token_canvas_html
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
-from tokenprism.app.ui import backend_errors, client, sequence_cards
+from tokenprism.app.ui import backend_errors, cached_run, client, sequence_cards
 from tokenprism.backend.display import SCALE_MODE_LABELS
 
 DEFAULT_METRIC = "entropy"
@@ -128,6 +128,7 @@ def render_claims(run: dict[str, Any], *, key: str) -> None:
         if st.button("Apply probe", key=f"{key}.probe_apply"):
             with backend_errors(), st.spinner("Running the probe…"):
                 fresh = client().apply_probe(run["run_id"], name)["run"]
+            cached_run.clear()  # the stored run changed
             for state in ("explore.run",):
                 if st.session_state.get(state, {}).get("run_id") == run["run_id"]:
                     st.session_state[state] = fresh

@@ -11,7 +11,7 @@ import streamlit as st
 from tokenprism.app.client import BackendError
 from tokenprism.app.components.tables import turns_frame
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client
+from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client, fetch_run
 
 TURN_METRICS = [
     "mean_entropy",
@@ -231,7 +231,7 @@ if rows:
     run_id = frame.iloc[rows[0]]["run_id"]
     started = time.perf_counter()
     with backend_errors():
-        run = client().run(run_id)
+        run = fetch_run(run_id)
     st.subheader("Turn detail")
     render_run(run, key="audit.detail")
     st.caption(f"loaded in {time.perf_counter() - started:.2f} s")

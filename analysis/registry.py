@@ -284,7 +284,8 @@ _EXTRAS = [
         "confident",
         "Claim-Conditioned Probability: p(entailing alternatives) / p(entailing + "
         "contradicting alternatives) among the top-K, labelled by an NLI judge (see "
-        "provenance.extras.ccp.judge).",
+        "provenance.extras.ccp.judge); conventions of provenance.extras.ccp.preset "
+        "(lm-polygraph by default, tokenprism = our shortcuts).",
         ("logits", "nli_judge"),
     ),
     MetricSpec(
@@ -328,7 +329,8 @@ _EXTRAS = [
         "sequence",
         "probability",
         "uncertain",
-        "1 - product of token CCP over the response. Saturates towards 1 with length: "
+        "1 - product of token CCP over the response (lm-polygraph preset: every token, NaN "
+        "propagates; tokenprism: NaN tokens skipped). Saturates towards 1 with length: "
         "comparable only across responses of similar length (rank by ccp_mean_log instead).",
         ("logits", "nli_judge"),
     ),
@@ -424,7 +426,9 @@ _GROUPS = [
         "score",
         "neutral",
         "Token Hidden Reward: first-order influence of the token's GRPO update on the "
-        "likelihood of the group's correct responses (> 0 exploitation, < 0 exploration).",
+        "likelihood of the group's correct responses (> 0 exploitation, < 0 exploration); "
+        "over the full vocabulary by default, over the group's tokens V* with "
+        "thr_vocab=group (see the group summary).",
         ("logits", "hidden_states", "group"),
     ),
     MetricSpec(

@@ -16,6 +16,13 @@ JOB_TERMINAL = ("done", "failed", "cancelled", "interrupted")
 # The extra metric families a scoring request can ask for (backend.uncertainty.EXTRA_METRICS,
 # repeated so the UI does not import the backend's model code).
 EXTRA_METRICS = ["ccp", "probe", "sar", "selfcheck"]
+# CCP's conventions (analysis.ccp.CCP_PRESETS), the default first
+CCP_PRESETS = ["lm-polygraph", "tokenprism"]
+CCP_PRESET_HELP = (
+    "CCP conventions. lm-polygraph (default): as LM-Polygraph, every alternative judged, no "
+    "stopword rule, NaN propagates, an empty claim is 1. tokenprism: our shortcuts (stopwords "
+    "and punctuation get CCP 1, the same word is entailment unjudged, NaN tokens skipped)."
+)
 
 SEQUENCE_CARDS = (
     ("geometric_mean_confidence", "GM confidence", "{:.3f}"),

@@ -70,7 +70,10 @@ def judge_caption(run: dict[str, Any]) -> str | None:
     extras = (run.get("provenance") or {}).get("extras") or {}
     parts = []
     if "ccp" in extras:
-        parts.append(f"CCP judge: {extras['ccp'].get('judge')}")
+        ccp = extras["ccp"]
+        # runs stored before the presets existed used our shortcuts
+        preset = ccp.get("preset") or "tokenprism (stored before presets)"
+        parts.append(f"CCP judge: {ccp.get('judge')} · CCP preset: {preset}")
     if "probe" in extras:
         p = extras["probe"]
         parts.append(f"probe: {p.get('probe')} (layer {p.get('layer')})")

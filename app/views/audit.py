@@ -11,7 +11,14 @@ import streamlit as st
 from tokenprism.app.client import BackendError
 from tokenprism.app.components.tables import turns_frame
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client, fetch_run
+from tokenprism.app.ui import (
+    CCP_PRESET_HELP,
+    CCP_PRESETS,
+    EXTRA_METRICS,
+    backend_errors,
+    client,
+    fetch_run,
+)
 
 TURN_METRICS = [
     "mean_entropy",
@@ -62,6 +69,7 @@ def send(upload: Any, *, skip_invalid: bool = False) -> str | None:
                 metrics=st.session_state.get("audit.extras") or [],
                 engine=st.session_state.get("audit.engine") or "local",
                 skip_invalid=skip_invalid,
+                ccp_preset=st.session_state.get("audit.ccp_preset"),
             )
         except BackendError as err:
             if err.code != "invalid_transcript" or not err.details.get("conversations_valid"):
@@ -107,6 +115,7 @@ with st.form("audit.form", clear_on_submit=False):
     extras = form_cols[1].multiselect(
         "Uncertainty & hallucination metrics", EXTRA_METRICS, key="audit.extras"
     )
+    form_cols[1].selectbox("CCP preset", CCP_PRESETS, key="audit.ccp_preset", help=CCP_PRESET_HELP)
     engine = form_cols[2].selectbox(
         "Engine",
         ["local", "ray"],

@@ -95,6 +95,15 @@ with st.expander("Sample a new group", expanded=True):
     temperature = cols[1].number_input("Temperature", 0.05, 5.0, 1.0, 0.05, key="groups.temp")
     max_new = cols[2].number_input("Max new tokens", 1, 1024, 96, 8, key="groups.max_new")
     seed = cols[3].number_input("Seed", 0, 2**32 - 1, 0, 1, key="groups.seed")
+    thr_vocab = st.radio(
+        "THR vocabulary",
+        ["full", "group"],
+        horizontal=True,
+        key="groups.thr_vocab",
+        help="full: exact first-order influence over the whole vocabulary (default); group: "
+        "NTHR's cost shortcut over the tokens occurring in the group (V*), reported with its "
+        "agreement with the full value",
+    )
     if st.button("Sample group", type="primary", key="groups.sample"):
         if not prompt.strip() or not verifier.strip():
             st.warning("Give a prompt and a verifier (or pick a shipped prompt).")
@@ -107,6 +116,7 @@ with st.expander("Sample a new group", expanded=True):
                     temperature=float(temperature),
                     max_new_tokens=int(max_new),
                     seed=int(seed),
+                    thr_vocab=thr_vocab,
                 )
             start_job(GROUP_JOB, reply)
     if st.session_state.get(GROUP_JOB):
@@ -144,7 +154,10 @@ st.caption(
 cards = st.columns(4)
 cards[0].metric("responses", len(responses))
 cards[1].metric("correct", summary.get("n_correct", "—"))
-cards[2].metric("group vocabulary", summary.get("vocabulary_size", "—"))
+cards[2].metric(
+    f"THR vocabulary ({summary.get('thr_vocab', 'group')})",
+    summary.get("thr_vocab_size", summary.get("vocabulary_size", "—")),
+)
 tau = summary.get("thr_tau")
 cards[3].metric("THR τ", "—" if tau is None else f"{tau:.4g}")
 n_correct = summary.get("n_correct")

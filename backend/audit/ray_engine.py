@@ -252,9 +252,17 @@ def _init_ray(ray: Any, options: RayOptions) -> bool:
         ray.init(address=options.address, **common)
     else:
         slots = options.workers or max(1, (os.cpu_count() or 1) // 2)
+        # A cluster of our own, on loopback: address="local" never joins a cluster named by a
+        # stray RAY_ADDRESS (only TOKENPRISM_RAY_ADDRESS / --address do), the node advertises
+        # 127.0.0.1 and the dashboard (an unauthenticated job API) is off. Ray's own gRPC
+        # servers still bind every interface in Ray 2.60 (no setting changes that), which is
+        # why the API refuses engine=ray unless the operator enabled it (TOKENPRISM_ALLOW_RAY).
         ray.init(
+            address="local",
             num_cpus=max(1, int(slots * options.cpus_per_worker)),
             include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
             object_store_memory=options.object_store_mb * 1024 * 1024,
             **common,
         )

@@ -232,6 +232,11 @@ def _turn_section(
     )
 
 
+def _cut_note(summary: dict[str, Any]) -> str:
+    note = summary.get("cut_note")
+    return f'<p class="note"><strong>Note:</strong> {escape(note)}</p>' if note else ""
+
+
 def render_audit_report(
     summary: dict[str, Any],
     turn_tokens: dict[str, list[dict[str, Any]]],
@@ -268,7 +273,8 @@ def render_audit_report(
         "content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>TokenPrism audit report — {escape(filename)}</title><style>{_CSS}</style></head>"
-        f"<body>{_header(summary)}<main>{_ingest_section(summary)}{_turns_table(summary)}"
+        f"<body>{_header(summary)}<main>{_cut_note(summary)}{_ingest_section(summary)}"
+        f"{_turns_table(summary)}"
         f"{_tokens_table(summary)}"
         f'<h2 id="sections">Turns</h2>{sections}</main></body></html>\n'
     )

@@ -21,8 +21,15 @@ import sqlalchemy as sa
 from rich.console import Console
 
 from tokenprism.analysis.registry import MetricSpec, get_metric
-from tokenprism.backend.audit.ingest import IngestReport, WorkItem, parse_with_report
+from tokenprism.backend.audit.ingest import (
+    IngestReport,
+    WorkItem,
+    parse_with_report,
+)
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import (
+    JobCancelled as JobCancelled,  # re-exported: callers import it here
+)
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.scoring.encoding import EncodedText, encode_text, encode_turn
 from tokenprism.backend.scoring.runner import score_batch
@@ -36,10 +43,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TURN_METRIC = "mean_entropy"
 DEFAULT_TOKEN_METRIC = "entropy"
-
-
-class JobCancelled(Exception):
-    """Raised inside a job when its cancel flag was set between batches."""
 
 
 def encode_item(lm: LoadedModel, item: WorkItem) -> EncodedText:
@@ -404,6 +407,17 @@ def token_frame(store: Store, upload_id: str) -> pd.DataFrame:
     return base
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (``= + - @``, tab, CR first) gets a
+    leading ``'``, the usual CSV-injection defence; numbers and other cells are unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def export_upload(
     store: Store,
     upload_id: str,
@@ -411,8 +425,13 @@ def export_upload(
     *,
     metric: str = DEFAULT_TURN_METRIC,
     token_metric: str = DEFAULT_TOKEN_METRIC,
+    max_turns: int | None = None,
 ) -> tuple[bytes, str, str]:
-    """``(content, media type, file name)`` of an upload's export in ``fmt``."""
+    """``(content, media type, file name)`` of an upload's export in ``fmt``.
+
+    The HTML report shows at most ``max_turns`` turns (the riskiest first) and says so when it
+    cuts; CSV text cells are made formula-safe (:func:`csv_safe`).
+    """
     if fmt not in EXPORT_TYPES:
         raise UserError(f"unknown export format {fmt!r}; choose csv, parquet or html")
     name = f"tokenprism-audit-{upload_id[:12]}.{fmt}"
@@ -420,13 +439,23 @@ def export_upload(
         from tokenprism.backend.audit.report import render_audit_report
 
         summary = audit_summary(store, upload_id, metric=metric, token_metric=token_metric)
+        if max_turns is not None and len(summary["turns"]) > max_turns:
+            summary["cut_note"] = (
+                f"This report shows the {max_turns:,} riskiest of {len(summary['turns']):,} "
+                "scored turns (the server's export_max_runs); the CSV and Parquet exports "
+                "hold every token."
+            )
+            summary["turns"] = summary["turns"][:max_turns]
         tokens = {t["run_id"]: store.get_run(t["run_id"])["tokens"] for t in summary["turns"]}
         html = render_audit_report(summary, tokens, colour_metric=token_metric)
         return html.encode("utf-8"), EXPORT_TYPES[fmt], name
     frame = token_frame(store, upload_id)
     buffer = io.BytesIO()
     if fmt == "csv":
-        buffer.write(frame.to_csv(index=False).encode("utf-8"))
+        safe = frame.apply(
+            lambda col: col if pd.api.types.is_numeric_dtype(col) else col.map(csv_safe)
+        )
+        buffer.write(safe.to_csv(index=False).encode("utf-8"))
     else:
         frame.to_parquet(buffer, index=False)
     return buffer.getvalue(), EXPORT_TYPES[fmt], name

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import typer
 
 from tokenprism.backend.cli.common import (
+    CcpPresetOpt,
     JudgeOpt,
     MetricsOpt,
     ModelOpt,
@@ -51,6 +52,7 @@ def audit(
     top: int = typer.Option(5, help="uncertain tokens to list per turn"),
     metrics: str | None = MetricsOpt,
     judge: str | None = JudgeOpt,
+    ccp_preset: str | None = CcpPresetOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
     engine: str = typer.Option(
@@ -89,7 +91,7 @@ def audit(
         else:
             job = _new_audit(
                 store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options,
-                skip_invalid,
+                skip_invalid, ccp_preset,
             )  # fmt: skip
         result = _score(store, job, str(file), engine, ray_options)
         if summary:
@@ -215,6 +217,7 @@ def _new_audit(
     engine: str,
     ray_options: dict[str, Any],
     skip_invalid: bool = False,
+    ccp_preset: str | None = None,
 ) -> AuditJob:
     """Parse and validate ``file``, record its upload and a new audit job."""
     import hashlib
@@ -226,7 +229,7 @@ def _new_audit(
     fmt = fmt or detect_format(file.name, text)
     items = parse_transcript(text, fmt, str(file), skip_invalid=skip_invalid)
     lm = load_model(model)
-    plan = extras_plan(lm, metrics, judge, probe, samples)
+    plan = extras_plan(lm, metrics, judge, probe, samples, ccp_preset)
     upload_id = create_upload(
         store,
         filename=file.name,

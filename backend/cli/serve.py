@@ -23,9 +23,8 @@ def serve(
     model: str | None = typer.Option(None, "--model", "-m", help="model to load at start-up"),
 ) -> None:
     """Run the HTTP API (one process: the only owner of the model and the database)."""
-    import uvicorn
-
     from tokenprism.backend.api.app import create_app
+    from tokenprism.backend.api.serving import run_server
     from tokenprism.backend.settings import get_settings
 
     settings = get_settings()
@@ -41,9 +40,7 @@ def serve(
         f"TokenPrism API on http://{host}:{port}/api/v1 (docs at /docs), "
         f"model {settings.default_model}, database {settings.db_path}"
     )
-    uvicorn.run(
-        create_app(settings, preload=True), host=host, port=port, workers=1, log_level="warning"
-    )
+    run_server(create_app(settings, preload=True), settings, host, port)  # SIGTERM: < 10 s
 
 
 def _streamlit_command(port: int) -> list[str]:

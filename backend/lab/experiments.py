@@ -38,6 +38,7 @@ from tokenprism.backend.lab.steering import (
     save_vector,
     steer,
 )
+from tokenprism.backend.limits import check_cancelled, check_context, stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.resources import shipped
 from tokenprism.backend.sampling.types import cut_at_eos, eos_ids
@@ -187,6 +188,7 @@ def _generate_output(
     from transformers import LogitsProcessorList
 
     sampling = temperature > 0
+    check_context(lm, int(ids.shape[1]), max_new_tokens)
     with torch.inference_mode():
         out = lm.model.generate(
             ids,
@@ -198,6 +200,7 @@ def _generate_output(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
             logits_processor=LogitsProcessorList(processors or []),
+            stopping_criteria=stopping_criteria(),
         )
     eos = eos_ids(lm)
     generated = cut_at_eos(out[0, ids.shape[1] :].tolist(), eos)
@@ -302,18 +305,15 @@ def refusal_detector(spec: str, phrases: Sequence[str]) -> Callable[[str], bool]
 
         return marker
     if spec.startswith("regex:"):
-        import regex
+        from tokenprism.analysis.verifiers import compile_user_regex
 
-        try:
-            pattern = regex.compile(spec[len("regex:") :])
-        except regex.error as err:
+        try:  # RE2: linear time, bounded memory, limits named (see analysis.verifiers)
+            pattern = compile_user_regex(spec[len("regex:") :], "refusal detector regex")
+        except ValueError as err:
             raise UserError(f"bad refusal detector regex: {err}") from None
 
         def matcher(text: str) -> bool:
-            try:
-                return pattern.search(text, timeout=0.5) is not None
-            except TimeoutError:
-                return False
+            return pattern.search(text) is not None
 
         return matcher
     raise UserError(f"unknown refusal detector {spec!r}; use 'marker' or 'regex:PATTERN'")
@@ -421,9 +421,17 @@ def _refusal_steering(lm: LoadedModel, sweep: RefusalSweep) -> _RefusalSteering:
     )
 
 
-def _first_position(lm: LoadedModel, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The templated prompt's ids and the unsteered next-token distribution after it."""
+def _first_position(
+    lm: LoadedModel, prompt: str, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The templated prompt's ids and the unsteered next-token distribution after it.
+
+    The prompt and the sweep's generations must fit the context (checked before the model
+    runs), and a cancelled job stops here between prompts.
+    """
     ids = prompt_tensor(lm, prompt)
+    check_context(lm, int(ids.shape[1]), max_new_tokens)
+    check_cancelled()
     with torch.inference_mode():
         logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
     return ids, torch.softmax(logits, -1)
@@ -464,7 +472,7 @@ def run_refusal_sweep(
     experiment_id = create_experiment(
         store, "refusal-sweep", lm, {**sweep.as_dict(), "resolved_mode": mode}, job_id
     )
-    first_probs = [_first_position(lm, str(p["prompt"])) for p in prompts]
+    first_probs = [_first_position(lm, str(p["prompt"]), sweep.max_new_tokens) for p in prompts]
     total = len(prompts) * len(sweep.values)
     curves: dict[str, list[Any]] = {"value": [], "refusal_rate": [], "p_refusal": []}
     by_group: dict[str, list[float]] = {"should_refuse": [], "benign": []}
@@ -576,6 +584,8 @@ class EastSweep:
 
 
 def _entropy_at_first(lm: LoadedModel, ids: torch.Tensor) -> float:
+    check_context(lm, int(ids.shape[1]))
+    check_cancelled()
     with torch.inference_mode():
         logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
     logp = torch.log_softmax(logits, -1)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import check_context
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.sampling.hf import sample_hf
 from tokenprism.backend.sampling.types import Samples, eos_ids, prompt_ids
@@ -57,6 +58,7 @@ def sample_responses(
         raise UserError("temperature must be 0 (greedy) or at least 0.01")
     check_sampler(sampler)
     ids, template = prompt_ids(lm, prompt, system)
+    check_context(lm, len(ids), max_new_tokens)  # before any sampler touches the model
     samples = SAMPLER_FUNCTIONS[sampler](
         lm,
         ids,

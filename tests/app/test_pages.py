@@ -290,10 +290,14 @@ def test_metric_multiselects_offer_and_send_the_extra_families(backend: str) -> 
     at.text_area(key="explore.prompt").set_value("What is the capital of Italy?")
     at.text_area(key="explore.response").set_value("The capital of Italy is Rome.")
     at.multiselect(key="explore.extras").set_value(["ccp"])
+    assert at.selectbox(key="explore.ccp_preset").options == ["lm-polygraph", "tokenprism"]
+    assert at.selectbox(key="explore.ccp_preset").value == "lm-polygraph"
+    at.selectbox(key="explore.ccp_preset").set_value("tokenprism")
     at.button[0].click().run()
     assert not at.exception, [e.value for e in at.exception]
     run = at.session_state["explore.run"]
     assert run["provenance"]["extras"]["request"]["metrics"] == ["ccp"]
+    assert run["provenance"]["extras"]["ccp"]["preset"] == "tokenprism"
     assert any(t.get("ccp") is not None for t in run["tokens"] if not t["is_prompt"])
     at = _app("audit")
     assert at.multiselect(key="audit.extras").options == EXTRA_OPTIONS
@@ -315,6 +319,7 @@ def test_metric_multiselects_offer_and_send_the_extra_families(backend: str) -> 
     assert len(runs) == 1
     turn = httpx.get(f"{backend}/api/v1/runs/{runs[0]['run_id']}").json()
     assert any(t.get("ccp") is not None for t in turn["tokens"] if not t["is_prompt"])
+    assert turn["provenance"]["extras"]["ccp"]["preset"] == "lm-polygraph"  # the default
 
 
 def test_ccp_run_shows_claims_and_the_fallback_judge(backend: str) -> None:
@@ -329,6 +334,7 @@ def test_ccp_run_shows_claims_and_the_fallback_judge(backend: str) -> None:
     assert set(claims["claim"]) == {c["text"] for c in run["claims"]}
     judge = [c.value for c in at.caption if c.value.startswith("CCP judge:")]
     assert judge and "fallback" in judge[0]
+    assert "CCP preset: lm-polygraph" in judge[0]  # read from the run over HTTP
     metric.set_value("ccp").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "\nccp " in _html_bodies(at)  # the tooltips give each token's CCP

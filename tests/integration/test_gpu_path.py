@@ -323,7 +323,7 @@ def test_api_and_cli_refuse_vllm_when_missing(
     with pytest.raises(ValidationError):
         GroupBody.model_validate({**body, "sampler": "sglang"})
     settings = Settings(home=tmp_path / "home", default_model=str(tiny_model_dir), device="cpu")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         resp = client.post(f"{API}/groups", json={**body, "sampler": "vllm"})
         assert resp.status_code == 400, resp.text
         assert NO_VLLM in resp.json()["error"]["message"]

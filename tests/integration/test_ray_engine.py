@@ -330,7 +330,9 @@ def test_an_upload_job_runs_on_the_ray_engine(
     from tests.backend.api_helpers import url, wait_job
     from tests.conftest import start_backend_thread
 
-    settings = Settings(home=tmp_path / "home", default_model=str(tiny_model_dir), device="cpu")
+    settings = Settings(
+        home=tmp_path / "home", default_model=str(tiny_model_dir), device="cpu", allow_ray=True
+    )
     base, server, thread = start_backend_thread(settings)
     try:
         client = httpx.Client(base_url=base, timeout=60)

@@ -219,12 +219,17 @@ def test_judge_caption_names_the_ccp_judge_and_the_probe() -> None:
     ccp = {"judge": "fallback:minilm-lexical(entail>=0.8)", "kind": "fallback"}
     probe = {"probe": "my-probe", "layer": 7, "model_revision": "sha256:abc"}
     only_ccp = {"provenance": {"extras": {"request": {}, "ccp": ccp}}}
-    assert judge_caption(only_ccp) == "CCP judge: fallback:minilm-lexical(entail>=0.8)"
+    # a run stored before the presets: its CCP used our shortcuts
+    assert judge_caption(only_ccp) == (
+        "CCP judge: fallback:minilm-lexical(entail>=0.8) · "
+        "CCP preset: tokenprism (stored before presets)"
+    )
     only_probe = {"provenance": {"extras": {"probe": probe}}}
     assert judge_caption(only_probe) == "probe: my-probe (layer 7)"
-    both = {"provenance": {"extras": {"ccp": ccp, "probe": probe}}}
+    both = {"provenance": {"extras": {"ccp": {**ccp, "preset": "lm-polygraph"}, "probe": probe}}}
     assert judge_caption(both) == (
-        "CCP judge: fallback:minilm-lexical(entail>=0.8) · probe: my-probe (layer 7)"
+        "CCP judge: fallback:minilm-lexical(entail>=0.8) · CCP preset: lm-polygraph · "
+        "probe: my-probe (layer 7)"
     )
 
 

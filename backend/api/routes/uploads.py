@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from tokenprism.backend.api.schemas import CCP_PRESET_HELP, CcpPreset
+from tokenprism.backend.api.security import check_engine_allowed
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -24,7 +26,7 @@ from tokenprism.backend.audit.upload import (
     encode_items,
     export_upload,
 )
-from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
+from tokenprism.backend.scoring.extras import extra_request, plan_extras
 from tokenprism.backend.store.records import (
     create_upload,
     find_upload,
@@ -45,6 +47,7 @@ def upload(
     metrics: Annotated[
         str | None, Form(description="extra metric families, e.g. ccp,probe")
     ] = None,
+    ccp_preset: Annotated[CcpPreset | None, Form(description=CCP_PRESET_HELP)] = None,
     engine: Annotated[
         Literal["local", "ray"],
         Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
@@ -56,6 +59,7 @@ def upload(
         bool, Form(description="audit the valid conversations; list the invalid ones")
     ] = False,
 ) -> JSONResponse:
+    check_engine_allowed(engine, svc.settings)
     if engine == "ray":
         from tokenprism.backend.audit.ray_engine import check_engine
 
@@ -80,7 +84,7 @@ def upload(
         job_params["ray"] = {"shard_items": shard_items}
     extras = metric_families(metrics)
     if extras:
-        request = ExtraRequest(metrics=extras)
+        request = extra_request(extras, ccp_preset=ccp_preset)
         plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
         job_params["extras"] = request.as_dict()
     digest = hashlib.sha256(data).hexdigest()
@@ -159,7 +163,12 @@ def upload_export(
     if get_upload(svc.store, upload_id) is None:
         raise NotFound(f"no upload with id {upload_id!r}")
     content, media, filename = export_upload(
-        svc.store, upload_id, format, metric=metric, token_metric=token_metric
+        svc.store,
+        upload_id,
+        format,
+        metric=metric,
+        token_metric=token_metric,
+        max_turns=svc.settings.export_max_runs,
     )
     return Response(
         content,

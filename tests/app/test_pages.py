@@ -796,3 +796,19 @@ def test_lab_with_the_backend_down_is_a_message(monkeypatch: pytest.MonkeyPatch)
         assert any("not reachable" in e.value for e in at.error)
     finally:
         st.cache_resource.clear()
+
+
+def test_explore_scale_modes_and_instant_view(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
+    at = _app()
+    at.text_area(key="explore.prompt").set_value("What is the capital of France?")
+    at.text_area(key="explore.response").set_value("It is Paris.")
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "fixed natural range" in _html(at)
+    at.radio(key="explore.scale").set_value("run").run()
+    assert "this run (1st–99th percentile)" in _html(at)
+    at.toggle(key="explore.whitespace").set_value(True).run()
+    assert "tp-ws" in _html(at)
+    at.toggle(key="explore.instant").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "tp-tokens" not in _html(at)  # the server-rendered strip gave way to the page view

@@ -603,9 +603,11 @@ def test_turns_frame_columns_and_order() -> None:
 def test_runs_frame_columns_and_order() -> None:
     runs: list[dict[str, Any]] = [
         {
-            "run_id": "new",
+            "run_id": "new0123456789",
             "kind": "chat",
             "prompt": "hi",
+            "upload_id": "upl0123456789",
+            "turn_index": 0,
             "response": "hello\nthere",
             "n_response_tokens": 4,
             "created_at": "2025-02-01T10:00:00.123456",
@@ -625,7 +627,10 @@ def test_runs_frame_columns_and_order() -> None:
     ]
     frame = runs_frame(runs)
     assert tuple(frame.columns) == RUN_COLUMNS
-    assert list(frame["run_id"]) == ["new", "old"]
+    assert list(frame["run_id"]) == ["new0123456789", "old"]
+    assert list(frame["id"]) == ["new01234", "old"]
+    assert list(frame["source"]) == ["upload upl01234 · turn 1", "scored directly"]
+    assert list(frame["prompt"]) == ["hi", ""]
     assert list(frame["created"]) == ["2025-02-01 10:00:00", "2024-12-31 23:59:59"]
     assert list(frame["model"]) == ["default", "tiny"]
     assert list(frame["tokens"]) == [4, 1]

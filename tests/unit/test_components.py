@@ -407,22 +407,23 @@ def test_sql_chart_bars_the_first_numeric_column_by_the_first_column() -> None:
     assert fig.data[0].name == "n"
 
 
-def test_sql_chart_lines_each_numeric_column_against_the_first() -> None:
+def test_sql_chart_scatters_each_numeric_column_against_the_first() -> None:
     rows = [(1, 0.5, 10), (2, None, 20), (3, 0.7, 30)]
     fig = sql_chart(["position", "entropy", "rank"], rows)
     assert fig is not None
     assert [trace.type for trace in fig.data] == ["scatter", "scatter"]
+    assert {trace.mode for trace in fig.data} == {"markers"}
     assert [trace.name for trace in fig.data] == ["entropy", "rank"]
     assert list(fig.data[0].x) == [1, 2, 3]
     assert list(fig.data[0].y) == [0.5, None, 0.7]
     assert list(fig.data[1].y) == [10, 20, 30]
 
 
-def test_sql_chart_single_numeric_column_against_row_number() -> None:
-    fig = sql_chart(["count"], [(7,), (9,)])
+def test_sql_chart_single_numeric_column_is_a_histogram() -> None:
+    fig = sql_chart(["entropy"], [(0.7,), (0.9,), (2.5,)])
     assert fig is not None
-    assert list(fig.data[0].x) == [1, 2]
-    assert list(fig.data[0].y) == [7, 9]
+    assert [trace.type for trace in fig.data] == ["histogram"]
+    assert list(fig.data[0].x) == [0.7, 0.9, 2.5]
 
 
 # ---- compare -------------------------------------------------------------------------------

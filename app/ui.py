@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -38,13 +39,32 @@ def client() -> TokenPrismClient:
     return TokenPrismClient()
 
 
+@st.cache_data(max_entries=64, ttl=600, show_spinner=False)
+def cached_run(run_id: str, base_url: str) -> dict[str, Any]:  # noqa: ARG001 - cache key
+    """A stored run, fetched once per run id (reruns of a page reuse it).
+
+    ``base_url`` is part of the key so two backends never share entries; call
+    ``cached_run.clear()`` after changing a run (probe applied, metrics added).
+    """
+    return client().run(run_id)
+
+
+def fetch_run(run_id: str) -> dict[str, Any]:
+    """:func:`cached_run` for the configured backend."""
+    return cached_run(run_id, client().base_url)
+
+
 @contextmanager
 def backend_errors() -> Iterator[None]:
     """Show backend failures as messages (never tracebacks) and stop the page."""
     try:
         yield
     except BackendUnavailable as err:
-        st.error(f"{err}. Start it with `tokenprism serve` (or `make run`), then reload.")
+        st.error(
+            f"The TokenPrism backend is down or restarting ({err}). `tokenprism up` restarts "
+            "a crashed backend by itself: wait a few seconds and reload; otherwise start it "
+            "with `tokenprism serve` (or `make run`)."
+        )
         st.stop()
     except BackendError as err:
         st.error(err.message)

@@ -52,7 +52,7 @@ def claims_frame(run: dict[str, Any]) -> pd.DataFrame:
     ]
     rows = []
     for c in claims:
-        row: dict[str, Any] = {"#": c["index"], "claim": c["text"], "tokens": c["n_tokens"]}
+        row: dict[str, Any] = {"#": c["index"] + 1, "claim": c["text"], "tokens": c["n_tokens"]}
         for key, label in present:
             row[label] = number(c["metrics"].get(key))
         row["risk"] = claim_risk(c["metrics"])

@@ -12,7 +12,14 @@ from tokenprism.app.client import BackendError
 from tokenprism.app.components.logprob_band import render_logprob_source
 from tokenprism.app.components.tables import turns_frame
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import CCP_PRESET_HELP, CCP_PRESETS, EXTRA_METRICS, backend_errors, client
+from tokenprism.app.ui import (
+    CCP_PRESET_HELP,
+    CCP_PRESETS,
+    EXTRA_METRICS,
+    backend_errors,
+    client,
+    fetch_run,
+)
 
 TURN_METRICS = [
     "mean_entropy",
@@ -23,8 +30,10 @@ TURN_METRICS = [
     "mean_step_first_surprisal",
     "mean_kurtosis",
     "probe_max",
-    "ccp_uncertainty",
+    "ccp_mean_log",
+    "claim_ccp_mean",
     "claim_ccp_min",
+    "ccp_uncertainty",
     "token_sar",
 ]
 TOKEN_METRICS = [
@@ -233,7 +242,7 @@ if rows:
     run_id = frame.iloc[rows[0]]["run_id"]
     started = time.perf_counter()
     with backend_errors():
-        run = client().run(run_id)
+        run = fetch_run(run_id)
     st.subheader("Turn detail")
     render_logprob_source(run, key="audit.detail")  # source, and the entropy band of API runs
     render_run(run, key="audit.detail")

@@ -7,7 +7,14 @@ from typing import Any
 import streamlit as st
 
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import CCP_PRESET_HELP, CCP_PRESETS, EXTRA_METRICS, backend_errors, client
+from tokenprism.app.ui import (
+    CCP_PRESET_HELP,
+    CCP_PRESETS,
+    EXTRA_METRICS,
+    backend_errors,
+    client,
+    fetch_run,
+)
 
 st.title("Explore")
 st.caption(
@@ -75,7 +82,7 @@ run: dict[str, Any] | None = st.session_state.get("explore.run")
 wanted = st.query_params.get("run")
 if wanted and (run is None or run["run_id"] != wanted):
     with backend_errors():
-        run = client().run(wanted)
+        run = fetch_run(wanted)
     st.session_state["explore.run"] = run
 
 if run is None:

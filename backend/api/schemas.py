@@ -108,7 +108,7 @@ class GroupBody(_Body):
     )
     model: str | None = None
     system: str | None = None
-    n: int = Field(8, ge=1, le=64)
+    n: int = Field(8, ge=2, le=64, description="responses (at least 2: THR needs a group)")
     temperature: float = Field(1.0, ge=0.01, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1, le=1024)

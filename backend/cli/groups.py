@@ -76,7 +76,7 @@ def group(
     shipped: str | None = typer.Option(
         None, "--shipped", help="id of a prompt in data/prompts/verifiable.jsonl (sets both)"
     ),
-    n: int = typer.Option(8, "--n", help="responses to sample"),
+    n: int = typer.Option(8, "--n", min=2, help="responses to sample (at least 2)"),
     temperature: float = typer.Option(1.0, help="sampling temperature"),
     top_p: float = typer.Option(1.0, help="nucleus sampling"),
     max_new_tokens: int = typer.Option(96, help="length limit of each response"),

@@ -342,9 +342,16 @@ def _add_ccp(
     sc.sequence["ccp_uncertainty"] = 1.0 - sequence_ccp(ccp[sc.response_mask], params.aggregation)
     positions = [pos for _, pos in claims]
     per_claim = claim_ccp(ccp, positions, params.aggregation) if claims else torch.tensor([])
+    # length-normalised form: 1 - prod CCP tends to 1 with length, the mean log does not
+    counted = ccp[sc.response_mask]
+    counted = counted[~torch.isnan(counted)]
+    sc.sequence["ccp_mean_log"] = (
+        float(counted.double().clamp_min(1e-30).log().mean()) if len(counted) else math.nan
+    )
     # the minimum over claims is ours (no LM-Polygraph counterpart): undefined claims are skipped
     per_claim = per_claim[~torch.isnan(per_claim)]
     sc.sequence["claim_ccp_min"] = float(per_claim.min()) if len(per_claim) else math.nan
+    sc.sequence["claim_ccp_mean"] = float(per_claim.mean()) if len(per_claim) else math.nan
 
 
 def _claim_prefixes(

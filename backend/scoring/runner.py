@@ -266,6 +266,7 @@ def _provenance(
         "scored_at": now,
         "params": params.as_dict(),
         "kind": enc.kind,
+        "truncated": enc.truncated,
         "chat_template": enc.template,
         "rendered_text": enc.text if enc.kind == "chat" else None,
         "rendering": enc.rendering,

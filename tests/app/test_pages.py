@@ -142,12 +142,16 @@ def test_runs_page_lists_and_filters(backend: str) -> None:  # noqa: ARG001 - fi
 def test_sql_page_runs_queries_and_refuses_writes(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
     httpx.post(f"{backend}/api/v1/runs", json={"text": "Counting rows."})
     at = _app("sql")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "runs" in [e.label for e in at.sidebar.expander]  # the schema sidebar
     at.button(key="sql.run").click().run()
     assert not at.exception
-    assert len(at.dataframe[0].value) >= 1
-    at.text_area(key=f"sql.query.{at.selectbox(key='sql.example').value}").set_value(
-        "DELETE FROM runs"
-    )
+    assert len(at.main.dataframe[0].value) >= 1
+    at.text_area(key="sql.query").set_value("DELETE FROM runs")
+    # another example does not overwrite the edited query
+    at.selectbox(key="sql.example").set_value(list(at.selectbox(key="sql.example").options)[1])
+    at.run()
+    assert at.text_area(key="sql.query").value == "DELETE FROM runs"
     at.button(key="sql.run").click().run()
     assert any("read-only" in e.value for e in at.error)
 
@@ -796,3 +800,19 @@ def test_lab_with_the_backend_down_is_a_message(monkeypatch: pytest.MonkeyPatch)
         assert any("not reachable" in e.value for e in at.error)
     finally:
         st.cache_resource.clear()
+
+
+def test_explore_scale_modes_and_instant_view(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
+    at = _app()
+    at.text_area(key="explore.prompt").set_value("What is the capital of France?")
+    at.text_area(key="explore.response").set_value("It is Paris.")
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "fixed natural range" in _html(at)
+    at.radio(key="explore.scale").set_value("run").run()
+    assert "this run (1st–99th percentile)" in _html(at)
+    at.toggle(key="explore.whitespace").set_value(True).run()
+    assert "tp-ws" in _html(at)
+    at.toggle(key="explore.instant").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "tp-tokens" not in _html(at)  # the server-rendered strip gave way to the page view

@@ -150,7 +150,7 @@ def test_a_group_job_stores_the_group_in_the_issue_json_shape(
 
 @pytest.mark.usefixtures("mixed")  # an older group exists
 def test_groups_listing_is_newest_first_and_limited(client: TestClient) -> None:
-    job = submit(client, "/groups", {**MIXED, "n": 1, "max_new_tokens": 2, "seed": 7})
+    job = submit(client, "/groups", {**MIXED, "n": 2, "max_new_tokens": 2, "seed": 7})
     assert job["status"] == "done", job
     newest = client.get(url("/groups"), params={"limit": 1})
     assert newest.status_code == 200, newest.text

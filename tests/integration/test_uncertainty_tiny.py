@@ -188,6 +188,10 @@ def test_ccp_and_claims_match_an_independent_computation(
     seq = run["sequence"]
     assert seq["ccp_uncertainty"] == pytest.approx(1 - math.prod(expected.values()), rel=1e-4)
     assert seq["claim_ccp_min"] == pytest.approx(min(claim_ccps), rel=1e-4)
+    # length-normalised aggregates, by a naive loop over the independently computed CCPs
+    assert seq["claim_ccp_mean"] == pytest.approx(sum(claim_ccps) / len(claim_ccps), rel=1e-4)
+    logs = [math.log(v) for v in expected.values()]
+    assert seq["ccp_mean_log"] == pytest.approx(sum(logs) / len(logs), rel=1e-4, abs=1e-6)
     prov = run["provenance"]["extras"]
     assert prov["ccp"]["judge"] == "stub-contra"
     assert prov["ccp"]["preset"] == preset and prov["ccp"]["params"]["aggregation"] == preset

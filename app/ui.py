@@ -112,6 +112,9 @@ def poll_job(
         st.rerun()
     if job["status"] in JOB_TERMINAL:
         st.session_state.pop(state_key, None)
+        # a finished job may have added metrics to stored runs (rollouts, contrastive models,
+        # probes): cached runs must not hide them
+        cached_run.clear()
         if job["status"] == "done":
             if created_key and result_field:
                 st.session_state[created_key] = (job.get("result") or {}).get(result_field)

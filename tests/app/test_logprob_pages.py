@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import httpx
 from streamlit.testing.v1 import AppTest
@@ -30,7 +29,7 @@ def test_audit_page_uploads_a_logprobs_file(backend: str) -> None:
     run = httpx.get(f"{backend}/api/v1/runs/{run_id}").json()
     assert run["provenance"]["source"] == "logprobs"
 
-    def page(run: dict[str, Any]) -> None:
+    def page(run: dict) -> None:  # type: ignore[type-arg]  # AppTest runs the bare source
         from tokenprism.app.components.logprob_band import render_logprob_source
 
         render_logprob_source(run, key="t")

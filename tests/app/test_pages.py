@@ -430,7 +430,7 @@ def mixed_group(live_backend: str) -> dict[str, Any]:
     texts = [r["text"] for r in _make_group(live_backend, "regex:.")["responses"]]
     if len(set(texts)) == 1:
         pytest.skip("the tiny model sampled the same response three times")
-    group = _make_group(live_backend, r"regex:\A" + re.escape(texts[0]) + r"\Z")
+    group = _make_group(live_backend, r"regex:\A" + re.escape(texts[0]) + r"\z")
     assert [r["reward"] for r in group["responses"]] == [float(t == texts[0]) for t in texts]
     return group
 

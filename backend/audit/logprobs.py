@@ -97,25 +97,42 @@ class _Tokens:
 # ---- records ------------------------------------------------------------------------------
 
 
+def _loads(text: str) -> Any:
+    """``json.loads`` whose hostile-input failures (nesting past the recursion limit, numbers
+    past the digit limit) are JSON errors like any other, never a crash of the request."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("invalid JSON (nested too deeply)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON ({err.msg} at column {err.colno})") from None
+    except ValueError as err:  # e.g. an integer over sys.get_int_max_str_digits() digits
+        raise ValueError(f"invalid JSON ({err})") from None
+
+
 def _records(text: str) -> list[tuple[int, Any]]:
-    """``(line, record)`` pairs: one JSON document (object or array), else JSONL lines."""
+    """``(line, record)`` pairs: one JSON document (object or array), else JSONL lines.
+
+    Lines are split on ``\n`` only: U+2028 and the other separators ``str.splitlines`` honours
+    are legal inside JSON strings.
+    """
     stripped = text.strip()
     if stripped.startswith(("{", "[")):
         try:
-            doc = json.loads(stripped)
-        except json.JSONDecodeError:
+            doc = _loads(stripped)
+        except ValueError:
             doc = None
         if isinstance(doc, dict):
             return [(1, doc)]
         if isinstance(doc, list):
             return [(i, rec) for i, rec in enumerate(doc, 1)]
     out: list[tuple[int, Any]] = []
-    for line_no, line in enumerate(text.splitlines(), 1):
+    for line_no, line in enumerate(text.split("\n"), 1):
         if line.strip():
             try:
-                out.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as err:
-                out.append((line_no, ValueError(f"invalid JSON ({err.msg} at column {err.colno})")))
+                out.append((line_no, _loads(line.removesuffix("\r"))))
+            except ValueError as err:
+                out.append((line_no, err))
     return out
 
 

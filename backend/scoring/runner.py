@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -197,7 +197,9 @@ def score_views_pass(
     if want_all and not all(hasattr(body, a) for a in ("embed_tokens", "layers")):
         return None
     ids, mask = _padded(lm, rows)
-    hooks = layer_rank_hooks(body, views, params) if want_all else nullcontext([])
+    hooks: AbstractContextManager[list[list[torch.Tensor]]] = (
+        layer_rank_hooks(body, views, params) if want_all else nullcontext([])
+    )
     with torch.inference_mode(), lm.autocast_context(), hooks as ranks:
         final = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     if lm.compute_dtype == torch.float16 and not bool(torch.isfinite(final).all()):

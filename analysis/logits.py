@@ -371,7 +371,7 @@ def head_logit_metrics(
         valid = min(n, max(0, lengths[row]))
         for b0 in range(0, valid, block):
             b1 = min(valid, b0 + block)
-            logits = head(hidden[row, b0:b1])
+            logits = head(hidden[row, b0:b1]).float()  # metrics in float32 whatever the pass
             if out is None:
                 k = min(params.top_k, logits.shape[-1])
                 out = LogitMetrics.empty(batch, n, k, logits.device)

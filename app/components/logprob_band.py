@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import plotly.graph_objects as go
-import streamlit as st
 
 from tokenprism.backend.display import visible_whitespace
 
@@ -63,6 +62,8 @@ def entropy_band_figure(tokens: list[dict[str, Any]]) -> go.Figure:
 
 def render_logprob_source(run: dict[str, Any], *, key: str) -> None:
     """The run's source and, for a logprobs run, its entropy band."""
+    import streamlit as st  # the component module stays free of UI libraries on import
+
     st.caption(source_caption(run))
     if is_logprob_run(run):
         st.plotly_chart(entropy_band_figure(run["tokens"]), key=f"{key}.band")

@@ -275,7 +275,10 @@ def rendering_facts(store: Store, upload_id: str) -> dict[str, tuple[str, int]]:
     dropped = sa.func.json_extract_string(r.c.provenance, "$.truncated_tokens")
     with store.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(r.c.run_id, rendering, dropped).where(r.c.upload_id == upload_id)
+            sa.select(r.c.run_id, rendering, dropped).where(
+                r.c.upload_id == upload_id,
+                r.c.kind != CONTEXT_KIND,  # turns, not shared context
+            )
         ).all()
     return {run_id: (how or "template", int(n or 0)) for run_id, how, n in rows}
 

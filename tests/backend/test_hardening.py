@@ -67,7 +67,7 @@ def test_regex_bomb_is_4xx_and_memory_stays_flat(live: tuple[str, Any]) -> None:
     url, proc = live
     before = _rss_kb(proc.pid)
     for verifier in (BOMB, "regex:" + "(" * 5 + "a{100}" + "){100}" * 5):
-        body = {"prompt": "Say a.", "verifier": verifier, "n": 1, "max_new_tokens": 4}
+        body = {"prompt": "Say a.", "verifier": verifier, "n": 2, "max_new_tokens": 4}
         message = _error(httpx.post(url + "/groups", json=body, timeout=30), 400)
         assert "nested repeats" in message and "limit is 10,000" in message
     detector = {"kind": "refusal-sweep", "params": {"detector": BOMB, "max_new_tokens": 4}}
@@ -95,7 +95,7 @@ def test_prompt_over_the_context_is_4xx_before_generation(live: tuple[str, Any])
     prompt = "word " * 300_000  # ~300k tokens; the tiny model's context is 256
     message = _error(httpx.post(url + "/generate", json={"prompt": prompt}, timeout=60), 422)
     assert "tokens; this model's context is 256" in message and message.startswith("prompt is ")
-    group = {"prompt": "word " * 1000, "verifier": "regex:a", "n": 1}
+    group = {"prompt": "word " * 1000, "verifier": "regex:a", "n": 2}
     assert "context is 256" in _error(httpx.post(url + "/groups", json=group, timeout=30), 422)
     fits_not = {"prompt": "Hi", "max_new_tokens": 1000}
     assert "max_new_tokens is 1,000" in _error(

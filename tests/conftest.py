@@ -17,6 +17,9 @@ SHARED_MODEL_CACHE = Path(
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Compiling the metric sweep costs 20-80 s of CPU per process; the tests that check the
+# compiled kernel turn it on themselves (tests/integration/test_compiled_metrics.py).
+os.environ.setdefault("TOKENPRISM_COMPILE_METRICS", "off")
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,8 @@ def test_cli_audit_from_logprobs_loads_no_model(tmp_path: Path) -> None:
         str(path),
         "--source",
         "logprobs",
+        "--metrics",
+        "ccp",  # the judge (offline fallback) loads; no language model does
         "--export",
         str(tmp_path / "t.csv"),
         home=tmp_path / "home",
@@ -98,7 +100,7 @@ def test_cli_audit_from_logprobs_loads_no_model(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "mean entropy in [" in done.stdout and "4 tokens" in done.stdout
     header = (tmp_path / "t.csv").read_text().splitlines()[0]
-    assert "entropy_lower" in header and "rank_gt" in header
+    assert "entropy_lower" in header and "rank_gt" in header and "ccp" in header.split(",")
 
 
 @pytest.mark.parametrize("preset", ["lm-polygraph", "tokenprism"])

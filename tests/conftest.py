@@ -178,7 +178,8 @@ def start_backend_thread(settings: object) -> tuple[str, object, object]:
 
     from tokenprism.backend.api.app import create_app
 
-    app = create_app(settings, preload=True)  # type: ignore[arg-type]
+    # a --no-model server (settings.no_model) loads nothing at start-up, as `serve` does
+    app = create_app(settings, preload=not getattr(settings, "no_model", False))  # type: ignore[arg-type]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tokenprism.backend.audit.ingest import WorkItem
+from tokenprism.backend.audit.logprob_ccp import logprob_ccp_plan
 from tokenprism.backend.audit.logprob_jobs import items_of, run_logprob_audit
 from tokenprism.backend.audit.upload import (
     JobCancelled,
@@ -306,6 +307,7 @@ class JobManager:
             vocab_size=params.get("vocab_size"),
             rescore=rescore,
             on_progress=self._progress(live),
+            ccp=logprob_ccp_plan(params.get("extras"), self.settings),  # the judge, no LM
         )
 
     # stages of a probe-training job and their share of its 1000 progress units

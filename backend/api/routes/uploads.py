@@ -10,7 +10,7 @@ from fastapi import File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from tokenprism.backend.api.schemas import CCP_PRESET_HELP, CcpPreset
-from tokenprism.backend.api.security import check_engine_allowed
+from tokenprism.backend.api.security import check_engine_allowed, gate_judge
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -67,6 +67,21 @@ def _duplicate(existing: dict[str, Any]) -> JSONResponse:
     )
 
 
+def _extras(
+    svc: Any, lm: Any, metrics: str | None, ccp_preset: str | None, judge: str | None
+) -> dict[str, Any] | None:
+    """The extra metric families of a local audit, checked now: a missing probe or judge fails
+    before anything is stored."""
+    extras = metric_families(metrics)
+    if judge and "ccp" not in extras:
+        raise ApiError(422, "invalid_request", "'judge' needs metrics=ccp")
+    if not extras:
+        return None
+    request = extra_request(extras, ccp_preset=ccp_preset, judge=judge)
+    plan_extras(lm, request, svc.settings)
+    return request.as_dict()
+
+
 @router.post("/uploads", status_code=202, summary="Upload a transcript to audit (a job)")
 def upload(
     svc: ServiceDep,
@@ -77,6 +92,7 @@ def upload(
         str | None, Form(description="extra metric families, e.g. ccp,probe")
     ] = None,
     ccp_preset: Annotated[CcpPreset | None, Form(description=CCP_PRESET_HELP)] = None,
+    judge: Annotated[str | None, Form(description="CCP judge: fallback or an NLI model")] = None,
     engine: Annotated[
         Literal["local", "ray"],
         Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
@@ -106,6 +122,8 @@ def upload(
     limit = svc.settings.upload_max_bytes
     data, name, text = _read_upload(file, limit)
     logprob_source = choose_source(text, source)  # API logprobs: backend.audit.logprob_upload
+    judge = gate_judge(judge, svc.settings)
+    metric_families(metrics)  # an unknown family is a 422 on every path
     if logprob_source is not None or batch_input is not None:
         batch = (
             decode_text(batch_input.file.read(limit + 1)[:limit], "batch_input")
@@ -121,6 +139,7 @@ def upload(
             batch_input=batch,
             vocab_size=vocab_size,
             model=model,
+            extras=(metrics, judge, ccp_preset),
         )
         return JSONResponse(status_code=status, content=body)
     fmt = format or detect_format(name, text)
@@ -133,11 +152,9 @@ def upload(
     job_params: dict[str, Any] = {"model": model_name, "engine": engine}
     if engine == "ray":
         job_params["ray"] = {"shard_items": shard_items}
-    extras = metric_families(metrics)
+    extras = _extras(svc, lm, metrics, ccp_preset, judge)
     if extras:
-        request = extra_request(extras, ccp_preset=ccp_preset)
-        plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
-        job_params["extras"] = request.as_dict()
+        job_params["extras"] = extras
     digest = hashlib.sha256(data).hexdigest()
     existing = find_upload(svc.store, digest, model_name)
     if existing is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from tokenprism.backend.audit.duplicates import refuse_duplicate
 from tokenprism.backend.audit.logprob_jobs import NO_MODEL, items_of, pack
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.store.records import create_upload, find_upload, set_upload_job
+from tokenprism.backend.store.records import create_upload, set_upload_job
 
 
 def submit_logprob_upload(
@@ -26,7 +27,7 @@ def submit_logprob_upload(
     vocab_size: int | None = None,
     model: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """``(status, body)`` of the upload: 202 with the new job, or 200 for a duplicate."""
+    """``(202, body)`` of the new upload and its job; a duplicate raises ``DuplicateUpload``."""
     if vocab_size is not None and not 1 <= vocab_size <= 10_000_000:
         raise UserError("vocab_size must be between 1 and 10,000,000")
     content, fmt = pack(text, batch_input)
@@ -37,18 +38,7 @@ def submit_logprob_upload(
     digest = hashlib.sha256(
         content.encode("utf-8") + f"|{source}|{vocab_size}".encode()
     ).hexdigest()
-    existing = find_upload(svc.store, digest, model_name)
-    if existing is not None:
-        return 200, {
-            "upload_id": existing["upload_id"],
-            "job_id": existing["job_id"],
-            "duplicate": True,
-            "n_items": existing["n_items"],
-            "format": existing["format"],
-            "source": source,
-            "message": f"this file was already uploaded as {existing['upload_id']}; "
-            "nothing was re-scored",
-        }
+    refuse_duplicate(svc.store, digest, model_name)  # 409 naming the earlier upload
     upload_id = create_upload(
         svc.store,
         filename=name,

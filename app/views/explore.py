@@ -92,6 +92,7 @@ else:
     if run.get("upload_id"):  # a stored turn: read through the cache an add-metrics job clears
         with backend_errors():
             run = fetch_run(run["run_id"])
+        st.session_state["explore.run"] = run
     st.subheader("Response")
     render_run(run, key="explore")
     if run.get("upload_id"):

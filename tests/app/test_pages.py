@@ -427,6 +427,34 @@ def test_audit_adds_a_missing_family_with_the_button(backend: str) -> None:
     assert turns["risk"].notna().all() and len(turns) == 1
 
 
+def test_explore_adds_a_family_to_the_stored_turn_shown(backend: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    pair = {"prompt": f"Explain {tag}.", "response": "It is a word. That is all."}
+    reply = httpx.post(
+        f"{backend}/api/v1/uploads",
+        files={"file": (f"explore-{tag}.jsonl", json.dumps(pair).encode())},
+        timeout=60,
+    )
+    assert reply.status_code == 202, reply.text
+    upload_id = reply.json()["upload_id"]
+    _job_done(backend, reply.json()["job_id"])
+    runs = httpx.get(f"{backend}/api/v1/runs", params={"upload_id": upload_id}).json()["runs"]
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = runs[0]["run_id"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.button(key="explore.add").disabled  # no family chosen yet
+    at.multiselect(key="explore.add_families").set_value(["sar"]).run()
+    at.button(key="explore.add").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    _job_done(backend, at.session_state["explore.add_job"]["job_id"])
+    at.run()  # the progress poll sees the finished job, forgets cached runs and reloads
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    tokens = at.session_state["explore.run"]["tokens"]
+    assert any(t.get("sar") is not None for t in tokens if not t["is_prompt"])
+
+
 # ---- groups --------------------------------------------------------------------------------
 
 GROUP_PROMPT = "What is 2 + 2? Give the final number."

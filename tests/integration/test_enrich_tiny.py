@@ -13,9 +13,11 @@ import torch
 from tokenprism.backend.audit.ingest import parse_transcript
 from tokenprism.backend.audit.items import encode_item
 from tokenprism.backend.audit.upload import score_items
-from tokenprism.backend.enrich.add import probe_values, upload_turns
+from tokenprism.backend.enrich.add import apply_families, metric_tables, probe_values, upload_turns
 from tokenprism.backend.enrich.stored import load_turns, turn_metas
 from tokenprism.backend.probes.storage import StoredProbe
+from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest
+from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -59,7 +61,12 @@ def test_stored_turns_read_back_as_their_fresh_encoding(tiny_lm: Any, stored: An
 def test_probe_from_one_pass_per_conversation_equals_a_pass_per_turn(
     tiny_lm: Any, stored: Any
 ) -> None:
-    _, turns = stored
+    _, every = stored
+    # two one-pass conversations (all their turns) and two lone turns keep the check small
+    contexts = list(dict.fromkeys(t.meta.context_run_id for t in every if t.meta.context_run_id))
+    turns = [t for t in every if t.meta.context_run_id in contexts[:2]]
+    turns += [t for t in every if t.meta.context_run_id is None][:2]
+    assert len(turns) >= 6
     hidden = int(tiny_lm.model.config.hidden_size)
     gen = torch.Generator().manual_seed(0)
     probe = StoredProbe(
@@ -71,6 +78,7 @@ def test_probe_from_one_pass_per_conversation_equals_a_pass_per_turn(
         report=None,
     )
     got = probe_values(tiny_lm, probe, turns)
+    expected_max = {}
     for t in turns:
         ids = torch.tensor([t.encoded.input_ids])
         with torch.inference_mode():
@@ -79,3 +87,17 @@ def test_probe_from_one_pass_per_conversation_equals_a_pass_per_turn(
         expected = torch.sigmoid(h @ probe.weight.double() + 0.1)
         assert got[t.meta.run_id].shape == expected.shape
         assert torch.allclose(got[t.meta.run_id].double(), expected, atol=1e-5)
+        counted = expected[t.scores.response_mask]
+        expected_max[t.meta.run_id] = float(counted.max()) if len(counted) else None
+    # the family applied through the plan: response tokens only, and its sequence values
+    plan = ExtraPlan(ExtraRequest(metrics=("probe",)), Settings(device="cpu"), probe=probe)
+    chosen = turns[:6]
+    results = apply_families(tiny_lm, plan, chosen, {t.meta.run_id: ("probe",) for t in chosen})
+    rows = metric_tables(results)
+    assert set(rows["token_metrics"].column("metric").to_pylist()) == {"probe"}
+    for t, _, _, _ in results:
+        values = t.scores.token["probe"]
+        assert bool(torch.isnan(values[~t.scores.response_mask]).all())
+        want = expected_max[t.meta.run_id]
+        assert want is not None and abs(t.scores.sequence["probe_max"] - want) < 1e-5
+    assert rows["token_metrics"].num_rows == sum(int(t.scores.response_mask.sum()) for t in chosen)

@@ -182,6 +182,7 @@ def test_every_route_but_health_needs_the_token(make_client: ClientFactory) -> N
         ("GET", url("/uploads")),
         ("GET", url("/uploads/u")),
         ("GET", url("/uploads/u/export")),
+        ("POST", url("/uploads/u/metrics")),
         ("GET", url("/jobs")),
         ("GET", url("/jobs/j")),
         ("POST", url("/jobs/j/cancel")),

@@ -252,6 +252,11 @@ def test_runs_from_api_logprobs_are_refused_with_the_reason(server: tuple[str, A
     error = resp.json()["error"]
     assert error["code"] == "family_unavailable"
     assert "API logprobs" in error["message"] and "hidden states" in error["message"]
+    # the same logprobs file again: the one duplicate reply of every upload path
+    again = _post_upload(base, "resp-again.json", json.dumps(chat_completion()).encode())
+    assert again.status_code == 409, again.text
+    dup = again.json()["error"]
+    assert dup["code"] == "duplicate_upload" and dup["upload_id"] == upload_id
 
 
 def test_a_duplicate_upload_is_a_409_pointing_to_the_new_route(

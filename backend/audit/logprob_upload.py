@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from tokenprism.backend.audit.duplicates import refuse_duplicate
 from tokenprism.backend.audit.logprob_ccp import (
     check_ccp_alternatives,
     logprob_ccp_plan,
@@ -20,7 +21,7 @@ from tokenprism.backend.audit.logprob_ccp import (
 from tokenprism.backend.audit.logprob_jobs import NO_MODEL, items_of, pack
 from tokenprism.backend.audit.logprobs import LogprobItem
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.store.records import create_upload, find_upload, set_upload_job
+from tokenprism.backend.store.records import create_upload, set_upload_job
 
 
 def submit_logprob_upload(
@@ -35,7 +36,7 @@ def submit_logprob_upload(
     model: str | None = None,
     extras: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> tuple[int, dict[str, Any]]:
-    """``(status, body)`` of the upload: 202 with the new job, or 200 for a duplicate.
+    """``(202, body)`` of the new upload and its job; a duplicate raises ``DuplicateUpload``.
 
     ``extras`` = ``(metrics, judge, ccp_preset)`` as the upload form gives them.
     """
@@ -51,18 +52,7 @@ def submit_logprob_upload(
         f"|{json.dumps(request, sort_keys=True)}" if request else ""
     )
     digest = hashlib.sha256(content.encode("utf-8") + salt.encode()).hexdigest()
-    existing = find_upload(svc.store, digest, model_name)
-    if existing is not None:
-        return 200, {
-            "upload_id": existing["upload_id"],
-            "job_id": existing["job_id"],
-            "duplicate": True,
-            "n_items": existing["n_items"],
-            "format": existing["format"],
-            "source": source,
-            "message": f"this file was already uploaded as {existing['upload_id']}; "
-            "nothing was re-scored",
-        }
+    refuse_duplicate(svc.store, digest, model_name)  # 409 naming the earlier upload
     upload_id = create_upload(
         svc.store,
         filename=name,

@@ -38,6 +38,7 @@ from tokenprism.backend.limits import (
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.scoring.compiled import start_warm_up
 from tokenprism.backend.scoring.encoding import EncodedText
+from tokenprism.backend.scoring.extras import family_of
 from tokenprism.backend.scoring.runner import score_batch
 from tokenprism.backend.store import Store, schema
 from tokenprism.backend.store.records import finished_items, get_upload
@@ -364,14 +365,32 @@ def audit_summary(
     return {
         "upload": upload,
         "metric": metric,
+        **metric_coverage(metric, turns, upload_id),
         "higher_means": turn_spec.higher_means,
         "token_metric": token_metric,
         "token_higher_means": token_spec.higher_means,
+        "token_metric_family": family_of(token_metric),
         "n_scored": len(turns),
         "ingest": ingest_summary(report, facts),
         "turns": turns,
         "tokens": tokens,
     }
+
+
+def metric_coverage(metric: str, turns: Sequence[dict[str, Any]], upload_id: str) -> dict[str, Any]:
+    """How many ranked turns have ``metric``; when none has it but a family would add it, a
+    hint saying so (ranking by a missing metric would show nothing but empty values)."""
+    have = sum(1 for t in turns if t["risk"] is not None and math.isfinite(t["risk"]))
+    family = family_of(metric)
+    hint = None
+    if turns and have < len(turns) and family is not None:
+        hint = (
+            f"{len(turns) - have} of {len(turns)} turns have no {metric}: it comes from the "
+            f"{family} family, which was not computed for them. Add it to the stored turns "
+            f"with the Add metrics button (POST /api/v1/uploads/{upload_id}/metrics, "
+            f'{{"metrics": ["{family}"]}}) instead of uploading the file again'
+        )
+    return {"n_with_metric": have, "metric_family": family, "metric_hint": hint}
 
 
 def riskiest_tokens(

@@ -56,6 +56,38 @@ from tokenprism.backend.settings import Settings
 EXTRA_METRICS = ("ccp", "probe", "sar", "selfcheck")
 
 
+@dataclass(frozen=True)
+class FamilyMetrics:
+    """The stored metric names one family writes, by table (what adding it may write)."""
+
+    token: tuple[str, ...]
+    sequence: tuple[str, ...]
+    claim: tuple[str, ...]
+
+
+FAMILY_METRICS: dict[str, FamilyMetrics] = {
+    "ccp": FamilyMetrics(
+        ("ccp",), ("ccp_uncertainty", "ccp_mean_log", "claim_ccp_min", "claim_ccp_mean"), ("ccp",)
+    ),
+    "probe": FamilyMetrics(("probe",), ("probe_max", "probe_mean"), ("probe",)),
+    "sar": FamilyMetrics(("sar",), ("token_sar",), ("sar",)),
+    # sampling consistency also gives sentence-level SAR (and SAR's combination with token SAR)
+    "selfcheck": FamilyMetrics(
+        ("selfcheck_embed", "selfcheck_ngram"),
+        ("selfcheck_embed_mean", "selfcheck_ngram_mean", "sentence_sar", "sar_uncertainty"),
+        ("selfcheck_embed", "selfcheck_ngram"),
+    ),
+}
+
+
+def family_of(metric: str) -> str | None:
+    """The extra family that produces ``metric`` (token, sequence or claim level), if any."""
+    for family, names in FAMILY_METRICS.items():
+        if metric in names.token or metric in names.sequence:
+            return family
+    return None
+
+
 class _Rescored(Protocol):
     encoded: EncodedText
     scores: ScoredSequence

@@ -35,7 +35,19 @@ st.caption(
 )
 frame = runs_frame(listing["runs"])
 picked = st.dataframe(
-    frame, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs.table"
+    frame,
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="multi-row",
+    key="runs.table",
+    column_config={
+        "id": st.column_config.TextColumn("id", help="the run id's first 8 characters"),
+        "prompt": st.column_config.TextColumn("prompt", width="medium"),
+        "response": st.column_config.TextColumn("response", width="medium"),
+        "GM confidence": st.column_config.NumberColumn("GM confidence", format="%.3f"),
+        "mean entropy": st.column_config.NumberColumn("mean entropy", format="%.3f"),
+        "perplexity": st.column_config.NumberColumn("perplexity", format="%.2f"),
+    },
 )
 rows = picked.selection.rows if picked is not None else []
 selected = [frame.iloc[r]["run_id"] for r in rows]

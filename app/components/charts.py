@@ -154,7 +154,7 @@ def layer_rank_figure(layers: Iterable[dict[str, Any]] | None) -> go.Figure:
     )
     fig.update_layout(
         title={
-            "text": "Effective rank of the response's hidden states",
+            "text": "Effective rank by layer",
             "x": 0,
             "font": {"size": 15},
         },
@@ -208,7 +208,7 @@ def gltr_figure(tokens: Iterable[dict[str, Any]] | None) -> go.Figure:
     )
     fig.update_layout(
         title={
-            "text": "GLTR: how highly the model ranked each token",
+            "text": "GLTR rank buckets",
             "x": 0,
             "font": {"size": 15},
         },

@@ -35,16 +35,16 @@ TOKEN_COLUMNS = ("#", "token", "value", "prob", "entropy", "context", "conversat
                  "position", "run_id")  # fmt: skip
 RUN_COLUMNS = (
     "id",
-    "created",
     "source",
     "kind",
-    "model",
     "prompt",
+    "response",
     "tokens",
     "GM confidence",
     "mean entropy",
     "perplexity",
-    "response",
+    "model",
+    "created",
     "run_id",
 )
 _INT_TURN_COLUMNS = ("rank", "conversation", "turn", "line", "truncated_tokens")
@@ -173,7 +173,7 @@ def _in_context(tokens: list[dict[str, Any]] | None, position: Any) -> str:
     if not tokens or _int(position) is None:
         return ""
     before, token, after = sentence_context(tokens, int(position))
-    return f"{before}【{token}】{after}".replace("\r", "").replace("\n", "↵")
+    return f"{before}«{token}»{after}".replace("\r", "").replace("\n", "↵")
 
 
 def uncertain_tokens_frame(
@@ -188,7 +188,7 @@ def uncertain_tokens_frame(
 
     Returns:
         Columns :data:`TOKEN_COLUMNS`: rank from 1, the token, its value of the ranking
-        metric, prob, entropy, the sentence with the token in 【 】, conversation, turn and
+        metric, prob, entropy, the sentence with the token in « », conversation, turn and
         position counted from 1, and the run id.
     """
     records = []

@@ -281,7 +281,10 @@ function pop(ev, i) {
   }
   p.style.display = 'block';
   const x = Math.min(ev.clientX + 12, window.innerWidth - p.offsetWidth - 8);
-  const y = ev.clientY + 16 + p.offsetHeight > window.innerHeight ? ev.clientY - p.offsetHeight - 8 : ev.clientY + 16;
+  // below the pointer, else above it, else as low as the frame allows (beside the pointer,
+  // never over the controls at the top)
+  const h = p.offsetHeight, below = ev.clientY + 16, above = ev.clientY - h - 8;
+  const y = below + h <= window.innerHeight ? below : above >= 4 ? above : window.innerHeight - h - 4;
   p.style.left = Math.max(4, x) + 'px'; p.style.top = Math.max(4, y) + 'px';
 }
 function hide() { if (!pinned) { $('pop').style.display = 'none'; shown = -1; } }

@@ -242,16 +242,19 @@ with backend_errors():
         run_id: fetch_run(run_id)["tokens"]
         for run_id in dict.fromkeys(str(t["run_id"]) for t in summary["tokens"])
     }
+uncertain = uncertain_tokens_frame(summary, contexts)
 st.dataframe(
-    uncertain_tokens_frame(summary, contexts),
+    uncertain,
     hide_index=True,
     key="audit.tokens",
     row_height=48,
+    # the ranking value already is the entropy / prob column when ranking by one of them
+    column_order=[c for c in uncertain.columns if c != token_metric],
     column_config={
         "value": st.column_config.NumberColumn(token_metric, format="%.4g"),
         "prob": st.column_config.NumberColumn("prob", format="%.3f"),
         "entropy": st.column_config.NumberColumn("entropy", format="%.3f"),
-        "context": st.column_config.TextColumn("in its sentence (token in 【 】)", width="large"),
+        "context": st.column_config.TextColumn("in its sentence (token in « »)", width="large"),
     },
 )
 

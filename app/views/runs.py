@@ -15,7 +15,9 @@ PAGE = 50
 st.title("Runs")
 cols = st.columns([3, 1, 2, 1])
 q = cols[0].text_input("Search text", key="runs.q")
-kind = cols[1].selectbox("Kind", ["", "chat", "pair", "text"], key="runs.kind")
+kind = cols[1].selectbox(
+    "Kind", ["", "chat", "pair", "text"], format_func=lambda k: k or "any", key="runs.kind"
+)
 model = cols[2].text_input("Model", key="runs.model")
 page = cols[3].number_input("Page", 1, 10_000, 1, key="runs.page")
 with backend_errors():

@@ -117,7 +117,7 @@ def test_audit_upload_summary_and_exports(backend: str) -> None:  # noqa: ARG001
     assert turns["response"].str.len().max() > 80  # not cut to a one-line excerpt
     (tokens,) = _frame_with(at, "context")
     assert len(tokens) > 0 and tokens["position"].min() >= 1
-    assert all(f"【{t}】" in c for t, c in zip(tokens["token"], tokens["context"], strict=True))
+    assert all(f"«{t}»" in c for t, c in zip(tokens["token"], tokens["context"], strict=True))
     # a turn of the upload opens with the "across the upload" scale, its 1st-99th percentile
     runs = httpx.get(f"{backend}/api/v1/runs", params={"upload_id": upload_id}).json()["runs"]
     entropies = [

@@ -88,10 +88,26 @@ def _job(api: str, reply: httpx.Response) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def _settle(driver: Any, seconds: float = 1.5) -> None:
+def _settle(driver: Any, seconds: float = 1.5, *, show: str | None = None) -> None:
+    """Wait until Streamlit has drawn every element, then scroll to the top or to ``show``.
+
+    ``show`` is an XPath (e.g. the first chart): the result, below the page's form.
+    """
+    from selenium.webdriver.common.by import By
+
     driver.switch_to.default_content()
-    driver.execute_script("window.scrollTo(0, 0)")
+    _wait_rerender(
+        driver,
+        lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-testid='stSkeleton']"),
+        timeout=120,
+    )
     time.sleep(seconds)  # charts and iframes finish drawing
+    if show is None:
+        driver.execute_script("window.scrollTo(0, 0)")
+    else:
+        target = driver.find_element(By.XPATH, show)
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", target)
+    time.sleep(0.5)
 
 
 def test_screenshots_of_every_page(browser: Any, ui_url: str, default_backend: str) -> None:  # noqa: F811
@@ -113,6 +129,8 @@ def test_screenshots_of_every_page(browser: Any, ui_url: str, default_backend: s
         "on the east coast."
     )
     _button(driver, "Run").click()
+    _wait_rerender(driver, lambda d: "Claims" in d.page_source, timeout=120)
+    _settle(driver)
     enter_canvas(driver)
     spans: list[Any] = _wait(driver, lambda d: canvas_spans(d) or None)  # type: ignore[assignment]
     sydney = next((s for s in spans if "Sydney" in s.text), spans[len(spans) // 2])
@@ -126,7 +144,7 @@ def test_screenshots_of_every_page(browser: Any, ui_url: str, default_backend: s
     _job(api, httpx.post(f"{api}/uploads", files={"file": ("chats.jsonl", sample)}, timeout=60))
     driver.get(ui_url + "/audit")
     _text_on_page(driver, "Most uncertain tokens")
-    _settle(driver)
+    _settle(driver, show="//h3[contains(., 'Turns by risk')]")
     _save(driver, "audit")
 
     # Runs: everything stored so far
@@ -143,7 +161,7 @@ def test_screenshots_of_every_page(browser: Any, ui_url: str, default_backend: s
     _wait_rerender(
         driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), timeout=120
     )
-    _settle(driver, 2.5)
+    _settle(driver, 2.5, show="(//div[contains(@class, 'js-plotly-plot')])[1]")
     _save(driver, "groups")
 
     # Probes
@@ -164,7 +182,7 @@ def test_screenshots_of_every_page(browser: Any, ui_url: str, default_backend: s
     _wait_rerender(
         driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), timeout=120
     )
-    _settle(driver, 2.5)
+    _settle(driver, 2.5, show="(//div[contains(@class, 'js-plotly-plot')])[1]")
     _save(driver, "lab")
 
     # SQL: the first example, run

@@ -689,8 +689,8 @@ def test_uncertain_tokens_frame_numbers_from_one_with_sentence_context() -> None
     assert list(frame["#"]) == [1, 2, 3]
     assert list(frame["position"]) == [4, 6, 2] and frame["turn"][0] == 1
     assert frame["turn"][2] is pd.NA and frame["conversation"][2] is pd.NA
-    assert frame["context"][0] == "It is【 Sydney】."
-    assert frame["token"][1] == "↵" and frame["context"][1] == "【↵】"
+    assert frame["context"][0] == "It is« Sydney»."
+    assert frame["token"][1] == "↵" and frame["context"][1] == "«↵»"
     assert frame["context"][2] == ""  # no tokens for that run: no context, no error
     assert math.isnan(frame["prob"][1])
     assert uncertain_tokens_frame({}).columns.tolist() == list(TOKEN_COLUMNS)

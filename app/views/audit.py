@@ -225,7 +225,6 @@ picked = st.dataframe(
     on_select="rerun",
     selection_mode="single-row",
     key="audit.turns",
-    row_height=64,  # about three wrapped lines of prompt and response
     column_config={
         "prompt": st.column_config.TextColumn("prompt", width="medium"),
         "response": st.column_config.TextColumn("response", width="large"),
@@ -235,7 +234,10 @@ picked = st.dataframe(
         "perplexity": st.column_config.NumberColumn("perplexity", format="%.2f"),
     },
 )
-st.caption("Select a turn to see its tokens; prompt and response show their first 200 characters.")
+st.caption(
+    "Select a turn to see its tokens. Prompt and response hold their first 200 characters: "
+    "hover a cell to read it whole (the grid does not wrap lines)."
+)
 st.subheader(f"Most uncertain tokens ({metric_label(token_metric)})")
 with backend_errors():
     contexts = {
@@ -247,7 +249,6 @@ st.dataframe(
     uncertain,
     hide_index=True,
     key="audit.tokens",
-    row_height=48,
     # the ranking value already is the entropy / prob column when ranking by one of them
     column_order=[c for c in uncertain.columns if c != token_metric],
     column_config={

@@ -462,7 +462,6 @@ st.dataframe(
     outputs_frame(experiment, shipped),
     hide_index=True,
     key="lab.outputs",
-    row_height=56,  # the output text wraps over about three lines
     column_config={
         "prompt": st.column_config.TextColumn("prompt", width="medium"),
         "response": st.column_config.TextColumn("output text", width="large"),

@@ -272,6 +272,10 @@ function pop(ev, i) {
     names.forEach(n => { const v = t.v[n]; if ((v === null || v === undefined) && n !== metric) return;
       vals.append(el('span', n === metric ? 'cur' : null, n), el('span', n === metric ? 'cur' : null, fmt(v, 6))); });
     p.appendChild(vals);
+    // runs from API logprobs: the entropy shown is bounded, and the rank may lie past the top-k
+    if (t.v.entropy_lower !== null && t.v.entropy_lower !== undefined) p.appendChild(el('div', null,
+      'true entropy in [' + fmt(t.v.entropy_lower, 6) + ', ' + fmt(t.v.entropy_upper, 6) + '] nats (entropy above: top-k renormalised)'));
+    if (t.v.rank_gt !== null && t.v.rank_gt !== undefined) p.appendChild(el('div', null, 'rank > ' + t.v.rank_gt + ' (outside the top-k)'));
     if (t.alt.length) { p.appendChild(el('div', null, 'top alternatives'));
       const g = el('div', 'alt');
       t.alt.forEach(a => { const bar = el('span', 'bar'); bar.style.width = (100 * (a.prob || 0)) + '%';

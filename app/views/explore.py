@@ -6,6 +6,7 @@ from typing import Any
 
 import streamlit as st
 
+from tokenprism.app.components.add_metrics import add_metrics_panel
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import (
     CCP_PRESET_HELP,
@@ -97,4 +98,11 @@ with result:
             "No run yet: type a prompt on the left and press Run, or open a run from the Runs page."
         )
     else:
+        if run.get("upload_id"):  # a stored turn: read through the cache an add-metrics job clears
+            with backend_errors():
+                run = fetch_run(run["run_id"])
+            st.session_state["explore.run"] = run
         render_run(run, key="explore")
+        if run.get("upload_id"):
+            with st.expander("Add metrics to this stored turn"):
+                add_metrics_panel(run["upload_id"], key="explore", run_ids=[run["run_id"]])

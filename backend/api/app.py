@@ -32,6 +32,7 @@ from tokenprism.backend.api.routes import (
     probes,
     runs,
     sql,
+    stream,
     uploads,
 )
 from tokenprism.backend.api.service import API, ApiError, Service, error_response, require_token
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
     app.include_router(meta.public)
     for module in _ROUTERS:
         app.include_router(module.router)
+    app.include_router(stream.router)
     return app
 
 

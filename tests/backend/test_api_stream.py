@@ -1,0 +1,119 @@
+"""``POST /generate/stream`` on a real server (loopback), read incrementally with httpx."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.backend.test_server import server
+
+API = "/api/v1"
+BODY = {"prompt": "What is the capital of France?", "max_new_tokens": 40, "seed": 3}
+
+
+def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Parse server-sent events as lines arrive."""
+    event = None
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[len("event: ") :]
+        elif line.startswith("data: "):
+            assert event is not None
+            yield event, json.loads(line[len("data: ") :])
+            event = None
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+    with server(tmp_path_factory.mktemp("stream") / "home", tiny_model_dir) as (url, _):
+        yield url
+
+
+def _stream(url: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    with httpx.stream("POST", url + API + "/generate/stream", json=body, timeout=120) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        return list(_events(resp.iter_lines()))
+
+
+def test_stream_tokens_then_done_and_stored_run_agrees(live: str) -> None:
+    events = _stream(live, BODY)
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"token"}
+    tokens = [d for k, d in events if k == "token"]
+    done = events[-1][1]
+    assert done["n_tokens"] == len(tokens) and done["stop_reason"] in ("eos", "length")
+    assert done["timings"]["first_token_ms"] > 0
+    run = httpx.get(f"{live}{API}/runs/{done['run_id']}/tokens", timeout=30).json()
+    rows = run["tokens"] if isinstance(run, dict) else run
+    response = [r for r in rows if not r["is_prompt"]]
+    assert [r["token_id"] for r in response] == [t["token_id"] for t in tokens]
+    for row, tok in zip(response, tokens, strict=True):
+        assert abs(row["logprob"] - tok["logprob"]) < 1e-4
+        assert abs(row["entropy"] - tok["entropy"]) < 1e-4
+
+
+def test_entropy_stop_rule_ends_early(live: str) -> None:
+    free = [d for k, d in _stream(live, BODY) if k == "token"]
+    ent = [t["entropy"] for t in free]
+    thr = sorted(ent)[len(ent) // 2]
+    first = next(i for i, h in enumerate(ent) if h > thr)
+    rule = {"metric": "entropy", "op": ">", "threshold": thr, "patience": 1, "action": "stop"}
+    events = _stream(live, {**BODY, "stop_when": [rule]})
+    tokens = [d for k, d in events if k == "token"]
+    done = events[-1][1]
+    assert len(tokens) == first + 1 < len(free)
+    assert done["stop_reason"] == "rule:0"
+    assert done["fired"][0]["index"] == first
+    assert tokens[-1]["rules"][0]["action"] == "stop"
+
+
+def test_second_stream_is_queued_and_disconnect_frees_model(live: str) -> None:
+    first_token = threading.Event()
+    release = threading.Event()
+    body = {**BODY, "max_new_tokens": 200, "temperature": 0}
+
+    def holder() -> None:
+        # read one token, then stall (the server keeps the model until the client leaves)
+        with httpx.stream("POST", live + API + "/generate/stream", json=body, timeout=120) as r:
+            for kind, _ in _events(r.iter_lines()):
+                if kind == "token":
+                    first_token.set()
+                    release.wait(60)
+                    return  # leaving the block closes the connection mid-stream
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert first_token.wait(60)
+    seen: list[str] = []
+    with httpx.stream("POST", live + API + "/generate/stream", json=BODY, timeout=120) as resp:
+        for kind, data in _events(resp.iter_lines()):
+            seen.append(kind)
+            if kind == "queued":
+                assert data["position"] == 1
+                release.set()  # the first client disconnects: the second must get the model
+    t.join(60)
+    assert seen[0] == "queued" and seen[-1] == "done" and "token" in seen
+
+
+@pytest.mark.parametrize(
+    ("patch", "status"),
+    [
+        ({"stop_when": [{"metric": "nope", "threshold": 1}]}, 422),
+        ({"stop_when": [{"metric": "entropy", "threshold": 1, "patience": 0}]}, 422),
+        ({"n": 2}, 422),
+        ({"probe": "missing-probe"}, 400),
+        ({"prompt": "word " * 400}, 422),
+        ({"stop_when": [{"metric": "probe", "threshold": 0.5}]}, 400),
+    ],
+)
+def test_bad_requests_are_4xx(live: str, patch: dict[str, Any], status: int) -> None:
+    resp = httpx.post(live + API + "/generate/stream", json={**BODY, **patch}, timeout=60)
+    assert resp.status_code == status, resp.text
+    assert resp.json()["error"]["message"]

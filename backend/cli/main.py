@@ -15,7 +15,7 @@ import sys
 
 import typer
 
-from tokenprism.backend.cli import audit, groups, runs, serve
+from tokenprism.backend.cli import audit, generate, groups, runs, serve
 from tokenprism.backend.cli.common import err
 from tokenprism.backend.cli.experiments import experiment_app
 from tokenprism.backend.cli.probes import probe_app
@@ -32,6 +32,7 @@ app = typer.Typer(
 _COMMANDS = (
     runs.prepare,
     runs.score,
+    generate.generate,
     runs.runs,
     runs.show,
     runs.sql,

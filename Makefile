@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run demo serve test test-fast lint browser bench bench-audit bench-ingest bench-ray bench-naive bench-throughput bench-peers probe clean
+.PHONY: install run demo serve test test-fast lint browser bench bench-audit bench-ingest bench-ray bench-naive bench-throughput bench-fidelity bench-peers probe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,10 @@ bench-naive: install
 # Tokens/s and peak memory vs batch size and sequence length, bare forward and full scoring.
 bench-throughput: install
 	$(BIN)/python bench/throughput.py
+
+# The measured differences of docs/fidelity.md (one-pass metrics and THR vs float64 references).
+bench-fidelity: install
+	$(BIN)/python bench/fidelity.py
 
 bench-ray: install
 	$(BIN)/python bench/ray_engine.py

@@ -94,10 +94,13 @@ class TokenPrismClient:
         template: bool = True,
         system: str | None = None,
         metrics: list[str] | None = None,
+        ccp_preset: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"template": template}
         if metrics:
             body["metrics"] = metrics
+            if ccp_preset and "ccp" in metrics:
+                body["ccp_preset"] = ccp_preset
         for key, value in (
             ("prompt", prompt),
             ("response", response),
@@ -121,6 +124,7 @@ class TokenPrismClient:
         top_p: float = 1.0,
         seed: int | None = None,
         metrics: list[str] | None = None,
+        ccp_preset: str | None = None,
     ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {
             "metrics": metrics or None,
@@ -130,6 +134,8 @@ class TokenPrismClient:
             "temperature": temperature,
             "top_p": top_p,
         }
+        if ccp_preset and metrics and "ccp" in metrics:
+            body["ccp_preset"] = ccp_preset
         for key, value in (("model", model), ("system", system), ("seed", seed)):
             if value is not None:
                 body[key] = value
@@ -176,12 +182,15 @@ class TokenPrismClient:
         metrics: list[str] | None = None,
         engine: str = "local",
         skip_invalid: bool = False,
+        ccp_preset: str | None = None,
     ) -> dict[str, Any]:
         form = {"model": model} if model else {}
         if skip_invalid:
             form["skip_invalid"] = "true"
         if metrics:
             form["metrics"] = ",".join(metrics)
+            if ccp_preset and "ccp" in metrics:
+                form["ccp_preset"] = ccp_preset
         if engine != "local":
             form["engine"] = engine
         return dict(self._json("POST", "/uploads", files={"file": (filename, data)}, data=form))

@@ -89,9 +89,10 @@ def run_cli(
         "COLUMNS": "200",
         **(env or {}),
     }
-    exe = Path(sys.executable).parent / "tokenprism"
+    # the code under test (PYTHONPATH / the checkout), whatever console script the venv holds
+    exe = [sys.executable, "-m", "tokenprism.backend.cli.main"]
     return subprocess.run(
-        [str(exe), *args],
+        [*exe, *args],
         capture_output=True,
         text=True,
         env=env,

@@ -197,10 +197,10 @@ def sql_chart(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> go.Figur
         rows: the result rows (sequences in column order).
 
     Returns:
-        None without rows or without a numeric column. When the first column is not numeric:
-        a bar chart of the first numeric column by the first column (first 200 rows). When it
-        is numeric: a line of each other numeric column against it (or of the first column
-        against the row number when it is the only numeric one).
+        None without rows or without a numeric column. A category and a number (the first
+        column not numeric): bars of the first numeric column by the first column (first 200
+        rows). One numeric column: its histogram. Two or more: a scatter of each other numeric
+        column against the first.
     """
     if not columns or not rows:
         return None
@@ -221,15 +221,9 @@ def sql_chart(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> go.Figur
         )
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[y_col])
     elif len(numeric) == 1:
-        fig.add_trace(
-            go.Scatter(
-                x=list(range(1, len(rows) + 1)),
-                y=[number(_cell(r, 0)) for r in rows],
-                mode="lines+markers",
-                name=names[0],
-            )
-        )
-        fig.update_layout(xaxis_title="row", yaxis_title=names[0])
+        # one number per row: its distribution is what can be read (a sum would mean nothing)
+        fig.add_trace(go.Histogram(x=[number(_cell(r, 0)) for r in rows], name=names[0]))
+        fig.update_layout(xaxis_title=names[0], yaxis_title="rows", title=f"{names[0]}: histogram")
     else:
         x = [number(_cell(r, 0)) for r in rows]
         for y_col in numeric[1:]:
@@ -237,10 +231,11 @@ def sql_chart(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> go.Figur
                 go.Scatter(
                     x=x,
                     y=[number(_cell(r, y_col)) for r in rows],
-                    mode="lines+markers",
+                    mode="markers",
                     name=names[y_col],
                 )
             )
-        fig.update_layout(xaxis_title=names[0])
+        shown = ", ".join(names[c] for c in numeric[1:])
+        fig.update_layout(xaxis_title=names[0], title=f"{shown} against {names[0]}")
     fig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10})
     return fig

@@ -52,7 +52,7 @@ def claims_frame(run: dict[str, Any]) -> pd.DataFrame:
     ]
     rows = []
     for c in claims:
-        row: dict[str, Any] = {"#": c["index"], "claim": c["text"], "tokens": c["n_tokens"]}
+        row: dict[str, Any] = {"#": c["index"] + 1, "claim": c["text"], "tokens": c["n_tokens"]}
         for key, label in present:
             row[label] = number(c["metrics"].get(key))
         row["risk"] = claim_risk(c["metrics"])
@@ -70,7 +70,10 @@ def judge_caption(run: dict[str, Any]) -> str | None:
     extras = (run.get("provenance") or {}).get("extras") or {}
     parts = []
     if "ccp" in extras:
-        parts.append(f"CCP judge: {extras['ccp'].get('judge')}")
+        ccp = extras["ccp"]
+        # runs stored before the presets existed used our shortcuts
+        preset = ccp.get("preset") or "tokenprism (stored before presets)"
+        parts.append(f"CCP judge: {ccp.get('judge')} · CCP preset: {preset}")
     if "probe" in extras:
         p = extras["probe"]
         parts.append(f"probe: {p.get('probe')} (layer {p.get('layer')})")

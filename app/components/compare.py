@@ -21,6 +21,7 @@ from tokenprism.backend.display import (
     colour_scale,
     number,
     response_tokens,
+    text_colour,
     visible_html,
     visible_whitespace,
 )
@@ -202,7 +203,10 @@ def compare_html(
             else:
                 colour = scale.colour(tok.get(metric))
                 text = visible_html(tok.get("text"), breaks=False)
-                cells.append(f'<span class="tok" style="background:{colour}">{text}</span>')
+                fg = text_colour(colour)
+                cells.append(
+                    f'<span class="tok" style="background:{colour};color:{fg}">{text}</span>'
+                )
         cls = "pair diff" if differs else "pair"
         parts.append(
             f'<span class="{cls}" title="{html.escape(tip, quote=True)}">{"".join(cells)}</span>'

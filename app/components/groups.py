@@ -376,9 +376,19 @@ def thr_status(summary: dict[str, Any] | None) -> tuple[bool, str]:
     tau = number(summary.get("thr_tau"))
     if tau is None:
         return False, "THR is not available for this group."
+    size = summary.get("thr_vocab_size", summary.get("vocabulary_size", "?"))
+    if summary.get("thr_vocab", "group") == "full":
+        where = f"exactly, over the full {size}-token vocabulary"
+    else:
+        where = f"over the {size}-token group vocabulary V* (NTHR's shortcut)"
+        agreement = summary.get("thr_group_agreement") or {}
+        rho, signs = number(agreement.get("spearman")), number(agreement.get("sign_agreement"))
+        if rho is not None and signs is not None:
+            where += f"; vs the full vocabulary: Spearman {rho:.3f}, same sign {signs:.0%}"
+    note = summary.get("thr_tau_note")
     return True, (
-        f"THR computed over a {summary.get('vocabulary_size', '?')}-token group vocabulary: "
-        f"dominant-token threshold τ = {tau:.4g}, reweighting p = {summary.get('thr_p')}."
+        f"THR computed {where}: dominant-token threshold τ = {tau:.4g}, "
+        f"reweighting p = {summary.get('thr_p')}." + (f" {note}." if note else "")
     )
 
 

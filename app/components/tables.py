@@ -27,9 +27,12 @@ TURN_COLUMNS = (
     "run_id",
 )
 RUN_COLUMNS = (
+    "id",
     "created",
-    "model",
+    "source",
     "kind",
+    "model",
+    "prompt",
     "tokens",
     "GM confidence",
     "mean entropy",
@@ -113,6 +116,15 @@ def _model_name(model: Any) -> str:
     return "" if model is None else str(model)
 
 
+def _source(run: dict[str, Any]) -> str:
+    """Where a run came from: its upload (short id) and 1-based turn, or a direct score."""
+    upload = run.get("upload_id")
+    if not upload:
+        return "scored directly"
+    turn = _int(run.get("turn_index"))
+    return f"upload {str(upload)[:8]}" + ("" if turn is None else f" · turn {turn + 1}")
+
+
 def runs_frame(runs: Iterable[dict[str, Any]] | None) -> pd.DataFrame:
     """The runs list of ``GET /api/v1/runs`` as a table, newest first as the API sent it.
 
@@ -130,9 +142,12 @@ def runs_frame(runs: Iterable[dict[str, Any]] | None) -> pd.DataFrame:
         created = str(run.get("created_at") or "")[:19].replace("T", " ")
         records.append(
             {
+                "id": str(run.get("run_id", ""))[:8],
                 "created": created,
-                "model": _model_name(run.get("model")),
+                "source": _source(run),
                 "kind": str(run.get("kind") or ""),
+                "model": _model_name(run.get("model")),
+                "prompt": excerpt(run.get("prompt")),
                 "tokens": _int(run.get("n_response_tokens")),
                 "GM confidence": _float(sequence.get("geometric_mean_confidence")),
                 "mean entropy": _float(sequence.get("mean_entropy")),

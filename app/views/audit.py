@@ -9,9 +9,17 @@ import pandas as pd
 import streamlit as st
 
 from tokenprism.app.client import BackendError
+from tokenprism.app.components.logprob_band import render_logprob_source
 from tokenprism.app.components.tables import turns_frame
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client
+from tokenprism.app.ui import (
+    CCP_PRESET_HELP,
+    CCP_PRESETS,
+    EXTRA_METRICS,
+    backend_errors,
+    client,
+    fetch_run,
+)
 
 TURN_METRICS = [
     "mean_entropy",
@@ -22,12 +30,15 @@ TURN_METRICS = [
     "mean_step_first_surprisal",
     "mean_kurtosis",
     "probe_max",
-    "ccp_uncertainty",
+    "ccp_mean_log",
+    "claim_ccp_mean",
     "claim_ccp_min",
+    "ccp_uncertainty",
     "token_sar",
 ]
 TOKEN_METRICS = [
     "entropy",
+    "entropy_upper",
     "surprisal_bits",
     "prob",
     "margin",
@@ -60,6 +71,7 @@ def send(upload: Any, *, skip_invalid: bool = False) -> str | None:
                 metrics=st.session_state.get("audit.extras") or [],
                 engine=st.session_state.get("audit.engine") or "local",
                 skip_invalid=skip_invalid,
+                ccp_preset=st.session_state.get("audit.ccp_preset"),
             )
         except BackendError as err:
             if err.code != "invalid_transcript" or not err.details.get("conversations_valid"):
@@ -105,6 +117,7 @@ with st.form("audit.form", clear_on_submit=False):
     extras = form_cols[1].multiselect(
         "Uncertainty & hallucination metrics", EXTRA_METRICS, key="audit.extras"
     )
+    form_cols[1].selectbox("CCP preset", CCP_PRESETS, key="audit.ccp_preset", help=CCP_PRESET_HELP)
     engine = form_cols[2].selectbox(
         "Engine",
         ["local", "ray"],
@@ -229,8 +242,9 @@ if rows:
     run_id = frame.iloc[rows[0]]["run_id"]
     started = time.perf_counter()
     with backend_errors():
-        run = client().run(run_id)
+        run = fetch_run(run_id)
     st.subheader("Turn detail")
+    render_logprob_source(run, key="audit.detail")  # source, and the entropy band of API runs
     render_run(run, key="audit.detail")
     st.caption(f"loaded in {time.perf_counter() - started:.2f} s")
 else:

@@ -21,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenprism.backend import __version__
@@ -35,6 +36,7 @@ from tokenprism.backend.api.routes import (
     stream,
     uploads,
 )
+from tokenprism.backend.api.security import install as install_security
 from tokenprism.backend.api.service import API, ApiError, Service, error_response, require_token
 from tokenprism.backend.audit.ingest import TranscriptError
 from tokenprism.backend.errors import (
@@ -70,13 +72,14 @@ _USER_ERROR_STATUS: list[tuple[type[UserError], int, str]] = [
 def create_app(settings: Settings | None = None, *, preload: bool = False) -> FastAPI:
     """Build the app; ``preload`` loads the default model at start-up."""
     settings = settings or get_settings()
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI / ReDoc from packaged assets: no CDN
         title="TokenPrism API",
         version=__version__,
         lifespan=_lifespan(settings, preload),
         description="Token-level analysis of language-model outputs.",
     )
     app.middleware("http")(_guard(settings))
+    install_security(app, settings)  # Host / Origin / streamed body limits, 403/409/429 codes
     _add_error_handlers(app)
     app.include_router(meta.public)
     for module in _ROUTERS:
@@ -107,7 +110,7 @@ def _lifespan(
 
 
 def _guard(settings: Settings) -> Callable[[Request, Any], Awaitable[Any]]:
-    """Middleware: the token on the docs pages, and body sizes refused before they are read."""
+    """Middleware: the token on the docs pages (body sizes: api.security, counted as read)."""
 
     async def guard(request: Request, call_next: Any) -> Any:
         if settings.api_token and request.url.path in ("/docs", "/redoc", "/openapi.json"):
@@ -115,11 +118,6 @@ def _guard(settings: Settings) -> Callable[[Request, Any], Awaitable[Any]]:
                 require_token(request)
             except ApiError as err:
                 return error_response(err.status, err.code, err.message)
-        length = request.headers.get("content-length")
-        is_upload = request.url.path == f"{API}/uploads"
-        limit = settings.upload_max_bytes + 1024 * 1024 if is_upload else settings.max_body_bytes
-        if length is not None and length.isdigit() and int(length) > limit:
-            return error_response(413, "too_large", f"request body over the limit of {limit} bytes")
         return await call_next(request)
 
     return guard

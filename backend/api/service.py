@@ -6,21 +6,21 @@ import every router without a cycle.
 
 from __future__ import annotations
 
-import hmac
 import math
 import threading
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from tokenprism.backend.api.security import gate_model_name, token_ok
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.jobs.worker import JobManager
-from tokenprism.backend.models.loader import DEFAULT_MODEL, LoadedModel, get_model
+from tokenprism.backend.models.loader import LoadedModel, get_model
 from tokenprism.backend.scoring.extras import parse_metrics
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
+from tokenprism.backend.store.store import SqlLimits
 
 API = "/api/v1"
 
@@ -50,37 +50,23 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = Store(settings.db_path)
+        self.store = Store(settings.db_path, SqlLimits.from_settings(settings))
         self.model_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self.jobs = JobManager(self.store, self.model, settings, self.model_lock)
 
     def model_name(self, requested: str | None) -> str:
-        """Resolve and authorise a requested model name."""
-        name = requested or self.settings.default_model
-        if name in (DEFAULT_MODEL, self.settings.default_model):
-            return name
-        path = Path(name).expanduser()
-        if path.exists() or name.startswith((".", "/", "~")):
-            resolved = path.resolve()
-            allowed = [Path(d).expanduser().resolve() for d in self.settings.allowed_model_dirs]
-            if not any(resolved.is_relative_to(d) for d in allowed):
-                raise ApiError(
-                    403,
-                    "model_path_not_allowed",
-                    "local model paths must be inside TOKENPRISM_ALLOWED_MODEL_DIRS",
-                )
-            return str(resolved)
-        if not self.settings.allow_hub_models:
-            raise ApiError(
-                403,
-                "hub_models_disabled",
-                f"model {name!r} is not available on this server "
-                "(hub ids need TOKENPRISM_ALLOW_HUB_MODELS=1)",
-            )
-        return name
+        """Resolve and authorise a requested model name (the one gate, see api.security)."""
+        return gate_model_name(requested or self.settings.default_model, self.settings)
 
     def model(self, name: str) -> LoadedModel:
+        if self.settings.no_model:
+            raise ApiError(
+                409,
+                "no_model",
+                "this server runs with --no-model: only files with "
+                "logprobs can be audited (source=logprobs)",
+            )
         with self._load_lock:
             return get_model(name, self.settings)
 
@@ -96,11 +82,7 @@ ServiceDep = Annotated[Service, Depends(_service)]
 def require_token(request: Request) -> None:
     """Refuse the request unless it carries the bearer token (when one is configured)."""
     token = request.app.state.service.settings.api_token
-    if not token:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    if not token_ok(request.headers.get("authorization", ""), token):
         raise ApiError(401, "unauthorized", "missing or wrong bearer token")
 
 

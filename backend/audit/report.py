@@ -38,13 +38,13 @@ td.excerpt { overflow-wrap: anywhere; }
 section.turn { border-top: 2px solid #888; margin-top: 2em; padding-top: .5em; }
 blockquote { margin: .5em 0; padding: .4em .8em; border-left: 4px solid #aaa; background: #f7f7f7;
              white-space: pre-wrap; overflow-wrap: anywhere; }
-.tokens { font-family: ui-monospace, monospace; line-height: 1.9; overflow-wrap: anywhere; }
-.tok { color: #000; padding: .05em 0; border-right: 1px solid #fff; }
+.tokens { line-height: 1.9; overflow-wrap: anywhere; white-space: pre-wrap; }
+.tok { padding: .05em 0; }
 .meta { color: #444; font-size: .9em; }
 .legend { font-size: .9em; }
 .sw { padding: 0 .4em; color: #000; font-family: ui-monospace, monospace; }
 .ramp { display: inline-block; width: 8em; height: .9em; vertical-align: middle;
-        background: linear-gradient(to right, rgb(0,255,60), rgb(255,255,60), rgb(255,0,60)); }
+        }
 code { overflow-wrap: anywhere; }
 """
 
@@ -232,6 +232,11 @@ def _turn_section(
     )
 
 
+def _cut_note(summary: dict[str, Any]) -> str:
+    note = summary.get("cut_note")
+    return f'<p class="note"><strong>Note:</strong> {escape(note)}</p>' if note else ""
+
+
 def render_audit_report(
     summary: dict[str, Any],
     turn_tokens: dict[str, list[dict[str, Any]]],
@@ -268,7 +273,8 @@ def render_audit_report(
         "content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>TokenPrism audit report — {escape(filename)}</title><style>{_CSS}</style></head>"
-        f"<body>{_header(summary)}<main>{_ingest_section(summary)}{_turns_table(summary)}"
+        f"<body>{_header(summary)}<main>{_cut_note(summary)}{_ingest_section(summary)}"
+        f"{_turns_table(summary)}"
         f"{_tokens_table(summary)}"
         f'<h2 id="sections">Turns</h2>{sections}</main></body></html>\n'
     )

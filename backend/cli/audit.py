@@ -8,7 +8,9 @@ from typing import Any, NamedTuple
 
 import typer
 
+from tokenprism.backend.cli.audit_logprobs import audit_logprobs
 from tokenprism.backend.cli.common import (
+    CcpPresetOpt,
     JudgeOpt,
     MetricsOpt,
     ModelOpt,
@@ -21,6 +23,7 @@ from tokenprism.backend.cli.common import (
     open_store,
     out,
 )
+from tokenprism.backend.cli.layers import LayersOpt, scoring_params
 from tokenprism.backend.errors import UserError
 
 
@@ -51,6 +54,7 @@ def audit(
     top: int = typer.Option(5, help="uncertain tokens to list per turn"),
     metrics: str | None = MetricsOpt,
     judge: str | None = JudgeOpt,
+    ccp_preset: str | None = CcpPresetOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
     engine: str = typer.Option(
@@ -76,6 +80,16 @@ def audit(
     summary: bool = typer.Option(
         True, "--summary/--no-summary", help="print each turn's summary when done"
     ),
+    layers: str = LayersOpt,
+    source: str | None = typer.Option(
+        None, "--source", help="files with API logprobs: logprobs (default; no model), model, both"
+    ),
+    batch_input: Path | None = typer.Option(
+        None, "--batch-input", help="Batch API input file, joined with FILE by custom_id"
+    ),
+    vocab_size: int | None = typer.Option(
+        None, "--vocab-size", min=1, help="V for entropy_upper (default: from the model name)"
+    ),
 ) -> None:
     """Score every assistant turn of a transcript, summarise each turn, optionally export."""
     ray_options = _check_options(export, engine, address, workers, shard_items, gpus_per_worker)
@@ -84,14 +98,17 @@ def audit(
         raise UserError(f"no such file: {file}")
     store = open_store()
     with store:
+        extra = (batch_input, vocab_size, export)
+        if not resume and audit_logprobs(store, file, data, source, model, extra):
+            return
         if resume:
             job = _resume_audit(store, resume, data, model)
         else:
             job = _new_audit(
                 store, file, data, fmt, model, metrics, judge, probe, samples, engine, ray_options,
-                skip_invalid,
+                skip_invalid, ccp_preset,
             )  # fmt: skip
-        result = _score(store, job, str(file), engine, ray_options)
+        result = _score(store, job, str(file), engine, ray_options, layers)
         if summary:
             _print_turns(store, job, rank_by=rank_by, top=top)
         if export is not None:
@@ -134,7 +151,12 @@ def _check_options(
 
 
 def _score(
-    store: Any, job: AuditJob, source: str, engine: str, ray_options: dict[str, Any]
+    store: Any,
+    job: AuditJob,
+    source: str,
+    engine: str,
+    ray_options: dict[str, Any],
+    layers: str = "final",
 ) -> dict[str, Any]:
     """Score the job's items with a progress bar; a failure marks the job resumable."""
     from tqdm import tqdm
@@ -161,6 +183,7 @@ def _score(
                 ray_options=ray_options,
                 extras=job.plan,
                 on_progress=progress,
+                params=scoring_params(layers),
             )
         except BaseException as e:
             update_job(store, job.job_id, status="failed", error=str(e) or type(e).__name__)
@@ -215,6 +238,7 @@ def _new_audit(
     engine: str,
     ray_options: dict[str, Any],
     skip_invalid: bool = False,
+    ccp_preset: str | None = None,
 ) -> AuditJob:
     """Parse and validate ``file``, record its upload and a new audit job."""
     import hashlib
@@ -226,7 +250,7 @@ def _new_audit(
     fmt = fmt or detect_format(file.name, text)
     items = parse_transcript(text, fmt, str(file), skip_invalid=skip_invalid)
     lm = load_model(model)
-    plan = extras_plan(lm, metrics, judge, probe, samples)
+    plan = extras_plan(lm, metrics, judge, probe, samples, ccp_preset)
     upload_id = create_upload(
         store,
         filename=file.name,

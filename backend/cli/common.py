@@ -29,6 +29,9 @@ MetricsOpt = typer.Option(
 JudgeOpt = typer.Option(
     None, "--judge", help="CCP judge: 'fallback' or an NLI model id / path (default: setting)"
 )
+CcpPresetOpt = typer.Option(
+    None, "--ccp-preset", help="CCP conventions: lm-polygraph (default) or tokenprism (shortcuts)"
+)
 ProbeOpt = typer.Option(None, "--probe", help="probe name (default: newest for the model)")
 SamplesOpt = typer.Option(5, "--samples", help="responses sampled for selfcheck / sentence SAR")
 
@@ -54,17 +57,22 @@ def load_model(model: str | None) -> Any:
 
 
 def extras_plan(
-    lm: Any, metrics: str | None, judge: str | None, probe: str | None, samples: int
+    lm: Any,
+    metrics: str | None,
+    judge: str | None,
+    probe: str | None,
+    samples: int,
+    preset: str | None = None,
 ) -> Any:
     """Resolve --metrics and friends into an ExtraPlan (None when no extras were asked for)."""
-    from tokenprism.backend.scoring.extras import ExtraRequest, parse_metrics, plan_extras
+    from tokenprism.backend.scoring.extras import extra_request, parse_metrics, plan_extras
 
     names = parse_metrics(metrics)
     if not names:
-        if judge or probe:
-            raise UserError("--judge / --probe need --metrics ccp / probe")
+        if judge or probe or preset:
+            raise UserError("--judge / --ccp-preset / --probe need --metrics ccp / probe")
         return None
-    request = ExtraRequest(metrics=names, judge=judge, probe=probe, samples=samples)
+    request = extra_request(names, judge=judge, probe=probe, samples=samples, ccp_preset=preset)
     return plan_extras(lm, request, load_settings())
 
 

@@ -17,7 +17,8 @@ from tokenprism.backend.cli.common import (
     open_store,
     out,
 )
-from tokenprism.backend.errors import InputTooLong, UserError
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import check_context
 
 # entropy (nats) bands for the live colours: confident, unsure, lost
 _BANDS = ((1.0, "green"), (2.5, "yellow"), (float("inf"), "red"))
@@ -58,12 +59,11 @@ def generate(
         raise UserError(str(e)) from None
     lm = load_model(model)
     ids, chat = prompt_ids(lm, prompt, system)
-    if len(ids) >= lm.context_length:
-        raise InputTooLong(f"the prompt fills this model's {lm.context_length}-token context")
+    check_context(lm, len(ids), max_new_tokens)  # as the API: before the model sees the prompt
     wants_probe = probe is not None or any(r.metric == "probe" for r in rules)
     name = None if probe in (None, "auto") else probe
     params = StreamParams(
-        max_new_tokens=min(max_new_tokens, lm.context_length - len(ids)),
+        max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
         seed=seed,

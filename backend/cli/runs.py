@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from tokenprism.backend.cli.common import (
+    CcpPresetOpt,
     JudgeOpt,
     MetricsOpt,
     ModelOpt,
@@ -24,6 +25,7 @@ from tokenprism.backend.cli.common import (
     open_store,
     out,
 )
+from tokenprism.backend.cli.layers import LayersOpt, scoring_params
 from tokenprism.backend.errors import UserError
 
 
@@ -52,8 +54,10 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="print the run as JSON"),
     metrics: str | None = MetricsOpt,
     judge: str | None = JudgeOpt,
+    ccp_preset: str | None = CcpPresetOpt,
     probe: str | None = ProbeOpt,
     samples: int = SamplesOpt,
+    layers: str = LayersOpt,
 ) -> None:
     """Score one text in a single forward pass, store it and show the per-token metrics.
 
@@ -83,8 +87,8 @@ def score(
             template=not no_template,
             system_prompt=system,
         )
-    plan = extras_plan(lm, metrics, judge, probe, samples)
-    scored = score_one(lm, enc, extras=plan)
+    plan = extras_plan(lm, metrics, judge, probe, samples, ccp_preset)
+    scored = score_one(lm, enc, scoring_params(layers), extras=plan)
     with store:
         run_id = store.save_runs(lm, [scored])[0]
         run = store.get_run(run_id)
@@ -138,9 +142,12 @@ def sql(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Run one read-only SQL query (SELECT / EXPLAIN) over the token store."""
-    from tokenprism.backend.store.store import run_read_only_sql
+    from tokenprism.backend.store.store import SqlLimits, run_read_only_sql
 
-    columns, rows, truncated = run_read_only_sql(load_settings().db_path, query, max_rows=max_rows)
+    limits = SqlLimits.from_settings(load_settings())
+    columns, rows, truncated = run_read_only_sql(
+        load_settings().db_path, query, max_rows=max_rows, limits=limits
+    )
     if as_json:
         payload = {"columns": columns, "rows": [list(r) for r in rows], "truncated": truncated}
         sys.stdout.write(json.dumps(payload, ensure_ascii=False, default=str) + "\n")

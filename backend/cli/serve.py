@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -19,16 +21,19 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to bind (loopback by default)"),
     port: int = typer.Option(8000, help="TCP port"),
     model: str | None = typer.Option(None, "--model", "-m", help="model to load at start-up"),
+    no_model: bool = typer.Option(
+        False, "--no-model", help="load no model: only audits from API logprobs files work"
+    ),
 ) -> None:
     """Run the HTTP API (one process: the only owner of the model and the database)."""
-    import uvicorn
-
     from tokenprism.backend.api.app import create_app
+    from tokenprism.backend.api.serving import run_server
     from tokenprism.backend.settings import get_settings
 
     settings = get_settings()
     if model:
         settings.default_model = model
+    settings.no_model = settings.no_model or no_model
     if not _is_loopback(host) and not settings.api_token:
         raise UserError(
             f"refusing to listen on {host} without TOKENPRISM_API_TOKEN: anyone who can reach "
@@ -37,11 +42,12 @@ def serve(
     open_store().close()  # a locked or unreadable database fails here, with one line
     err.print(
         f"TokenPrism API on http://{host}:{port}/api/v1 (docs at /docs), "
-        f"model {settings.default_model}, database {settings.db_path}"
+        f"model {'none (--no-model)' if settings.no_model else settings.default_model}, "
+        f"database {settings.db_path}"
     )
-    uvicorn.run(
-        create_app(settings, preload=True), host=host, port=port, workers=1, log_level="warning"
-    )
+    run_server(
+        create_app(settings, preload=not settings.no_model), settings, host, port
+    )  # SIGTERM: < 10 s
 
 
 def _streamlit_command(port: int) -> list[str]:
@@ -62,6 +68,8 @@ def _streamlit_command(port: int) -> list[str]:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "minimal",  # no Deploy button: this is a local tool
         "--server.maxUploadSize",
         "50",
     ]
@@ -79,19 +87,90 @@ def ui(
     raise SystemExit(subprocess.call(_streamlit_command(port), env=env))
 
 
+MAX_RESTARTS = 5
+
+
+def _wait_healthy(proc: Any, api: str, timeout: float = 600) -> dict[str, Any]:
+    """Poll the backend's health until it answers; fail if ``proc`` exits first."""
+    import time as _time
+
+    import httpx
+
+    deadline = _time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise UserError("the backend stopped during start-up (see the lines above)")
+        try:
+            return dict(httpx.get(f"{api}/api/v1/health", timeout=2).json())
+        except httpx.HTTPError:
+            if _time.monotonic() > deadline:
+                raise UserError("the backend did not answer within 10 minutes") from None
+            _time.sleep(0.5)
+
+
+def _load_demo(api: str) -> None:
+    import httpx
+
+    from tokenprism.backend.resources import shipped
+
+    token = load_settings().api_token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    sample = shipped("samples", "chats.jsonl")
+    if not sample.is_file():
+        return
+    uploads = httpx.get(f"{api}/api/v1/uploads", headers=headers, timeout=30).json()
+    if not uploads.get("uploads"):
+        httpx.post(
+            f"{api}/api/v1/uploads",
+            headers=headers,
+            timeout=120,
+            files={"file": (sample.name, sample.read_bytes())},
+        )
+        err.print("loaded the demo transcripts (data/samples/chats.jsonl)")
+
+
+def supervise(
+    procs: list[Any],
+    restart: Callable[[], Any],
+    *,
+    max_restarts: int = MAX_RESTARTS,
+    poll: float = 0.5,
+) -> None:
+    """Keep ``procs[0]`` (the backend) running: restart it when it dies, up to
+    ``max_restarts`` times; return when another process (the UI) stops.
+
+    The UI keeps serving meanwhile and shows "backend down or restarting" on its pages.
+    """
+    import time as _time
+
+    restarts = 0
+    while True:
+        _time.sleep(poll)
+        if any(p.poll() is not None for p in procs[1:]):
+            err.print("the UI stopped; shutting down")
+            return
+        code = procs[0].poll()
+        if code is None:
+            continue
+        if restarts >= max_restarts:
+            raise UserError(f"the backend crashed {restarts + 1} times; giving up")
+        restarts += 1
+        err.print(
+            f"[bold yellow]backend stopped (exit {code}); restarting "
+            f"({restarts}/{max_restarts})…[/]"
+        )
+        procs[0] = restart()
+
+
 def up(
     api_port: int = typer.Option(8000, help="API port (loopback)"),
     ui_port: int = typer.Option(8501, help="UI port (loopback)"),
     model: str | None = typer.Option(None, "--model", "-m", help="model to serve"),
     demo: bool = typer.Option(True, help="load the sample transcripts on first start"),
 ) -> None:
-    """Start the backend and the UI on loopback (what `make run` does); Ctrl-C stops both."""
+    """Start the backend and the UI on loopback (what `make run` does) and supervise them: a
+    crashed backend is restarted; Ctrl-C stops both cleanly (exit 0)."""
     import subprocess
-    import time as _time
-
-    import httpx
-
-    from tokenprism.backend.resources import shipped
 
     exe = [sys.executable, "-m", CLI_MODULE]
     api = f"http://127.0.0.1:{api_port}"
@@ -99,33 +178,9 @@ def up(
     procs = [subprocess.Popen(serve_cmd)]
     try:
         err.print("starting the backend (the first start converts the embedded model)…")
-        deadline = _time.monotonic() + 600
-        while True:
-            if procs[0].poll() is not None:
-                raise UserError("the backend stopped during start-up (see the lines above)")
-            try:
-                health = httpx.get(f"{api}/api/v1/health", timeout=2).json()
-                break
-            except httpx.HTTPError:
-                if _time.monotonic() > deadline:
-                    raise UserError("the backend did not answer within 10 minutes") from None
-                _time.sleep(0.5)
-        headers = (
-            {"Authorization": f"Bearer {load_settings().api_token}"}
-            if load_settings().api_token
-            else {}
-        )
-        sample = shipped("samples", "chats.jsonl")
-        if demo and sample.is_file():
-            uploads = httpx.get(f"{api}/api/v1/uploads", headers=headers, timeout=30).json()
-            if not uploads.get("uploads"):
-                httpx.post(
-                    f"{api}/api/v1/uploads",
-                    headers=headers,
-                    timeout=120,
-                    files={"file": (sample.name, sample.read_bytes())},
-                )
-                err.print("loaded the demo transcripts (data/samples/chats.jsonl)")
+        health = _wait_healthy(procs[0], api)
+        if demo:
+            _load_demo(api)
         env = {**os.environ, "TOKENPRISM_API_URL": api}
         procs.append(
             subprocess.Popen(_streamlit_command(ui_port), env=env, stdout=subprocess.DEVNULL)
@@ -134,18 +189,33 @@ def up(
             f"[bold green]TokenPrism is up:[/] http://127.0.0.1:{ui_port}  "
             f"(API {api}/api/v1, model {health['default_model']}). Ctrl-C stops both."
         )
-        while all(p.poll() is None for p in procs):
-            _time.sleep(0.5)
-        raise UserError("a TokenPrism process stopped; shutting down")
+    except BaseException:
+        _stop_all(procs)
+        raise
+    run_supervised(procs, lambda: subprocess.Popen(serve_cmd))
+
+
+def run_supervised(procs: list[Any], restart: Callable[[], Any]) -> None:
+    """:func:`supervise` until the UI stops or Ctrl-C (a clean stop, no error), then stop all."""
+    try:
+        supervise(procs, restart)
+    except KeyboardInterrupt:
+        err.print("stopping TokenPrism…")
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop_all(procs)
+
+
+def _stop_all(procs: list[Any]) -> None:
+    import subprocess
+
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _is_loopback(host: str) -> bool:

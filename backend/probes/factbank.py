@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from tokenprism.backend.limits import stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.resources import shipped
 
@@ -233,6 +234,7 @@ def greedy_answers(
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                stopping_criteria=stopping_criteria(),
             )
         yield from (t.strip() for t in tok.batch_decode(out[:, width:], skip_special_tokens=True))
 

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 
 from tokenprism.analysis.stream_rules import StreamRule, advance, trailing_mean
+from tokenprism.backend.limits import cancelled as scope_cancelled
+from tokenprism.backend.limits import check_context
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.probes.storage import StoredProbe
 from tokenprism.backend.sampling.types import eos_ids
@@ -128,7 +130,12 @@ class TokenStream:
         lm: the loaded model (the caller holds the model lock).
         prompt: the prompt ids (see :func:`sampling.types.prompt_ids`).
         params: sampling parameters, rules and probe.
-        cancelled: polled before every token; True ends the stream (reason ``cancelled``).
+        cancelled: polled before every token (and before each branch candidate), besides the
+            thread's :func:`limits.cancel_scope`; True ends the stream (reason ``cancelled``).
+
+    Raises:
+        InputTooLong: the prompt plus ``max_new_tokens`` does not fit the context (before the
+            model sees anything).
     """
 
     def __init__(
@@ -138,7 +145,9 @@ class TokenStream:
         params: StreamParams,
         cancelled: Callable[[], bool] = lambda: False,
     ) -> None:
-        self.lm, self.params, self.cancelled = lm, params, cancelled
+        check_context(lm, len(prompt), params.max_new_tokens)
+        self.lm, self.params = lm, params
+        self.cancelled = lambda: cancelled() or scope_cancelled()
         self.result = StreamResult(prompt_ids=list(prompt))
         self.decoder = IncrementalDecoder(lm.tokenizer, list(prompt))
         self.eos = eos_ids(lm)
@@ -278,6 +287,8 @@ class TokenStream:
         hidden = self.params.probe is not None
         alternatives = []
         for cand in candidates:
+            if alternatives and self.cancelled():
+                break  # a cancel waits for no more than one candidate
             self._rewind(length)
             step = self._forward([cand], hidden=False)
             _, next_entropy, _ = _distribution(step.logits[0, -1])

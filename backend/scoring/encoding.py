@@ -37,6 +37,8 @@ class EncodedText:
         truncated_tokens: tokens dropped from the left to fit the model's context (0 if none).
         notes: how the input was adapted (tool messages rendered as user text, the reason for
             a raw continuation, ...).
+        truncated: the response was cut off (generation stopped at ``max_new_tokens``), so no
+            end-of-turn token was produced and none is scored.
     """
 
     kind: str
@@ -54,6 +56,7 @@ class EncodedText:
     rendering: str = "template"
     truncated_tokens: int = 0
     notes: list[str] = field(default_factory=list)
+    truncated: bool = False
 
     @property
     def n_tokens(self) -> int:
@@ -174,11 +177,14 @@ def encode_pair(
     context_length: int,
     template: bool = True,
     system_prompt: str | None = None,
+    end_of_turn: bool = True,
 ) -> EncodedText:
     """A prompt and its response; with ``template`` through the model's chat template.
 
     Without a template the two strings are concatenated as given and the prompt tokens are
-    marked as context.
+    marked as context. ``end_of_turn=False`` is for a generation cut at ``max_new_tokens``: the
+    model never produced an end-of-turn token, so none is appended (scoring one would add a
+    near-zero probability the model never chose) and the text is marked ``truncated``.
     """
     if not response.strip():
         raise UserError("nothing to score: the response is empty")
@@ -190,7 +196,9 @@ def encode_pair(
             {"role": "user", "content": prompt},
             {"role": "assistant", "content": response},
         ]
-        return encode_chat(tokenizer, messages, context_length=context_length)
+        return encode_chat(
+            tokenizer, messages, context_length=context_length, end_of_turn=end_of_turn
+        )
     text = prompt + response
     return _build(
         tokenizer,
@@ -203,6 +211,7 @@ def encode_pair(
         response=response,
         system_prompt=system_prompt,
         rendering="pair",
+        truncated=not end_of_turn,
     )
 
 
@@ -271,6 +280,7 @@ def encode_chat(
     truncate: bool = False,
     fallback: bool = False,
     raw_separator: str = RAW_SEPARATOR,
+    end_of_turn: bool = True,
 ) -> EncodedText:
     """Score the last message (an assistant turn) in the context of the ones before it.
 
@@ -291,6 +301,8 @@ def encode_chat(
             followed by ``raw_separator``, then the assistant text, with the tokenizer's own
             special tokens (BOS) and no role labels or markup (``rendering="raw_continuation"``).
         raw_separator: what follows each earlier message in a raw continuation.
+        end_of_turn: False for a cut-off generation: the span stops at the content's last
+            character (no end-of-turn token the model never produced is appended).
     """
     if not messages or messages[-1].get("role") != "assistant":
         raise UserError("a chat to score must end with an assistant message")
@@ -311,7 +323,9 @@ def encode_chat(
         return _raw_chat(tokenizer, messages, context_length, truncate, raw_separator,
                          [*notes, rendered])  # fmt: skip
     full, found = rendered
-    end = _end_marker(tokenizer, full, found + len(content))
+    end = (
+        _end_marker(tokenizer, full, found + len(content)) if end_of_turn else found + len(content)
+    )
     return _build(
         tokenizer,
         "chat",
@@ -324,6 +338,7 @@ def encode_chat(
         template=template,
         rendering="template",
         notes=notes,
+        truncated=not end_of_turn,
     )
 
 

@@ -92,12 +92,17 @@ CREATE TABLE IF NOT EXISTS experiments (
     summary VARCHAR, created_at TIMESTAMP NOT NULL);
 """
 
+_V6 = """
+ALTER TABLE runs ADD COLUMN context_run_id VARCHAR;
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
     (2, "uploads; runs.item_index for resumable jobs; tokens.top_k nested; job timing", _V2),
     (3, "claims (sentences of a response) and claim-level metrics", _V3),
     (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
     (5, "steering and decoding experiments (their runs carry group_id = experiment_id)", _V5),
+    (6, "runs.context_run_id: context tokens stored once per conversation", _V6),
 ]
 
 LATEST = MIGRATIONS[-1][0]

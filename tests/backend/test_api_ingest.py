@@ -76,7 +76,9 @@ def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         device="cpu",
         allowed_model_dirs=[tiny_model_dir.parent],
     )
-    with TestClient(create_app(settings_), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings_), raise_server_exceptions=False, base_url="http://127.0.0.1"
+    ) as c:
         yield c
 
 

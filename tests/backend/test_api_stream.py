@@ -45,7 +45,8 @@ def _stream(url: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def test_stream_tokens_then_done_and_stored_run_agrees(live: str) -> None:
     events = _stream(live, BODY)
     kinds = [k for k, _ in events]
-    assert kinds[-1] == "done" and set(kinds[:-1]) == {"token"}
+    assert kinds[0] == "start" and events[0][1]["stream_id"]
+    assert kinds[-1] == "done" and set(kinds[1:-1]) == {"token"}
     tokens = [d for k, d in events if k == "token"]
     done = events[-1][1]
     assert done["n_tokens"] == len(tokens) and done["stop_reason"] in ("eos", "length")
@@ -99,7 +100,7 @@ def test_second_stream_is_queued_and_disconnect_frees_model(live: str) -> None:
                 assert data["position"] == 1
                 release.set()  # the first client disconnects: the second must get the model
     t.join(60)
-    assert seen[0] == "queued" and seen[-1] == "done" and "token" in seen
+    assert seen[:2] == ["start", "queued"] and seen[-1] == "done" and "token" in seen
 
 
 @pytest.mark.parametrize(
@@ -110,6 +111,9 @@ def test_second_stream_is_queued_and_disconnect_frees_model(live: str) -> None:
         ({"n": 2}, 422),
         ({"probe": "missing-probe"}, 400),
         ({"prompt": "word " * 400}, 422),
+        ({"prompt": "Hi", "max_new_tokens": 1000}, 422),
+        ({"max_new_tokens": 1025}, 422),
+        ({"stop_when": [{"metric": "entropy", "threshold": 1, "branches": 99}]}, 422),
         ({"stop_when": [{"metric": "probe", "threshold": 0.5}]}, 400),
     ],
 )
@@ -117,3 +121,49 @@ def test_bad_requests_are_4xx(live: str, patch: dict[str, Any], status: int) -> 
     resp = httpx.post(live + API + "/generate/stream", json={**BODY, **patch}, timeout=60)
     assert resp.status_code == status, resp.text
     assert resp.json()["error"]["message"]
+
+
+def test_the_limits_of_generate(live: str) -> None:
+    """The context check (before the model), UTF-8-only strings and finite numbers, as
+    ``POST /generate``."""
+    url = live + API + "/generate/stream"
+    long = httpx.post(url, json={**BODY, "prompt": "word " * 300}, timeout=60)
+    assert long.status_code == 422
+    message = long.json()["error"]["message"]
+    assert message.startswith("prompt is ") and "tokens; this model's context is 256" in message
+    over = httpx.post(url, json={"prompt": "Hi", "max_new_tokens": 1000}, timeout=60)
+    assert "max_new_tokens is 1,000" in over.json()["error"]["message"]
+    for raw in (
+        '{"prompt": "\\ud800"}',
+        '{"prompt": "Hi", "stop_when": [{"metric": "entropy", "threshold": NaN}]}',
+    ):
+        reply = httpx.post(url, content=raw, headers={"content-type": "application/json"})
+        assert reply.status_code == 422, reply.text
+    assert (
+        "lone surrogate"
+        in httpx.post(
+            url, content='{"prompt": "\\ud800"}', headers={"content-type": "application/json"}
+        ).json()["error"]["message"]
+    )
+
+
+def test_cancel_request_ends_the_stream_and_stores_what_was_generated(live: str) -> None:
+    url = live + API + "/generate/stream"
+    assert httpx.post(url + "/nope/cancel", timeout=30).status_code == 404
+    body = {**BODY, "max_new_tokens": 200}  # sampled: greedy on the tiny model ends early
+    events: list[tuple[str, dict[str, Any]]] = []
+    with httpx.stream("POST", url, json=body, timeout=120) as resp:
+        for kind, data in _events(resp.iter_lines()):
+            events.append((kind, data))
+            if kind == "token" and data["index"] == 0:
+                # not reading meanwhile: the model waits on the full buffer, so 200 tokens
+                # cannot all be generated before the cancel is read
+                stream_id = events[0][1]["stream_id"]
+                reply = httpx.post(f"{url}/{stream_id}/cancel", timeout=30)
+                assert reply.status_code == 202, reply.text
+    kind, done = events[-1]
+    tokens = [d for k, d in events if k == "token"]
+    assert kind == "done" and done["stop_reason"] == "cancelled"
+    assert done["n_tokens"] == len(tokens) < 200
+    run = httpx.get(f"{live}{API}/runs/{done['run_id']}/tokens", timeout=30).json()
+    assert sum(not r["is_prompt"] for r in run["tokens"]) == len(tokens)

@@ -33,7 +33,10 @@ def server(home: Path, model: Path, **env: str) -> Iterator[tuple[str, subproces
     port = _free_port()
     proc = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "tokenprism"),
+            # the code under test, whatever console script the venv holds
+            sys.executable,
+            "-m",
+            "tokenprism.backend.cli.main",
             "serve",
             "--port",
             str(port),
@@ -157,14 +160,17 @@ def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     assert "TOKENPRISM_API_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
 
 
+SECRET = "s3cret-0123456789abcdef"
+
+
 def test_token_required_when_set(tmp_path: Path, tiny_model_dir: Path) -> None:
-    with server(tmp_path / "home", tiny_model_dir, TOKENPRISM_API_TOKEN="s3cret") as (url, _):
+    with server(tmp_path / "home", tiny_model_dir, TOKENPRISM_API_TOKEN=SECRET) as (url, _):
         assert httpx.get(url + API + "/health").status_code == 200
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": SECRET}):
             denied = httpx.get(url + API + "/runs", headers=headers)
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
-        ok = httpx.get(url + API + "/runs", headers={"Authorization": "Bearer s3cret"})
+        ok = httpx.get(url + API + "/runs", headers={"Authorization": f"Bearer {SECRET}"})
         assert ok.status_code == 200
         assert httpx.get(url + "/openapi.json").status_code == 401  # the schema is private too
-        schema = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer s3cret"})
+        schema = httpx.get(url + "/openapi.json", headers={"Authorization": f"Bearer {SECRET}"})
         assert schema.status_code == 200 and "/api/v1/runs" in schema.json()["paths"]

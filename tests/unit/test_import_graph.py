@@ -141,7 +141,6 @@ def test_the_graph_sees_the_app_imports(graph: dict[str, set[str]]) -> None:
     assert any(m.startswith("tokenprism.backend.") for m in graph)
 
 
-@pytest.mark.xfail(strict=False, reason="cycles removed in the same change")
 def test_no_module_takes_part_in_an_import_cycle(graph: dict[str, set[str]]) -> None:
     found = cycles(graph)
     assert found == [], "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)

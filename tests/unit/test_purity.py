@@ -22,7 +22,7 @@ def test_the_module_list_comes_from_the_tree() -> None:
     """Guard against a vacuous walk: known modules and the package itself are found."""
     assert {"tokenprism.analysis", "tokenprism.analysis.registry"} <= set(MODULES)
     assert "tokenprism.analysis.logits" in MODULES and len(MODULES) > 10
-    assert "tokenprism.app.components.token_view" in tree_modules("tokenprism.app.components")
+    assert "tokenprism.app.components.token_view" in tree_modules("app.components")
 
 
 def test_the_shared_display_module_loads_no_framework_and_no_other_backend_module() -> None:

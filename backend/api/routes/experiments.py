@@ -8,6 +8,7 @@ from fastapi import Query
 from fastapi.responses import JSONResponse
 
 from tokenprism.backend.api.schemas import ExperimentBody, VectorBody
+from tokenprism.backend.api.security import gate_experiment_models
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -29,11 +30,13 @@ def experiment_prompts() -> list[dict[str, Any]]:
 
 @router.post("/experiments", status_code=202, summary="Start a steering / decoding experiment")
 def create_experiment(body: ExperimentBody, svc: ServiceDep) -> JSONResponse:
-    from tokenprism.backend.lab.jobs import check_experiment
+    from tokenprism.backend.lab.jobs import check_experiment, check_experiment_fits
 
-    check_experiment(body.kind, body.params)  # bad parameters fail now, not in the job
+    spec = check_experiment(body.kind, body.params)  # bad parameters fail now, not in the job
     model_name = svc.model_name(body.model)
-    params = {"kind": body.kind, "params": body.params, "model": model_name}
+    check_experiment_fits(svc.model(model_name), body.kind, spec)
+    gated = gate_experiment_models(body.kind, body.params, svc.settings)
+    params = {"kind": body.kind, "params": gated, "model": model_name}
     job_id = svc.jobs.submit("experiment", params, 1000)
     return JSONResponse(status_code=202, content={"job_id": job_id})
 

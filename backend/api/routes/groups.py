@@ -16,6 +16,7 @@ from tokenprism.backend.api.service import (
     protected_router,
 )
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import check_prompts_fit
 
 router = protected_router()
 
@@ -34,6 +35,7 @@ def create_group(body: GroupBody, svc: ServiceDep) -> JSONResponse:
     params = body.model_dump()
     model_name = svc.model_name(params.pop("model"))
     check_request(GroupRequest(**params))  # a bad verifier fails now, not in the job
+    check_prompts_fit(svc.model(model_name), [body.prompt], body.max_new_tokens, system=body.system)
     job_id = svc.jobs.submit("group", {**params, "model": model_name}, 1000)
     return JSONResponse(status_code=202, content={"job_id": job_id})
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from tokenprism.analysis.registry import list_metrics
 from tokenprism.backend import __version__
+from tokenprism.backend.api.security import public_health
 from tokenprism.backend.api.service import API, ServiceDep, protected_router
 from tokenprism.backend.models.loader import loaded_model_names
 
@@ -16,10 +17,10 @@ router = protected_router()
 
 
 @public.get("/health", summary="Service health (no token needed)")
-def health(svc: ServiceDep) -> dict[str, Any]:
+def health(svc: ServiceDep, request: Request) -> dict[str, Any]:
     import torch
 
-    return {
+    full = {
         "status": "ok",
         "version": __version__,
         "default_model": svc.settings.default_model,
@@ -29,6 +30,7 @@ def health(svc: ServiceDep) -> dict[str, Any]:
         "queue_length": svc.jobs.queue_length,
         "auth": bool(svc.settings.api_token),
     }
+    return public_health(full, svc.settings, request.headers.get("authorization", ""))
 
 
 @router.get("/metrics", summary="Every metric with level, unit and direction")

@@ -10,6 +10,7 @@ from fastapi import File, Form, UploadFile
 from fastapi.responses import JSONResponse
 
 from tokenprism.backend.api.schemas import ApplyProbeRequest
+from tokenprism.backend.api.security import check_probe_training, gate_judge
 from tokenprism.backend.api.service import ApiError, ServiceDep, protected_router
 from tokenprism.backend.audit.ingest import decode_text
 from tokenprism.backend.errors import UserError
@@ -57,6 +58,8 @@ def train_probe(
     filename = Path(file.filename or "labelled.jsonl").name
     text = decode_text(data, filename)
     items = parse_labelled(text, filename)  # validated whole before anything is stored
+    check_probe_training(name, len(items), svc.settings)
+    judge = gate_judge(judge, svc.settings)
     chosen: int | str | None = None
     if layer not in (None, ""):
         if layer == "auto":

@@ -9,6 +9,7 @@ from fastapi import Query
 from fastapi.responses import Response
 
 from tokenprism.backend.api.schemas import GenerateRequest, RunRequest
+from tokenprism.backend.api.security import gate_judge
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -18,9 +19,10 @@ from tokenprism.backend.api.service import (
     protected_router,
 )
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import cancel_scope
 from tokenprism.backend.sampling.generation import sample_responses
 from tokenprism.backend.scoring.encoding import encode_pair, encode_text
-from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
+from tokenprism.backend.scoring.extras import extra_request, plan_extras
 from tokenprism.backend.scoring.runner import score_one
 
 router = protected_router()
@@ -44,12 +46,16 @@ def create_run(body: RunRequest, svc: ServiceDep) -> dict[str, Any]:
     plan = None
     extras = metric_families(body.metrics)
     if extras:
-        request = ExtraRequest(
-            metrics=extras, judge=body.judge, probe=body.probe, samples=body.samples
+        request = extra_request(
+            extras,
+            judge=gate_judge(body.judge, svc.settings),
+            probe=body.probe,
+            samples=body.samples,
+            ccp_preset=body.ccp_preset,
         )
         plan = plan_extras(lm, request, svc.settings)
-    elif body.judge or body.probe:
-        raise ApiError(422, "invalid_request", "'judge' / 'probe' need 'metrics'")
+    elif body.judge or body.probe or body.ccp_preset:
+        raise ApiError(422, "invalid_request", "'judge' / 'ccp_preset' / 'probe' need 'metrics'")
     with svc.model_lock:
         scored = score_one(lm, enc, extras=plan)
     run_id = svc.store.save_runs(lm, [scored])[0]
@@ -114,8 +120,9 @@ def delete_run(run_id: str, svc: ServiceDep) -> Response:
 def generate(body: GenerateRequest, svc: ServiceDep) -> dict[str, Any]:
     lm = svc.model(svc.model_name(body.model))
     extras = metric_families(body.metrics)
-    plan = plan_extras(lm, ExtraRequest(metrics=extras), svc.settings) if extras else None
-    with svc.model_lock:
+    request = extra_request(extras, ccp_preset=body.ccp_preset)
+    plan = plan_extras(lm, request, svc.settings) if extras else None
+    with svc.model_lock, cancel_scope(svc.jobs.stopping):
         encoded = sample_responses(
             lm,
             body.prompt,

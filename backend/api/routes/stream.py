@@ -1,13 +1,19 @@
 """``POST /generate/stream``: sample token by token and answer with server-sent events.
 
-Events: ``queued`` (``position``, while another stream holds the model), ``token`` (one per
-generated token, see :class:`sampling.stream.TokenStream`), then one ``done`` (the stored
-``run_id``, the stop reason, what the rules did, timings) or one ``error``.
+Events: ``start`` (the ``stream_id`` that ``POST /generate/stream/{id}/cancel`` stops),
+``queued`` (``position``, while another stream holds the model), ``token`` (one per generated
+token, see :class:`sampling.stream.TokenStream`), then one ``done`` (the stored ``run_id``, the
+stop reason, what the rules did, timings) or one ``error``.
+
+Limits are those of ``POST /generate``: the same body (caps, UTF-8-only strings), the context
+checked before the model sees the prompt (422 naming the prompt's tokens and the context),
+the cancel flag (:func:`limits.cancel_scope`, with the server's own stop) read before every
+token. Streams waiting for the model are capped like queued jobs (429).
 
 Threads: the model loop runs in a worker thread holding the model lock and hands events over a
-bounded queue; the event loop only relays them. A client gone (disconnect) or too slow (its
-buffer stays full for ``_SLOW_CLIENT_S``) sets the cancel flag, which the loop reads before
-every token, so the model is freed within one token.
+bounded queue; the event loop only relays them. A client gone (disconnect), too slow (its
+buffer stays full for ``_SLOW_CLIENT_S``) or a cancel request sets the cancel flag, so the
+model is freed within one token; a cancelled stream still stores what it generated.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import json
 import math
 import queue
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -29,17 +36,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tokenprism.analysis.stream_rules import StreamRule
 from tokenprism.backend.api.schemas import GenerateRequest
 from tokenprism.backend.api.service import (
+    NotFound,
     Service,
     ServiceDep,
     metric_families,
     protected_router,
 )
-from tokenprism.backend.errors import InputTooLong
+from tokenprism.backend.errors import QueueFull
+from tokenprism.backend.limits import cancel_scope, check_context
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.probes.storage import probe_for
 from tokenprism.backend.sampling.stream import StreamParams, TokenStream, encode_ids
 from tokenprism.backend.sampling.types import prompt_ids
-from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest, plan_extras
+from tokenprism.backend.scoring.extras import ExtraPlan, extra_request, plan_extras
 from tokenprism.backend.scoring.runner import score_batch
 
 router = protected_router()
@@ -52,7 +61,7 @@ _POLL_S = 0.02
 class RuleBody(BaseModel):
     """One stop/mark/branch rule (see :class:`analysis.stream_rules.StreamRule`)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     metric: Literal["entropy", "logprob", "surprisal", "window_entropy", "probe"]
     op: Literal[">", "<"] = ">"
     threshold: float
@@ -96,12 +105,30 @@ class _Job:
     began: float
 
 
-class _Waiting:
-    """FIFO of streams waiting for the model; a stream's position is its place + 1."""
+class _Streams:
+    """The streams of one app: a FIFO of those waiting for the model (a stream's position is
+    its place + 1) and every open stream's cancel flag by its id."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tickets: list[object] = []
+        self.cancels: dict[str, threading.Event] = {}
+
+    def open(self, limit: int) -> tuple[str, threading.Event]:
+        """Register a new stream (429 when ``limit`` streams already wait for the model)."""
+        with self._lock:
+            if len(self._tickets) >= limit:
+                raise QueueFull(
+                    f"{limit} streams are already waiting for the model; try again later "
+                    "(TOKENPRISM_MAX_QUEUED_JOBS sets the limit)"
+                )
+            stream_id = secrets.token_urlsafe(12)
+            self.cancels[stream_id] = threading.Event()
+            return stream_id, self.cancels[stream_id]
+
+    def close(self, stream_id: str) -> None:
+        with self._lock:
+            self.cancels.pop(stream_id, None)
 
     def join(self, ticket: object) -> None:
         with self._lock:
@@ -117,13 +144,13 @@ class _Waiting:
             return self._tickets.index(ticket) + 1
 
 
-def _waiting(request: Request) -> _Waiting:
+def _streams(request: Request) -> _Streams:
     state = request.app.state
     with _STATE_LOCK:
-        if not hasattr(state, "stream_waiting"):
-            state.stream_waiting = _Waiting()
-    waiting: _Waiting = state.stream_waiting
-    return waiting
+        if not hasattr(state, "streams"):
+            state.streams = _Streams()
+    streams: _Streams = state.streams
+    return streams
 
 
 _STATE_LOCK = threading.Lock()
@@ -144,31 +171,42 @@ async def generate_stream(
 ) -> StreamingResponse:
     began = time.perf_counter()
     job = await asyncio.to_thread(_prepare, svc, body, began)
+    streams = _streams(request)
+    stream_id, cancel = streams.open(svc.settings.max_queued_jobs)
     return StreamingResponse(
-        _events(svc, job, _waiting(request)),
+        _events(svc, job, streams, stream_id, cancel),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post(
+    "/generate/stream/{stream_id}/cancel",
+    status_code=202,
+    summary="Stop a stream: it ends within one token and stores what it generated",
+)
+def cancel_stream(stream_id: str, request: Request) -> dict[str, Any]:
+    cancel = _streams(request).cancels.get(stream_id)
+    if cancel is None:
+        raise NotFound(f"no open stream with id {stream_id[:40]!r}")
+    cancel.set()
+    return {"stream_id": stream_id, "cancelled": True}
 
 
 def _prepare(svc: Service, body: StreamRequest, began: float) -> _Job:
     """Check everything that can be wrong (4xx) before any event is sent."""
     lm = svc.model(svc.model_name(body.model))
     extras = metric_families(body.metrics)
+    request = extra_request(extras, ccp_preset=body.ccp_preset)
     ids, chat = prompt_ids(lm, body.prompt, body.system)
-    room = lm.context_length - len(ids)
-    if room < 1:
-        raise InputTooLong(
-            f"the prompt is {len(ids)} tokens long; this model's context is "
-            f"{lm.context_length} tokens, which leaves no room to generate"
-        )
+    check_context(lm, len(ids), body.max_new_tokens)  # as POST /generate: before the model
     rules = [r.rule() for r in body.stop_when]
     wants_probe = body.probe is not None or any(r.metric == "probe" for r in rules)
     name = None if body.probe in (None, "auto") else body.probe
     probe = probe_for(lm, svc.settings, name) if wants_probe else None
-    plan = plan_extras(lm, ExtraRequest(metrics=extras), svc.settings) if extras else None
+    plan = plan_extras(lm, request, svc.settings) if extras else None
     params = StreamParams(
-        max_new_tokens=min(body.max_new_tokens, room),
+        max_new_tokens=body.max_new_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
@@ -178,72 +216,101 @@ def _prepare(svc: Service, body: StreamRequest, began: float) -> _Job:
     return _Job(lm, body, ids, chat, params, plan, began)
 
 
-async def _events(svc: Service, job: _Job, waiting: _Waiting) -> AsyncIterator[str]:
-    cancel = threading.Event()
+async def _wait_for_model(
+    svc: Service, streams: _Streams, cancel: threading.Event
+) -> AsyncIterator[str]:
+    """``queued`` events until this stream holds the model lock (or is cancelled)."""
     ticket = object()
-    waiting.join(ticket)
+    streams.join(ticket)
     try:
         last = 0
-        while True:
-            position = waiting.position(ticket)
+        while not cancel.is_set():
+            position = streams.position(ticket)
             if position == 1 and svc.model_lock.acquire(blocking=False):
-                break
+                return
             if position != last:
                 yield sse("queued", {"position": position})
                 last = position
             await asyncio.sleep(_POLL_S)
     finally:
-        waiting.leave(ticket)
-    queued_s = time.perf_counter() - job.began
-    events: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(maxsize=_BUFFER)
-    worker = threading.Thread(
-        target=_work, args=(svc, job, events, cancel, queued_s), daemon=True, name="stream"
-    )
+        streams.leave(ticket)
+
+
+async def _events(
+    svc: Service, job: _Job, streams: _Streams, stream_id: str, cancel: threading.Event
+) -> AsyncIterator[str]:
+    gone = threading.Event()
     try:
-        worker.start()
-    except BaseException:
-        svc.model_lock.release()
-        raise
-    try:
+        yield sse("start", {"stream_id": stream_id})
+        async for event in _wait_for_model(svc, streams, cancel):
+            yield event
+        if cancel.is_set():  # cancelled while waiting: the lock was never taken
+            yield sse("done", {"run_id": None, "stop_reason": "cancelled", "n_tokens": 0})
+            return
+        queued_s = time.perf_counter() - job.began
+        events: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue(maxsize=_BUFFER)
+        worker = threading.Thread(
+            target=_work,
+            args=(svc, job, events, _Flags(cancel, gone), queued_s),
+            daemon=True,
+            name="stream",
+        )
+        try:
+            worker.start()
+        except BaseException:
+            svc.model_lock.release()
+            raise
         while True:
             item = await asyncio.to_thread(events.get)
             if item is None:
                 break
             yield sse(*item)
     finally:
-        cancel.set()  # the client left (or the stream ended): free the model at the next token
+        gone.set()  # the client left (or the stream ended): free the model at the next token
+        streams.close(stream_id)
+
+
+@dataclass
+class _Flags:
+    """``cancel``: stop generating (asked for; the client still gets ``done``); ``gone``: the
+    client left or stalled (stop generating, deliver nothing more)."""
+
+    cancel: threading.Event
+    gone: threading.Event
 
 
 def _put(
     events: queue.Queue[tuple[str, dict[str, Any]] | None],
     item: tuple[str, dict[str, Any]] | None,
-    cancel: threading.Event,
+    gone: threading.Event,
 ) -> None:
     """Hand an event to the client side; give up on a gone or stalled client."""
     deadline = time.monotonic() + _SLOW_CLIENT_S
-    while not cancel.is_set():
+    while not gone.is_set():
         try:
             events.put(item, timeout=0.2)
             return
         except queue.Full:
             if time.monotonic() > deadline:
-                cancel.set()
+                gone.set()
 
 
 def _work(
     svc: Service,
     job: _Job,
     events: queue.Queue[tuple[str, dict[str, Any]] | None],
-    cancel: threading.Event,
+    flags: _Flags,
     queued_s: float,
 ) -> None:
     """The model loop (holding the lock the caller acquired), scoring, storing, ``done``."""
     lm, body = job.lm, job.body
     try:
         try:
-            stream = TokenStream(lm, job.ids, job.params, cancelled=cancel.is_set)
-            for event in stream:
-                _put(events, ("token", event), cancel)
+            stream = TokenStream(lm, job.ids, job.params)
+            # the client's flag and the server's stop, read before every token
+            with cancel_scope(flags.cancel, flags.gone, svc.jobs.stopping):
+                for event in stream:
+                    _put(events, ("token", event), flags.gone)
             result = stream.result
             scored, score_s = None, 0.0
             if result.token_ids:
@@ -272,12 +339,12 @@ def _work(
                 "total_ms": round((time.perf_counter() - job.began) * 1000, 2),
             },
         }
-        _put(events, ("done", done), cancel)
+        _put(events, ("done", done), flags.gone)
     except Exception as err:  # noqa: BLE001 - the client gets an error event, the log the rest
         import logging
 
         logging.getLogger(__name__).exception("stream failed", exc_info=err)
-        _put(events, ("error", {"code": "internal", "message": "generation failed"}), cancel)
+        _put(events, ("error", {"code": "internal", "message": "generation failed"}), flags.gone)
     finally:
         _finish(events)
 

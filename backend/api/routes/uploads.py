@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from fastapi import File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
+from tokenprism.backend.api.schemas import CCP_PRESET_HELP, CcpPreset
+from tokenprism.backend.api.security import check_engine_allowed
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -17,6 +19,8 @@ from tokenprism.backend.api.service import (
     protected_router,
 )
 from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_with_report
+from tokenprism.backend.audit.logprob_jobs import choose_source
+from tokenprism.backend.audit.logprob_upload import submit_logprob_upload
 from tokenprism.backend.audit.upload import (
     DEFAULT_TOKEN_METRIC,
     DEFAULT_TURN_METRIC,
@@ -24,7 +28,7 @@ from tokenprism.backend.audit.upload import (
     encode_items,
     export_upload,
 )
-from tokenprism.backend.scoring.extras import ExtraRequest, plan_extras
+from tokenprism.backend.scoring.extras import extra_request, plan_extras
 from tokenprism.backend.store.records import (
     create_upload,
     find_upload,
@@ -36,6 +40,33 @@ from tokenprism.backend.store.records import (
 router = protected_router()
 
 
+def _read_upload(file: UploadFile, limit: int) -> tuple[bytes, str, str]:
+    """The file's bytes (at most ``limit``: 413 beyond), its bare name and its text."""
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise ApiError(413, "too_large", f"the file is over the upload limit of {limit} bytes")
+    name = Path(file.filename or "upload").name
+    if not data.strip():
+        raise ApiError(422, "empty_file", f"{name} is empty")
+    return data, name, decode_text(data, name)
+
+
+def _duplicate(existing: dict[str, Any]) -> JSONResponse:
+    """200 with the earlier upload: the same file for the same model is never re-scored."""
+    return JSONResponse(
+        status_code=200,
+        content={
+            "upload_id": existing["upload_id"],
+            "job_id": existing["job_id"],
+            "duplicate": True,
+            "n_items": existing["n_items"],
+            "format": existing["format"],
+            "message": f"this file was already uploaded on {existing['created_at']} "
+            f"as {existing['upload_id']} ({existing['filename']}); nothing was re-scored",
+        },
+    )
+
+
 @router.post("/uploads", status_code=202, summary="Upload a transcript to audit (a job)")
 def upload(
     svc: ServiceDep,
@@ -45,6 +76,7 @@ def upload(
     metrics: Annotated[
         str | None, Form(description="extra metric families, e.g. ccp,probe")
     ] = None,
+    ccp_preset: Annotated[CcpPreset | None, Form(description=CCP_PRESET_HELP)] = None,
     engine: Annotated[
         Literal["local", "ray"],
         Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
@@ -55,19 +87,42 @@ def upload(
     skip_invalid: Annotated[
         bool, Form(description="audit the valid conversations; list the invalid ones")
     ] = False,
+    source: Annotated[
+        Literal["logprobs", "model", "both"] | None,
+        Form(description="for files with API logprobs: logprobs (default), model or both"),
+    ] = None,
+    batch_input: Annotated[
+        UploadFile | None, File(description="Batch API input file joined by custom_id")
+    ] = None,
+    vocab_size: Annotated[
+        int | None, Form(ge=1, le=10_000_000, description="V for entropy_upper (logprobs)")
+    ] = None,
 ) -> JSONResponse:
+    check_engine_allowed(engine, svc.settings)
     if engine == "ray":
         from tokenprism.backend.audit.ray_engine import check_engine
 
         check_engine(engine)  # Ray missing: refused now, not when the job runs
     limit = svc.settings.upload_max_bytes
-    data = file.file.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, "too_large", f"the file is over the upload limit of {limit} bytes")
-    name = Path(file.filename or "upload").name
-    if not data.strip():
-        raise ApiError(422, "empty_file", f"{name} is empty")
-    text = decode_text(data, name)
+    data, name, text = _read_upload(file, limit)
+    logprob_source = choose_source(text, source)  # API logprobs: backend.audit.logprob_upload
+    if logprob_source is not None or batch_input is not None:
+        batch = (
+            decode_text(batch_input.file.read(limit + 1)[:limit], "batch_input")
+            if batch_input
+            else None
+        )
+        status, body = submit_logprob_upload(
+            svc,
+            name=name,
+            data=data,
+            text=text,
+            source=logprob_source or "logprobs",
+            batch_input=batch,
+            vocab_size=vocab_size,
+            model=model,
+        )
+        return JSONResponse(status_code=status, content=body)
     fmt = format or detect_format(name, text)
     items, report = parse_with_report(
         text, fmt, name, max_items=svc.settings.upload_max_items, skip_invalid=skip_invalid
@@ -80,24 +135,13 @@ def upload(
         job_params["ray"] = {"shard_items": shard_items}
     extras = metric_families(metrics)
     if extras:
-        request = ExtraRequest(metrics=extras)
+        request = extra_request(extras, ccp_preset=ccp_preset)
         plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
         job_params["extras"] = request.as_dict()
     digest = hashlib.sha256(data).hexdigest()
     existing = find_upload(svc.store, digest, model_name)
     if existing is not None:
-        return JSONResponse(
-            status_code=200,
-            content={
-                "upload_id": existing["upload_id"],
-                "job_id": existing["job_id"],
-                "duplicate": True,
-                "n_items": existing["n_items"],
-                "format": existing["format"],
-                "message": f"this file was already uploaded on {existing['created_at']} "
-                f"as {existing['upload_id']} ({existing['filename']}); nothing was re-scored",
-            },
-        )
+        return _duplicate(existing)
     upload_id = create_upload(
         svc.store,
         filename=name,
@@ -159,7 +203,12 @@ def upload_export(
     if get_upload(svc.store, upload_id) is None:
         raise NotFound(f"no upload with id {upload_id!r}")
     content, media, filename = export_upload(
-        svc.store, upload_id, format, metric=metric, token_metric=token_metric
+        svc.store,
+        upload_id,
+        format,
+        metric=metric,
+        token_metric=token_metric,
+        max_turns=svc.settings.export_max_runs,
     )
     return Response(
         content,

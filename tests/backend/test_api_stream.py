@@ -29,9 +29,13 @@ def _events(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
             event = None
 
 
+UI = "http://127.0.0.1:8501"  # the UI's own origin, as `tokenprism up` admits it
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
-    with server(tmp_path_factory.mktemp("stream") / "home", tiny_model_dir) as (url, _):
+    home = tmp_path_factory.mktemp("stream") / "home"
+    with server(home, tiny_model_dir, TOKENPRISM_UI_ORIGINS=json.dumps([UI])) as (url, _):
         yield url
 
 
@@ -167,3 +171,47 @@ def test_cancel_request_ends_the_stream_and_stores_what_was_generated(live: str)
     assert done["n_tokens"] == len(tokens) < 200
     run = httpx.get(f"{live}{API}/runs/{done['run_id']}/tokens", timeout=30).json()
     assert sum(not r["is_prompt"] for r in run["tokens"]) == len(tokens)
+
+
+def test_only_the_ui_origin_gets_cors_and_only_on_the_stream(live: str) -> None:
+    url = live + API + "/generate/stream"
+    ask = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    pre = httpx.options(url, headers={"Origin": UI, **ask})
+    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == UI
+    assert "authorization" in pre.headers["access-control-allow-headers"]
+    evil = "http://evil.example"
+    assert (
+        "access-control-allow-origin"
+        not in httpx.options(url, headers={"Origin": evil, **ask}).headers
+    )
+    small = {**BODY, "max_new_tokens": 3}
+    page = {"Origin": UI, "Sec-Fetch-Site": "same-site"}  # what Chromium sends from the UI
+    with httpx.stream("POST", url, json=small, headers=page, timeout=120) as resp:
+        assert resp.status_code == 200 and resp.headers["access-control-allow-origin"] == UI
+        assert [k for k, _ in _events(resp.iter_lines())][-1] == "done"
+    for headers in ({"Origin": evil}, {"Origin": "null"}, {"Origin": UI + ".evil.example"}):
+        refused = httpx.post(url, json=small, headers=headers, timeout=30)
+        assert refused.status_code == 403 and "another site" in refused.text
+    # the UI's origin is admitted on the browser paths only
+    other = httpx.post(live + API + "/runs", json={"text": "Hi"}, headers=page, timeout=30)
+    assert other.status_code == 403 and "access-control-allow-origin" not in other.headers
+
+
+def test_ui_origins_setting_and_up() -> None:
+    from pydantic import ValidationError
+
+    from tokenprism.backend.cli.serve import _with_ui_origins
+    from tokenprism.backend.settings import Settings
+
+    assert Settings(ui_origins=["HTTP://127.0.0.1:8501/"]).ui_origins == [UI]
+    for bad in ("*", "null", "http://127.0.0.1:8501/app", "127.0.0.1:8501", "http://*.example"):
+        with pytest.raises(ValidationError):
+            Settings(ui_origins=[bad])
+    env = _with_ui_origins({"PATH": "/bin"}, 8502)
+    assert json.loads(env["TOKENPRISM_UI_ORIGINS"])[-2:] == [
+        "http://127.0.0.1:8502",
+        "http://localhost:8502",
+    ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
+import streamlit.components.v1 as components
 
+from tokenprism.app.components.live_stream import live_stream_html, parse_rules
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import (
     CCP_PRESET_HELP,
@@ -37,6 +39,21 @@ with st.form("explore.form"):
     seed = cols[4].number_input("Seed", 0, 2**31 - 1, 0, 1, key="explore.seed")
     left, right = st.columns([1, 2])
     template = left.checkbox("Use the model's chat template", value=True, key="explore.template")
+    live = left.checkbox(
+        "Live: show tokens as they are generated",
+        key="explore.live",
+        help="Streams the generation into the page (a Stop button cancels it on the server); "
+        "the finished run is stored and scored as usual.",
+    )
+    rules_text = left.text_input(
+        "Stop / mark / branch rules (live)",
+        key="explore.rules",
+        placeholder="entropy>3:3:stop; window_entropy>2.5:1:mark",
+        help="METRIC>X[:PATIENCE][:ACTION], separated by ';'. Metrics: entropy, window_entropy, "
+        "logprob, surprisal, probe; actions: stop (cut there), mark (flag the span), branch "
+        "(resample the position and keep the calmest branch). Same syntax as `tokenprism "
+        "generate --stop-when`.",
+    )
     extras = right.multiselect(
         "Uncertainty & hallucination metrics",
         EXTRA_METRICS,
@@ -48,6 +65,31 @@ with st.form("explore.form"):
         "CCP preset", CCP_PRESETS, key="explore.ccp_preset", help=CCP_PRESET_HELP
     )
     submitted = st.form_submit_button("Run", type="primary")
+
+if submitted and live and prompt.strip() and not response.strip():
+    try:
+        stop_when = parse_rules(rules_text)
+    except ValueError as err:
+        st.error(f"Rules: {err}")
+        st.stop()
+    body = {
+        "prompt": prompt,
+        "max_new_tokens": int(max_new),
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": int(seed),
+        "stop_when": stop_when,
+        **({"model": model} if model else {}),
+        **({"metrics": extras, "ccp_preset": ccp_preset} if extras else {}),
+        **({"probe": "auto"} if "probe" in extras else {}),
+    }
+    nonce = st.session_state["explore.live_n"] = st.session_state.get("explore.live_n", 0) + 1
+    st.subheader("Live")
+    api = client()
+    components.html(
+        live_stream_html(api.browser_url, api.token, body, nonce=nonce), height=560, scrolling=True
+    )
+    st.stop()  # the page streams by itself; the stored run opens from its link
 
 if submitted:
     if not prompt.strip() and not response.strip():

@@ -285,7 +285,7 @@ class TokenStream:
         n = self.params.rules[rule].branches
         candidates = list(dict.fromkeys(_draw(logits, self.params, gen, n)))
         hidden = self.params.probe is not None
-        alternatives = []
+        alternatives: list[dict[str, Any]] = []
         for cand in candidates:
             if alternatives and self.cancelled():
                 break  # a cancel waits for no more than one candidate

@@ -222,29 +222,63 @@ def _chunk_metrics(chunk: Tensor, tgt: Tensor, params: LogitMetricParams) -> Log
     )
 
 
-def _fused_chunk(z: Tensor, tgt: Tensor, params: LogitMetricParams) -> tuple[LogitMetrics, Tensor]:
-    """Every logit metric of ``[c, vocab]`` logits in few sweeps; ``z`` is overwritten.
+MomentsFn = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+"""``(z [c, vocab] float32 logits, m [c] row maxima) -> (S, sum e (z - m), m2, m4)``, each
+``[c]``: the one vocabulary-wide sweep of :func:`_fused_chunk` (see :func:`vocab_moments`).
+Must not modify ``z``."""
+
+
+def vocab_moments(z: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The vocabulary-wide sums behind entropy and kurtosis, in few sweeps (eager).
+
+    With ``e = exp(z - m)``, ``S = sum e`` and the centred probabilities ``d = e / S - 1/|V|``:
+    returns ``(S, sum e (z - m), m2 = mean d^2, m4 = mean d^4)``. Every reduction is a
+    ``sum`` (pairwise, accurate in float32); two ``[c, vocab]`` buffers are allocated and
+    reused, ``z`` is read only. :mod:`backend.scoring.compiled` compiles the same formulas
+    into one fused loop.
+
+    Args:
+        z: ``[c, vocab]`` float32 logits.
+        m: ``[c]`` the row maxima of ``z``.
+    """
+    vocab = z.shape[-1]
+    zc = z - m.unsqueeze(-1)
+    e = torch.exp(zc)
+    s = e.sum(-1)
+    ez = zc.mul_(e).sum(-1)
+    neg_mu = torch.full((), -1.0 / vocab, device=z.device)
+    d = torch.addcmul(neg_mu, e, s.reciprocal().unsqueeze(-1), out=zc)
+    d2 = torch.mul(d, d, out=e)
+    m2 = d2.sum(-1) / vocab
+    m4 = d2.square_().sum(-1) / vocab
+    return s, ez, m2, m4
+
+
+def _fused_chunk(
+    z: Tensor, tgt: Tensor, params: LogitMetricParams, moments: MomentsFn | None = None
+) -> tuple[LogitMetrics, Tensor]:
+    """Every logit metric of ``[c, vocab]`` logits in few sweeps; ``z`` is read only.
 
     Hand-fused formulas, with ``m = max z`` (the top-1 value), ``e = exp(z - m)``,
     ``S = sum e``: log-sum-exp ``m + log S`` once; ``logprob = z_y - m - log S``;
     ``entropy = log S - sum(e (z - m)) / S``; top-k from one ``topk`` on the raw logits;
     the target rank is read off the top-k values when the target is at least the k-th value
     (every larger logit is then in the top-k), and counted over the vocabulary only for the
-    other rows; kurtosis from ``d = e / S - 1/|V|`` (centred, no power-sum expansion).
-    Every reduction is a ``sum`` (pairwise, accurate in float32), reusing two ``[c, vocab]``
-    buffers. Equal to :func:`_chunk_metrics` within float32 rounding (~1e-6 relative);
-    rows with a non-finite logit go through :func:`_chunk_metrics` itself.
+    other rows; kurtosis from ``d = e / S - 1/|V|`` (centred, no power-sum expansion). The
+    sums come from ``moments`` (default :func:`vocab_moments`; a compiled kernel with the same
+    formulas where one is ready). Equal to :func:`_chunk_metrics` within float32 rounding
+    (~1e-6 relative); rows with a non-finite logit go through :func:`_chunk_metrics` itself.
 
     Args:
-        z: ``[c, vocab]`` float32 logits (owned: the buffer is reused).
+        z: ``[c, vocab]`` float32 logits.
         tgt: ``[c]`` target ids.
         params: metric parameters.
+        moments: the vocabulary sweep (see :data:`MomentsFn`).
 
     Returns:
         (:class:`LogitMetrics` with ``[1, c]`` fields, ``[c]`` bool: rows to recompute).
     """
-    vocab = z.shape[-1]
-    k = min(params.top_k, vocab)
+    k = min(params.top_k, z.shape[-1])
     top_v, top_i = torch.topk(z, k, dim=-1)
     chosen = z.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     rank = (top_v > chosen.unsqueeze(-1)).sum(-1) + 1
@@ -257,19 +291,11 @@ def _fused_chunk(z: Tensor, tgt: Tensor, params: LogitMetricParams) -> tuple[Log
     # whose top-k values are all tied can be uniform, so the full check runs on those alone.
     tied = (top_v[:, 0] == top_v[:, -1]).nonzero().squeeze(-1)
     uniform = tied[z[tied].amin(-1) == m[tied]] if tied.numel() else tied
-    z.sub_(m.unsqueeze(-1))
-    e = torch.exp(z)
-    s = e.sum(-1)
-    ez = z.mul_(e).sum(-1)
+    s, ez, m2, m4 = (moments or vocab_moments)(z, m)
     bad |= ~torch.isfinite(ez)
     log_s = s.log()
     lse = m + log_s
     top_probs = torch.exp(top_v - lse.unsqueeze(-1))
-    neg_mu = torch.full((), -1.0 / vocab, device=z.device)
-    d = torch.addcmul(neg_mu, e, s.reciprocal().unsqueeze(-1), out=z)
-    d2 = torch.mul(d, d, out=e)
-    m2 = d2.sum(-1) / vocab
-    m4 = d2.square_().sum(-1) / vocab
     kurt = m4 / (m2 * m2)
     kurt[uniform] = torch.nan
     if params.kurtosis_excess:
@@ -286,10 +312,12 @@ def _fused_chunk(z: Tensor, tgt: Tensor, params: LogitMetricParams) -> tuple[Log
     return out, bad
 
 
-def _metrics_of(z: Tensor, tgt: Tensor, params: LogitMetricParams) -> LogitMetrics:
+def _metrics_of(
+    z: Tensor, tgt: Tensor, params: LogitMetricParams, moments: MomentsFn | None = None
+) -> LogitMetrics:
     """Fused metrics of ``[c, vocab]`` logits (any dtype; not modified)."""
-    work = z.float() if z.dtype != torch.float32 else z.clone()
-    out, bad = _fused_chunk(work, tgt, params)
+    work = z.float()
+    out, bad = _fused_chunk(work, tgt, params, moments)
     rows = bad.nonzero().squeeze(-1)
     if rows.numel():
         ref = _chunk_metrics(z[rows].unsqueeze(0), tgt[rows].unsqueeze(0), params)
@@ -303,6 +331,7 @@ def logit_metrics(
     targets: TokenIds,
     params: LogitMetricParams,
     lengths: list[int] | None = None,
+    moments: MomentsFn | None = None,
 ) -> LogitMetrics:
     """Every logit-only token metric for aligned ``logits``/``targets`` in one sweep.
 
@@ -318,6 +347,7 @@ def logit_metrics(
         targets: ``[batch, n]`` the tokens those logits predicted.
         params: metric parameters.
         lengths: valid positions per row; ``None`` means all ``n``.
+        moments: the vocabulary sweep (default :func:`vocab_moments`).
 
     Returns:
         :class:`LogitMetrics` with float32 / int64 tensors ``[batch, n]`` (``[batch, n, k]``
@@ -332,7 +362,7 @@ def logit_metrics(
         valid = n if lengths is None else min(n, max(0, lengths[row]))
         for start in range(0, valid, step):
             stop = min(valid, start + step)
-            part = _metrics_of(logits[row, start:stop], targets[row, start:stop], params)
+            part = _metrics_of(logits[row, start:stop], targets[row, start:stop], params, moments)
             out.write(row, start, part)
     return out
 
@@ -343,6 +373,7 @@ def head_logit_metrics(
     targets: TokenIds,
     params: LogitMetricParams,
     lengths: list[int],
+    moments: MomentsFn | None = None,
 ) -> LogitMetrics:
     """:func:`logit_metrics` without ever materialising the whole ``[batch, n, vocab]`` logits.
 
@@ -358,6 +389,7 @@ def head_logit_metrics(
         targets: ``[batch, n]`` the tokens those states predicted.
         params: metric parameters.
         lengths: valid positions per row.
+        moments: the vocabulary sweep (default :func:`vocab_moments`).
 
     Returns:
         :class:`LogitMetrics` as :func:`logit_metrics` gives for ``head(hidden)``.
@@ -377,7 +409,9 @@ def head_logit_metrics(
                 out = LogitMetrics.empty(batch, n, k, logits.device)
             for start in range(b0, b1, step):
                 stop = min(b1, start + step)
-                part = _metrics_of(logits[start - b0 : stop - b0], targets[row, start:stop], params)
+                part = _metrics_of(
+                    logits[start - b0 : stop - b0], targets[row, start:stop], params, moments
+                )
                 out.write(row, start, part)
             del logits
     if out is None:  # nothing valid: the vocabulary size is only needed for the top-k width

@@ -25,6 +25,7 @@ from tokenprism.analysis.geometry import (
 from tokenprism.analysis.logits import (
     LogitMetricParams,
     LogitMetrics,
+    MomentsFn,
     align_next_token,
     head_logit_metrics,
     logit_metrics,
@@ -191,6 +192,7 @@ def score_hidden(
     views: list[View],
     params: ScoringParams,
     layers: LayerSource | None,
+    moments: MomentsFn | None = None,
 ) -> list[ScoredSequence]:
     """:func:`score_forward` from the final hidden states, never materialising all logits.
 
@@ -205,6 +207,8 @@ def score_hidden(
         views: what to score (see :class:`View`).
         params: metric parameters.
         layers: hidden-state geometry inputs; ``None`` skips layer metrics.
+        moments: the logit metrics' vocabulary sweep (default: eager, see
+            :func:`analysis.logits.vocab_moments`).
     """
     lengths = [0] * input_ids.shape[0]
     for v in views:
@@ -215,6 +219,7 @@ def score_hidden(
         input_ids[:, 1:],
         params.logits,
         [max(0, n - 1) for n in lengths],
+        moments,
     )
     return score_views(lm, views, params, layers)
 

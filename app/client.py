@@ -201,6 +201,25 @@ class TokenPrismClient:
             form["engine"] = engine
         return dict(self._json("POST", "/uploads", files={"file": (filename, data)}, data=form))
 
+    def add_metrics(
+        self,
+        upload_id: str,
+        metrics: list[str],
+        *,
+        ccp_preset: str | None = None,
+        probe: str | None = None,
+        run_ids: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Add metric families to an upload's stored turns: the job (or why none was needed)."""
+        body: dict[str, Any] = {"metrics": metrics}
+        if ccp_preset:
+            body["ccp_preset"] = ccp_preset
+        if probe:
+            body["probe"] = probe
+        if run_ids is not None:
+            body["run_ids"] = run_ids
+        return dict(self._json("POST", f"/uploads/{upload_id}/metrics", json=body))
+
     def uploads(self, limit: int = 100) -> list[dict[str, Any]]:
         return list(self._json("GET", "/uploads", params={"limit": limit})["uploads"])
 

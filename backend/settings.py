@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         autocast: mixed precision of the model's forward passes (``torch.autocast``):
             ``auto`` (bfloat16 on cuda when the weights are float32, else none), ``none``,
             ``bfloat16``, ``float16``. Metrics are computed in float32 either way.
+        compile_metrics: the logit metrics' vocabulary sweep compiled with ``torch.compile``
+            (see ``backend.scoring.compiled``): ``auto`` compiles in the background for the
+            server and audits and uses it once ready, ``on`` also waits for it on first use,
+            ``off`` always runs the eager formulas.
         trust_remote_code: let model repositories run their own Python code (off by default).
         api_token: bearer token required when the API listens beyond loopback.
         allowed_model_dirs: local directories models may be loaded from through the API.
@@ -91,6 +95,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     autocast: Literal["auto", "none", "bfloat16", "float16"] = "auto"
+    compile_metrics: Literal["auto", "on", "off"] = "auto"
     trust_remote_code: bool = False
     api_token: str | None = None
     allowed_model_dirs: list[Path] = Field(default_factory=list)

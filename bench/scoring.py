@@ -6,7 +6,10 @@ model and a ~1,000-token text it measures, interleaved and repeated (median):
 * bare: the model's forward pass with hidden states (what any tool must pay);
 * full: TokenPrism's default scoring (what ``score``, ``POST /runs`` and audits run): that
   forward pass (LM head applied chunk by chunk, never all logits at once) + every token and
-  sequence metric, claims, final-layer effective rank and ERV / ERA, without storage;
+  sequence metric, claims, final-layer effective rank and ERV / ERA, without storage, with
+  the compiled metric sweep a server or a long audit warms up (``backend.scoring.compiled``;
+  compiled here before timing); full_eager: the same with the eager sweep (what runs before
+  the compile is ready, or with ``TOKENPRISM_COMPILE_METRICS=off``);
 * light: the same without layer metrics; all_layers: with every layer's effective rank;
 
 and the Arrow bulk load of 1M rows into ``token_metrics`` of a fresh DuckDB file. The last
@@ -16,6 +19,7 @@ two lines are ``scoring_overhead_ratio=<full/bare>`` and ``ingest_rows_per_s=<n>
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import random
 import statistics
@@ -30,6 +34,7 @@ import torch
 
 from tokenprism.analysis.scoring import ScoringParams
 from tokenprism.backend.models.loader import load_model
+from tokenprism.backend.scoring.compiled import start_warm_up
 from tokenprism.backend.scoring.encoding import encode_text
 from tokenprism.backend.scoring.runner import forward_batch, score_batch
 from tokenprism.backend.settings import get_settings
@@ -65,16 +70,23 @@ def bench_text(target_tokens: int, tokenizer: object) -> str:
             return text
 
 
-def time_scoring(tokens: int, repeats: int) -> tuple[float, float, float, float, int]:
-    """Median seconds: bare forward, default scoring, without layer metrics, every layer."""
+def time_scoring(tokens: int, repeats: int) -> tuple[dict[str, float], int, bool]:
+    """Median seconds of each variant (bare, full, full_eager, light, all_layers); tokens."""
     settings = get_settings()
     lm = load_model(settings.default_model, settings)
+    eager_lm = dataclasses.replace(lm, compile_metrics="off")
+    compiled = start_warm_up(
+        dataclasses.replace(lm, compile_metrics="on"),
+        ScoringParams().logits.chunk_positions,
+        wait=True,
+    )
     enc = encode_text(
         lm.tokenizer, bench_text(tokens, lm.tokenizer), context_length=lm.context_length
     )
     variants = {
         "bare": lambda: forward_batch(lm, [enc]),
         "full": lambda: score_batch(lm, [enc], ScoringParams()),
+        "full_eager": lambda: score_batch(eager_lm, [enc], ScoringParams()),
         "light": lambda: score_batch(lm, [enc], ScoringParams(layer_metrics=False)),
         "all_layers": lambda: score_batch(lm, [enc], ScoringParams(layers="all")),
     }
@@ -87,8 +99,7 @@ def time_scoring(tokens: int, repeats: int) -> tuple[float, float, float, float,
             began = time.perf_counter()
             variants[name]()
             times[name].append(time.perf_counter() - began)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return med["bare"], med["full"], med["light"], med["all_layers"], enc.n_tokens
+    return {k: statistics.median(v) for k, v in times.items()}, enc.n_tokens, compiled
 
 
 def time_ingest(rows: int) -> float:
@@ -121,7 +132,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    bare, full, light, every, n = time_scoring(args.tokens, args.repeats)
+    med, n, compiled = time_scoring(args.tokens, args.repeats)
+    bare, full = med["bare"], med["full"]
     rate = time_ingest(args.rows) if args.rows else float("nan")
     print(f"tokens={n} threads={torch.get_num_threads()} device=cpu repeats={args.repeats}")
     print(
@@ -129,7 +141,15 @@ def main() -> None:
         "entropy, rank, GLTR, margin, kurtosis, top-10, window entropy, step surprisal), "
         "sequence aggregates, claims, final-layer effective rank + ERV/ERA"
     )
+    # the server and long audits compile the metric sweep in the background; until it is
+    # ready (and with TOKENPRISM_COMPILE_METRICS=off) the eager sweep runs: both are timed
+    print(f"compiled_metric_sweep={'yes' if compiled else 'no (eager)'}")
     print(f"bare_forward_s={bare:.3f} full_scoring_s={full:.3f} tokens_per_s_full={n / full:.0f}")
+    print(
+        f"full_eager_s={med['full_eager']:.3f} "
+        f"scoring_overhead_ratio_eager={med['full_eager'] / bare:.3f}"
+    )
+    light, every = med["light"], med["all_layers"]
     print(
         f"without_layer_metrics_s={light:.3f} "
         f"overhead_ratio_without_layer_metrics={light / bare:.3f}"

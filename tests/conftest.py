@@ -17,6 +17,9 @@ SHARED_MODEL_CACHE = Path(
 )
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Compiling the metric sweep costs 20-80 s of CPU per process; the tests that check the
+# compiled kernel turn it on themselves (tests/integration/test_compiled_metrics.py).
+os.environ.setdefault("TOKENPRISM_COMPILE_METRICS", "off")
 
 
 @pytest.fixture(scope="session")
@@ -175,7 +178,8 @@ def start_backend_thread(settings: object) -> tuple[str, object, object]:
 
     from tokenprism.backend.api.app import create_app
 
-    app = create_app(settings, preload=True)  # type: ignore[arg-type]
+    # a --no-model server (settings.no_model) loads nothing at start-up, as `serve` does
+    app = create_app(settings, preload=not getattr(settings, "no_model", False))  # type: ignore[arg-type]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])

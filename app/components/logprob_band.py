@@ -53,9 +53,9 @@ def entropy_band_figure(tokens: list[dict[str, Any]]) -> go.Figure:
                    name="entropy (top-k renormalised)", hoverinfo="skip")
     )  # fmt: skip
     fig.update_layout(
-        height=300, margin={"l": 40, "r": 10, "t": 30, "b": 30},
+        height=320, margin={"l": 40, "r": 10, "t": 30, "b": 70},
         title="True entropy lies in the band (nats)", xaxis_title="token position",
-        yaxis_title="nats", legend={"orientation": "h"},
+        yaxis_title="nats", legend={"orientation": "h", "y": -0.3},  # below the axis title
     )  # fmt: skip
     return fig
 

@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from tokenprism.app.client import BackendError
+from tokenprism.app.components.add_metrics import add_metrics_panel
 from tokenprism.app.components.logprob_band import render_logprob_source
 from tokenprism.app.components.tables import turns_frame
 from tokenprism.app.run_view import render_run
@@ -74,6 +75,10 @@ def send(upload: Any, *, skip_invalid: bool = False) -> str | None:
                 ccp_preset=st.session_state.get("audit.ccp_preset"),
             )
         except BackendError as err:
+            if err.code == "duplicate_upload":  # the earlier upload is shown instead
+                st.info(err.message)
+                st.session_state["audit.upload_id"] = err.details["upload_id"]
+                return str(err.details["upload_id"])
             if err.code != "invalid_transcript" or not err.details.get("conversations_valid"):
                 raise
             st.session_state["audit.invalid"] = {
@@ -85,8 +90,6 @@ def send(upload: Any, *, skip_invalid: bool = False) -> str | None:
             }
             return None
     st.session_state.pop("audit.invalid", None)
-    if reply.get("duplicate"):
-        st.info(reply["message"])
     st.session_state["audit.upload_id"] = reply["upload_id"]
     return str(reply["upload_id"])
 
@@ -208,14 +211,28 @@ if not summary["turns"]:
     st.info("No turn of this upload is scored yet.")
     st.stop()
 
+with st.expander("Add metrics to this upload", expanded=bool(summary.get("metric_hint"))):
+    add_metrics_panel(chosen, key="audit", suggest=summary.get("metric_family"))
 direction = "highest" if summary["higher_means"] != "confident" else "lowest"
-st.subheader(f"Turns by risk ({metric}, {direction} first)")
 frame = turns_frame(summary)
+if summary.get("metric_hint"):
+    st.warning(summary["metric_hint"])
+if summary.get("n_with_metric") == 0:  # nothing to rank by: no column of empty values
+    st.subheader(f"Turns (none has {metric} yet)")
+    frame = frame.drop(columns=["risk"])
+else:
+    st.subheader(f"Turns by risk ({metric}, {direction} first)")
 picked = st.dataframe(
     frame, hide_index=True, on_select="rerun", selection_mode="single-row", key="audit.turns"
 )
 st.subheader(f"Most uncertain tokens ({token_metric})")
-st.dataframe(pd.DataFrame(summary["tokens"]), hide_index=True)
+if not summary["tokens"] and summary.get("token_metric_family"):
+    st.warning(
+        f"No token of this upload has {token_metric}: it comes from the "
+        f"{summary['token_metric_family']} family; add it with Add metrics above."
+    )
+else:
+    st.dataframe(pd.DataFrame(summary["tokens"]), hide_index=True)
 
 st.subheader("Downloads")
 if st.button("Prepare CSV, Parquet and HTML report", key="audit.prepare"):

@@ -7,6 +7,7 @@ from typing import Any
 import streamlit as st
 import streamlit.components.v1 as components
 
+from tokenprism.app.components.add_metrics import add_metrics_panel
 from tokenprism.app.components.live_stream import live_stream_html, parse_rules
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import (
@@ -130,5 +131,12 @@ if wanted and (run is None or run["run_id"] != wanted):
 if run is None:
     st.info("No run yet: type a prompt above and press Run, or open a run from the Runs page.")
 else:
+    if run.get("upload_id"):  # a stored turn: read through the cache an add-metrics job clears
+        with backend_errors():
+            run = fetch_run(run["run_id"])
+        st.session_state["explore.run"] = run
     st.subheader("Response")
     render_run(run, key="explore")
+    if run.get("upload_id"):
+        with st.expander("Add metrics to this stored turn"):
+            add_metrics_panel(run["upload_id"], key="explore", run_ids=[run["run_id"]])

@@ -98,7 +98,12 @@ def _lifespan(
         service = Service(settings)
         app.state.service = service
         if preload:
-            await asyncio.to_thread(service.model, settings.default_model)
+            from tokenprism.analysis.logits import LogitMetricParams
+            from tokenprism.backend.scoring.compiled import start_warm_up
+
+            lm = await asyncio.to_thread(service.model, settings.default_model)
+            # a long-lived server: compile the metric sweep in the background (never waited on)
+            start_warm_up(lm, LogitMetricParams().chunk_positions)
         service.jobs.start()
         try:
             yield

@@ -184,3 +184,20 @@ class SqlRequest(_Body):
 
     query: str = Field(..., min_length=1, max_length=20_000)
     max_rows: int = Field(1000, ge=1, le=100_000)
+
+
+class AddMetricsRequest(_Body):
+    """Metric families to add to an upload's stored turns (``POST /uploads/{id}/metrics``)."""
+
+    metrics: list[str] = Field(
+        min_length=1, max_length=5, description="families to add: ccp, probe, sar, selfcheck"
+    )
+    ccp_preset: CcpPreset | None = Field(None, description=CCP_PRESET_HELP)
+    probe: str | None = Field(
+        None, max_length=200, description="probe name (default: newest for the model)"
+    )
+    run_ids: list[str] | None = Field(
+        None,
+        max_length=100_000,
+        description="only these turns of the upload (default: every turn)",
+    )

@@ -33,6 +33,7 @@ from tokenprism.backend.errors import UserError
 from tokenprism.backend.store import schema
 
 if TYPE_CHECKING:
+    from tokenprism.backend.scoring.extras import ExtraPlan
     from tokenprism.backend.store import Store
 
 SOURCES = ("logprobs", "model", "both")
@@ -126,11 +127,14 @@ def run_logprob_audit(
     vocab_size: int | None = None,
     rescore: Callable[[list[WorkItem]], list[str]] | None = None,
     on_progress: Callable[[int], None] | None = None,
+    ccp: ExtraPlan | None = None,
 ) -> dict[str, Any]:
     """Store the logprobs runs of ``items`` (and, for ``both``, the local re-scores).
 
     ``rescore`` (``source=both``) scores plain chat items with a local model, stores them and
-    returns their run ids (the audit's ``score_items`` bound to a model).
+    returns their run ids (the audit's ``score_items`` bound to a model). ``ccp`` (a plan with
+    the judge, :func:`~backend.audit.logprob_ccp.logprob_ccp_plan`) adds CCP over each token's
+    top-k to the logprobs runs; the local re-score of ``both`` gets none.
     """
     extra: dict[int, dict[str, np.ndarray]] = {}
     local_ids: dict[int, str] = {}
@@ -153,6 +157,7 @@ def run_logprob_audit(
         job_id=job_id,
         extra=extra,
         local_runs=local_ids,
+        ccp=ccp,
     )
     if on_progress:
         on_progress(len(items))

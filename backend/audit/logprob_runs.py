@@ -26,10 +26,12 @@ from tokenprism.analysis.topk import (
     vocab_size_for,
     window_mean,
 )
+from tokenprism.backend.audit.logprob_ccp import annotate_item
 from tokenprism.backend.audit.logprobs import LogprobItem
 from tokenprism.backend.display import visible_whitespace
+from tokenprism.backend.scoring.extras import ExtraPlan
 from tokenprism.backend.store import Store
-from tokenprism.backend.store.tables import CORE_TOKEN_METRICS, model_key
+from tokenprism.backend.store.tables import CORE_TOKEN_METRICS, claim_tables, model_key
 
 API_SOURCE = "api-logprobs"
 WINDOW = 4  # ARES default window, as for local runs
@@ -197,24 +199,35 @@ def logprob_tables(
     job_id: str | None = None,
     extra: dict[str, dict[str, np.ndarray]] | None = None,
     local_runs: dict[str, str | None] | None = None,
+    ccp: ExtraPlan | None = None,
 ) -> dict[str, pa.Table]:
-    """Every row storing ``items`` (one model) writes; ``extra`` adds token metrics by run id."""
+    """Every row storing ``items`` (one model) writes; ``extra`` adds token metrics by run id.
+
+    Every run gets its claims (sentences); ``ccp`` (a plan holding the judge) adds CCP from
+    the top-k (:mod:`backend.audit.logprob_ccp`).
+    """
     key = model_key(api_model_record(items[0].model))
     runs: list[dict[str, Any]] = []
-    parts: dict[str, list[pa.Table]] = {n: [] for n in ("tokens", "token_metrics", "alternatives")}
+    names = ("tokens", "token_metrics", "alternatives", "claims", "claim_metrics")
+    parts: dict[str, list[pa.Table]] = {n: [] for n in names}
     seq_rows: dict[str, list[Any]] = {"run_id": [], "metric": [], "value": []}
     ids = {"upload_id": upload_id, "job_id": job_id}
     for run_id, item in zip(run_ids, items, strict=True):
         prov = provenance_of(item, vocab_size)
         if (local_runs or {}).get(run_id):
             prov["local_run_id"] = (local_runs or {})[run_id]
+        if ccp is not None:
+            prov["extras"] = ccp.provenance()  # the judge and preset, as local runs record them
         tok = item_metrics(item, prov["vocab_size"])
         tok.update((extra or {}).get(run_id, {}))
+        claims, ccp_sequence = annotate_item(item, tok, ccp)
         runs.append(_run_row(run_id, item, key, prov, ids))
         parts["tokens"].append(_token_table(run_id, item, tok))
         parts["token_metrics"].append(_long_table(run_id, tok))
         parts["alternatives"].append(_alternative_table(run_id, item))
-        seq = sequence_metrics(tok)
+        for name, table in zip(names[3:], claim_tables(run_id, claims), strict=True):
+            parts[name].append(table)
+        seq = {**sequence_metrics(tok), **ccp_sequence}
         if "logprob_disagreement" in tok and np.isfinite(tok["logprob_disagreement"]).any():
             seq["mean_logprob_disagreement"] = float(np.nanmean(tok["logprob_disagreement"]))
         for name, value in seq.items():
@@ -222,7 +235,7 @@ def logprob_tables(
             seq_rows["metric"].append(name)
             seq_rows["value"].append(value if np.isfinite(value) else None)
     runs_table = pa.Table.from_pylist(runs)
-    empty = {name: pa.table({}) for name in ("layer_metrics", "claims", "claim_metrics")}
+    empty = {"layer_metrics": pa.table({})}
     return {
         "runs": runs_table,
         **{name: pa.concat_tables(found) for name, found in parts.items()},
@@ -246,11 +259,12 @@ def store_logprob_runs(
     job_id: str | None = None,
     extra: dict[int, dict[str, np.ndarray]] | None = None,
     local_runs: dict[int, str] | None = None,
+    ccp: ExtraPlan | None = None,
 ) -> list[str]:
     """Store every item as a run (one transaction per model name); the run ids, in item order.
 
-    ``extra`` maps an item index to more token metrics (``source=both``'s disagreement) and
-    ``local_runs`` to the run id of its local re-score (kept in provenance).
+    ``extra`` maps an item index to more token metrics (``source=both``'s disagreement),
+    ``local_runs`` to the run id of its local re-score (kept in provenance); ``ccp`` adds CCP.
     """
     run_ids = [uuid.uuid4().hex for _ in items]
     by_model: dict[str | None, list[int]] = {}
@@ -268,6 +282,7 @@ def store_logprob_runs(
             job_id=job_id,
             extra=extras,
             local_runs={run_ids[i]: (local_runs or {}).get(items[i].index) for i in indices},
+            ccp=ccp,
         )
         store.ingest_tables(api_model_record(model), tables)
     return run_ids

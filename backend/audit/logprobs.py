@@ -55,6 +55,8 @@ class LogprobItem:
         top_logprobs: ``[n, k]`` each position's alternatives, most probable first, NaN-padded.
         top_tokens: each position's alternatives' texts, same order.
         in_topk: ``[n]`` True where the sampled token is one of its alternatives.
+        target_col: ``[n]`` int, the column of ``top_logprobs`` that is the sampled token (its
+            first listing, matched by bytes), -1 where it is not listed (CCP puts it first).
     """
 
     index: int
@@ -70,6 +72,7 @@ class LogprobItem:
     top_logprobs: np.ndarray = field(hash=False)
     top_tokens: list[list[str]] = field(hash=False)
     in_topk: np.ndarray = field(hash=False)
+    target_col: np.ndarray = field(hash=False)
 
     @property
     def response(self) -> str:
@@ -340,11 +343,13 @@ def _turn_arrays(toks: _Tokens, content: str, where: str) -> dict[str, Any]:
     top = np.full((n, k), np.nan)
     texts: list[list[str]] = []
     inside = np.zeros(n, dtype=bool)
+    target_col = np.full(n, -1, dtype=np.int64)
     for i, alts in enumerate(toks.top):
         alts = sorted(alts, key=lambda a: -a[1])
         top[i, : len(alts)] = [a[1] for a in alts]
         texts.append([a[0].decode("utf-8", "replace") for a in alts])
-        inside[i] = any(a[0] == toks.raw[i] for a in alts)
+        target_col[i] = next((j for j, a in enumerate(alts) if a[0] == toks.raw[i]), -1)
+        inside[i] = target_col[i] >= 0
         _check_mass(alts, toks.raw[i], toks.logprob[i], bool(inside[i]), f"{where} token {i + 1}")
     return {
         "tokens": [t.decode("utf-8", "replace") for t in toks.raw],
@@ -353,6 +358,7 @@ def _turn_arrays(toks: _Tokens, content: str, where: str) -> dict[str, Any]:
         "top_logprobs": top,
         "top_tokens": texts,
         "in_topk": inside,
+        "target_col": target_col,
     }
 
 

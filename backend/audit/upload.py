@@ -36,6 +36,9 @@ from tokenprism.backend.limits import (
     JobCancelled as JobCancelled,  # re-exported: callers import it here
 )
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.scoring.compiled import start_warm_up
+from tokenprism.backend.scoring.encoding import EncodedText
+from tokenprism.backend.scoring.extras import family_of
 from tokenprism.backend.scoring.runner import score_batch
 from tokenprism.backend.store import Store, schema
 from tokenprism.backend.store.records import finished_items, get_upload
@@ -47,6 +50,9 @@ if TYPE_CHECKING:
     from tokenprism.backend.settings import Settings
 
 DEFAULT_TURN_METRIC = "mean_entropy"
+# audits of at least this many tokens (~30 s of forward passes on 2 CPU cores) warm the
+# compiled metric sweep up in the background (backend.scoring.compiled)
+WARM_UP_TOKENS = 50_000
 DEFAULT_TOKEN_METRIC = "entropy"
 
 
@@ -59,6 +65,14 @@ def _turn_run_ids(runs: Any) -> list[str]:
     """The run ids of a stored batch's turns (a conversation's context run is not a turn)."""
     ids, kinds = runs.column("run_id").to_pylist(), runs.column("kind").to_pylist()
     return [r for r, k in zip(ids, kinds, strict=True) if k != CONTEXT_KIND]
+
+
+def _warm_up_if_long(
+    lm: LoadedModel, encoded: Sequence[EncodedText], params: ScoringParams | None
+) -> None:
+    """Long enough for the compiled metric sweep to pay for its compile: start it (background)."""
+    if sum(e.n_tokens for e in encoded) >= WARM_UP_TOKENS:
+        start_warm_up(lm, (params or ScoringParams()).logits.chunk_positions)
 
 
 def score_items(
@@ -90,6 +104,7 @@ def score_items(
     done = finished_items(store, job_id) if job_id else set()
     todo = [it for it in items if it.index not in done]
     encoded = encode_items(lm, todo, source)
+    _warm_up_if_long(lm, encoded, params)
     progress = len(items) - len(todo)
     if on_progress:
         on_progress(progress)
@@ -350,14 +365,32 @@ def audit_summary(
     return {
         "upload": upload,
         "metric": metric,
+        **metric_coverage(metric, turns, upload_id),
         "higher_means": turn_spec.higher_means,
         "token_metric": token_metric,
         "token_higher_means": token_spec.higher_means,
+        "token_metric_family": family_of(token_metric),
         "n_scored": len(turns),
         "ingest": ingest_summary(report, facts),
         "turns": turns,
         "tokens": tokens,
     }
+
+
+def metric_coverage(metric: str, turns: Sequence[dict[str, Any]], upload_id: str) -> dict[str, Any]:
+    """How many ranked turns have ``metric``; when none has it but a family would add it, a
+    hint saying so (ranking by a missing metric would show nothing but empty values)."""
+    have = sum(1 for t in turns if t["risk"] is not None and math.isfinite(t["risk"]))
+    family = family_of(metric)
+    hint = None
+    if turns and have < len(turns) and family is not None:
+        hint = (
+            f"{len(turns) - have} of {len(turns)} turns have no {metric}: it comes from the "
+            f"{family} family, which was not computed for them. Add it to the stored turns "
+            f"with the Add metrics button (POST /api/v1/uploads/{upload_id}/metrics, "
+            f'{{"metrics": ["{family}"]}}) instead of uploading the file again'
+        )
+    return {"n_with_metric": have, "metric_family": family, "metric_hint": hint}
 
 
 def riskiest_tokens(

@@ -98,7 +98,7 @@ def audit(
         raise UserError(f"no such file: {file}")
     store = open_store()
     with store:
-        extra = (batch_input, vocab_size, export)
+        extra = (batch_input, vocab_size, export, (metrics, judge, ccp_preset))
         if not resume and audit_logprobs(store, file, data, source, model, extra):
             return
         if resume:

@@ -19,13 +19,15 @@ def audit_logprobs(
     data: bytes,
     source: str | None,
     model: str | None,
-    extra: tuple[Path | None, int | None, Path | None],
+    extra: tuple[Path | None, int | None, Path | None, tuple[str | None, str | None, str | None]],
 ) -> bool:
     """Audit ``file`` from its logprobs; False when it has none and no source was asked.
 
-    ``extra`` = ``(batch input file, vocabulary size, export file)``.
+    ``extra`` = ``(batch input file, vocabulary size, export file, (--metrics, --judge,
+    --ccp-preset))``. ``--source logprobs`` / ``both`` take ``--metrics ccp`` only (CCP over
+    the file's top-k, the judge loaded without a language model); ``model`` takes any family.
     """
-    batch_input, vocab_size, export = extra
+    batch_input, vocab_size, export, wanted = extra
     import hashlib
 
     from tokenprism.backend.audit.ingest import decode_text, read_text_file
@@ -41,6 +43,7 @@ def audit_logprobs(
     content, fmt = pack(text, batch)
     items = items_of(content, fmt, str(file))
     lm = load_model(model) if chosen != "logprobs" else None
+    plan = _plan(lm, items, chosen, wanted)  # a bad family or judge fails before any write
     upload_id = create_upload(
         store,
         filename=file.name,
@@ -52,9 +55,12 @@ def audit_logprobs(
         model=lm.name if lm is not None else NO_MODEL,
     )
     params = {"upload_id": upload_id, "model": lm.name if lm else NO_MODEL, "source": chosen}
+    if plan is not None:
+        params["extras"] = plan.request.as_dict()
     job_id = create_job(store, "audit", params, len(items))
     set_upload_job(store, upload_id, job_id)
-    result = _run(store, items, chosen, lm, upload_id, job_id, vocab_size, str(file))
+    ids = (upload_id, job_id)
+    result = _run(store, items, chosen, lm, ids, vocab_size, str(file), plan)
     _print(store, upload_id, len(items))
     if export is not None:
         from tokenprism.backend.audit.upload import export_upload
@@ -66,34 +72,56 @@ def audit_logprobs(
     return True
 
 
+def _plan(
+    lm: Any, items: list[Any], source: str, wanted: tuple[str | None, str | None, str | None]
+) -> Any:
+    """The extras plan: any family for ``source=model``, CCP (the judge only) otherwise."""
+    metrics, judge, preset = wanted
+    if source == "model":
+        from tokenprism.backend.cli.common import extras_plan
+
+        return extras_plan(lm, metrics, judge, None, 5, preset)
+    from tokenprism.backend.audit.logprob_ccp import (
+        check_ccp_alternatives,
+        logprob_ccp_plan,
+        logprob_extra_request,
+    )
+
+    request = logprob_extra_request(metrics, judge=judge, ccp_preset=preset)
+    if request is not None:
+        check_ccp_alternatives(items)
+    return logprob_ccp_plan(request, load_settings())
+
+
 def _run(
     store: Any,
     items: list[Any],
     source: str,
     lm: Any,
-    upload_id: str,
-    job_id: str,
+    ids: tuple[str, str],
     vocab_size: int | None,
     name: str,
+    plan: Any,
 ) -> dict[str, Any]:
     from tokenprism.backend.audit.logprob_jobs import run_logprob_audit
     from tokenprism.backend.audit.upload import score_items
     from tokenprism.backend.store.records import update_job
 
     batch = load_settings().batch_tokens
+    upload_id, job_id = ids
     update_job(store, job_id, status="running")
     try:
         if source == "model":
             work = [it.work_item() for it in items]
             stored = score_items(
                 lm, store, work, source=name, upload_id=upload_id, job_id=job_id,
-                batch_tokens=batch,
+                batch_tokens=batch, extras=plan,
             )  # fmt: skip
             result: dict[str, Any] = {"source": "model", "runs": len(stored)}
         else:
             result = run_logprob_audit(
                 store, items, source=source, upload_id=upload_id, job_id=job_id,
-                vocab_size=vocab_size,
+                vocab_size=vocab_size, ccp=plan,
                 rescore=lambda work: score_items(
                     lm, store, work, source=name, job_id=job_id, batch_tokens=batch
                 ),

@@ -16,6 +16,7 @@ import sys
 import typer
 
 from tokenprism.backend.cli import audit, generate, groups, runs, serve
+from tokenprism.backend.cli.add_metrics import add_metrics
 from tokenprism.backend.cli.common import err
 from tokenprism.backend.cli.experiments import experiment_app
 from tokenprism.backend.cli.probes import probe_app
@@ -37,6 +38,7 @@ _COMMANDS = (
     runs.show,
     runs.sql,
     audit.audit,
+    add_metrics,
     serve.serve,
     serve.ui,
     serve.up,

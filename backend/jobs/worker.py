@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tokenprism.backend.audit.ingest import WorkItem
+from tokenprism.backend.audit.logprob_ccp import logprob_ccp_plan
 from tokenprism.backend.audit.logprob_jobs import items_of, run_logprob_audit
 from tokenprism.backend.audit.upload import (
     JobCancelled,
@@ -98,6 +99,7 @@ class JobManager:
             "rollouts": self._run_rollouts,
             "contrastive": self._run_contrastive,
             "experiment": self._run_experiment,
+            "add_metrics": self._run_add_metrics,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -306,6 +308,24 @@ class JobManager:
             vocab_size=params.get("vocab_size"),
             rescore=rescore,
             on_progress=self._progress(live),
+            ccp=logprob_ccp_plan(params.get("extras"), self.settings),  # the judge, no LM
+        )
+
+    def _run_add_metrics(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        """CCP / probe / SAR / SelfCheck added to stored turns (backend.enrich)."""
+        from tokenprism.backend.enrich.jobs import run_job
+
+        params = job["params"]
+        live.total = job["total"]
+        return run_job(
+            self.get_model(params["model"]),
+            self.store,
+            self.settings,
+            params,
+            job_id=job["job_id"],
+            on_progress=self._progress(live),
+            should_stop=lambda: live.cancel.is_set() or self.stopping.is_set(),
+            model_lock=self.model_lock,
         )
 
     # stages of a probe-training job and their share of its 1000 progress units

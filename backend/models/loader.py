@@ -62,6 +62,8 @@ class LoadedModel:
             Metrics are float32 either way: ``analysis`` upcasts logits and hidden states.
         path: directory holding the config and weights (None for hub models), for samplers
             that load the model themselves (vLLM).
+        compile_metrics: the settings' policy for the compiled metric sweep
+            (``backend.scoring.compiled``).
     """
 
     name: str
@@ -75,6 +77,7 @@ class LoadedModel:
     label: str
     autocast: torch.dtype | None = None
     path: Path | None = None
+    compile_metrics: str = "off"
 
     @cached_property
     def vocab_strings(self) -> list[str]:
@@ -194,6 +197,7 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
     check_autocast(device, autocast)  # before the weights are read: a bad setting fails fast
     lm = _load_any(name, settings, device, dtype)
     lm.autocast = autocast
+    lm.compile_metrics = settings.compile_metrics
     return lm
 
 

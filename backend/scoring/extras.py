@@ -26,6 +26,7 @@ from torch import Tensor
 
 from tokenprism.analysis.ccp import (
     DEFAULT_CCP_PRESET,
+    Aggregation,
     CcpParams,
     alternatives_with_target,
     ccp_params,
@@ -53,6 +54,38 @@ from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.settings import Settings
 
 EXTRA_METRICS = ("ccp", "probe", "sar", "selfcheck")
+
+
+@dataclass(frozen=True)
+class FamilyMetrics:
+    """The stored metric names one family writes, by table (what adding it may write)."""
+
+    token: tuple[str, ...]
+    sequence: tuple[str, ...]
+    claim: tuple[str, ...]
+
+
+FAMILY_METRICS: dict[str, FamilyMetrics] = {
+    "ccp": FamilyMetrics(
+        ("ccp",), ("ccp_uncertainty", "ccp_mean_log", "claim_ccp_min", "claim_ccp_mean"), ("ccp",)
+    ),
+    "probe": FamilyMetrics(("probe",), ("probe_max", "probe_mean"), ("probe",)),
+    "sar": FamilyMetrics(("sar",), ("token_sar",), ("sar",)),
+    # sampling consistency also gives sentence-level SAR (and SAR's combination with token SAR)
+    "selfcheck": FamilyMetrics(
+        ("selfcheck_embed", "selfcheck_ngram"),
+        ("selfcheck_embed_mean", "selfcheck_ngram_mean", "sentence_sar", "sar_uncertainty"),
+        ("selfcheck_embed", "selfcheck_ngram"),
+    ),
+}
+
+
+def family_of(metric: str) -> str | None:
+    """The extra family that produces ``metric`` (token, sequence or claim level), if any."""
+    for family, names in FAMILY_METRICS.items():
+        if metric in names.token or metric in names.sequence:
+            return family
+    return None
 
 
 class _Rescored(Protocol):
@@ -332,41 +365,73 @@ def _add_ccp(
         alt_texts = [[str(t) for t in vocab[np.clip(r, 0, None)]] for r in ids_np]
         # decoded text, as LM-Polygraph's tokenizer.decode([alt]) gives it
         original = [str(vocab[int(t)]) for t in targets.tolist()]
-        prefixes = _claim_prefixes(enc, claims, rows) if params.context == "prefix" else None
+        prefixes = (
+            claim_prefixes(enc.text, enc.offsets, claims, rows.tolist())
+            if params.context == "prefix"
+            else None
+        )
         labels = label_alternatives(original, alt_texts, judge, params, prefixes)
         valid = (ids >= 0).all(-1) | (ids[:, 0] >= 0)
         ccp[rows] = compute_token_ccp(logprobs, labels, valid)
     sc.token["ccp"] = ccp
+    sc.sequence.update(ccp_sequence_metrics(ccp, sc.response_mask, claims, params.aggregation))
+
+
+def ccp_sequence_metrics(
+    ccp: Tensor,
+    mask: Tensor,
+    claims: Sequence[tuple[Claim, Tensor]],
+    aggregation: Aggregation = "lm-polygraph",
+) -> dict[str, float]:
+    """The sequence aggregates of per-token CCP (shared by local runs and API-logprob runs).
+
+    Args:
+        ccp: ``[T]`` CCP_t, NaN where unscored.
+        mask: ``[T]`` bool, the response tokens the sequence values run over.
+        claims: the claims with their token positions.
+        aggregation: the preset's product rule (:func:`analysis.ccp.claim_ccp`).
+
+    Returns:
+        ``ccp_uncertainty``, ``ccp_mean_log``, ``claim_ccp_min``, ``claim_ccp_mean``.
+    """
+    out: dict[str, float] = {}
     # LM-Polygraph's sequence CCP is the product over every response token (NaN propagates,
     # no token gives 1); the tokenprism preset skips NaN tokens (no scored token: NaN)
-    sc.sequence["ccp_uncertainty"] = 1.0 - sequence_ccp(ccp[sc.response_mask], params.aggregation)
+    out["ccp_uncertainty"] = 1.0 - sequence_ccp(ccp[mask], aggregation)
     positions = [pos for _, pos in claims]
-    per_claim = claim_ccp(ccp, positions, params.aggregation) if claims else torch.tensor([])
+    per_claim = claim_ccp(ccp, positions, aggregation) if claims else torch.tensor([])
     # length-normalised form: 1 - prod CCP tends to 1 with length, the mean log does not
-    counted = ccp[sc.response_mask]
+    counted = ccp[mask]
     counted = counted[~torch.isnan(counted)]
-    sc.sequence["ccp_mean_log"] = (
+    out["ccp_mean_log"] = (
         float(counted.double().clamp_min(1e-30).log().mean()) if len(counted) else math.nan
     )
     # the minimum over claims is ours (no LM-Polygraph counterpart): undefined claims are skipped
     per_claim = per_claim[~torch.isnan(per_claim)]
-    sc.sequence["claim_ccp_min"] = float(per_claim.min()) if len(per_claim) else math.nan
-    sc.sequence["claim_ccp_mean"] = float(per_claim.mean()) if len(per_claim) else math.nan
+    out["claim_ccp_min"] = float(per_claim.min()) if len(per_claim) else math.nan
+    out["claim_ccp_mean"] = float(per_claim.mean()) if len(per_claim) else math.nan
+    return out
 
 
-def _claim_prefixes(
-    enc: EncodedText, claims: Sequence[tuple[Claim, Tensor]], rows: Tensor
+def claim_prefixes(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    claims: Sequence[tuple[Claim, Tensor]],
+    rows: Sequence[int],
 ) -> list[str]:
-    """For CCP's prefix context: the claim's text before each token ('' outside claims)."""
+    """For CCP's prefix context: the claim's text before each token ('' outside claims).
+
+    ``offsets`` are every token's character span in ``text``; ``rows`` the positions judged.
+    """
     owner: dict[int, Claim] = {}
     for claim, pos in claims:
         for p in pos.tolist():
             owner.setdefault(int(p), claim)
     out = []
-    for p in rows.tolist():
+    for p in rows:
         found = owner.get(int(p))
-        start = enc.offsets[int(p)][0]
-        prefix = enc.text[found.char_start : max(found.char_start, start)] if found else ""
+        start = offsets[int(p)][0]
+        prefix = text[found.char_start : max(found.char_start, start)] if found else ""
         # the word is compared without its leading space, so the prefix supplies one
         out.append(prefix.rstrip() + " " if prefix.strip() else "")
     return out

@@ -27,6 +27,7 @@ from tokenprism.analysis.steps import chars_to_tokens, step_char_starts
 from tokenprism.backend import __version__
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.scoring.compiled import moments_for
 from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.scoring.extras import ClaimScore, ExtraPlan, claim_metrics, claims_of
 
@@ -221,8 +222,9 @@ def score_views_pass(
             ]
         ranks.append(last)
         layers.ranks = [torch.stack([r[i] for r in ranks]) for i in range(len(views))]
+    moments = moments_for(lm, params.logits.chunk_positions)
     with torch.inference_mode():
-        return score_hidden(final, head, ids, list(views), params, layers)
+        return score_hidden(final, head, ids, list(views), params, layers, moments)
 
 
 def text_view(row: int, enc: EncodedText) -> View:

@@ -14,7 +14,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -49,7 +49,12 @@ TOKEN_JSON_CACHE_CHARS = 256 * 1024 * 1024
 CONTEXT_KIND = "context"
 # Token metrics defined over a run's response only (NaN on context): shown for a turn's own
 # rows only, never taken from sibling runs of the same conversation.
-RESPONSE_ONLY_TOKEN_METRICS = frozenset({"window_entropy", "step_first_surprisal"})
+RESPONSE_ONLY_TOKEN_METRICS = frozenset(
+    {"window_entropy", "step_first_surprisal"}
+    # the extra families are defined over a turn's own response and claims (scored from the
+    # start they are per-turn runs): a sibling turn's values are not this turn's context values
+    | {"ccp", "probe", "sar", "selfcheck_embed", "selfcheck_ngram"}
+)
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
@@ -674,6 +679,50 @@ class Store:
                 .values(provenance=json.dumps(prov))
             )
         self._forget({run_id})
+
+    def add_run_metrics(
+        self,
+        tables: dict[str, pa.Table],
+        added: dict[str, dict[str, Any]],
+        replaced: Sequence[tuple[Sequence[str], Mapping[str, Sequence[str]]]],
+    ) -> None:
+        """Add metric rows to stored runs in one transaction; their other rows stay as they are.
+
+        ``tables`` holds new ``token_metrics`` / ``sequence_metrics`` / ``claim_metrics`` rows.
+        Rows named in ``replaced`` (``(run ids, {table: metric names})``) are deleted first, so
+        an older copy (a probe applied to one run) is replaced, never duplicated.
+        ``added[run_id]`` is merged into the run's ``provenance["extras"]["added"]``.
+        """
+        run_ids = list(added)
+        with self.writing() as conn:
+            for ids, names in replaced:
+                for table, metrics in names.items():
+                    t = schema.metadata.tables[table]
+                    conn.execute(
+                        t.delete().where(t.c.run_id.in_(list(ids)), t.c.metric.in_(list(metrics)))
+                    )
+            r = schema.runs
+            rows = conn.execute(
+                sa.select(r.c.run_id, r.c.provenance, r.c.context_run_id).where(
+                    r.c.run_id.in_(run_ids)
+                )
+            ).all()
+            raw = conn.connection.dbapi_connection
+            for table, new in tables.items():
+                if new.num_rows:
+                    self._append(raw, table, new)
+            for run_id, provenance, _ in rows:
+                prov = json.loads(provenance)
+                prov.setdefault("extras", {}).setdefault("added", {}).update(added[run_id])
+                conn.execute(
+                    r.update().where(r.c.run_id == run_id).values(provenance=json.dumps(prov))
+                )
+            contexts = [c for _, _, c in rows if c]
+            siblings = conn.execute(
+                sa.select(r.c.run_id).where(r.c.context_run_id.in_(contexts))
+            ).all()
+        # a sibling turn's token JSON lists the metric names of its whole conversation
+        self._forget(set(run_ids) | {s for (s,) in siblings})
 
     def _layers(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
         lm = schema.layer_metrics

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import tokenprism.backend.store.schema as schema
 from tokenprism.backend.display import visible_whitespace
 from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.scoring.extras import ClaimScore
 from tokenprism.backend.scoring.runner import ScoredText
 
 # Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
@@ -122,7 +123,7 @@ def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.T
     positions = np.arange(item.encoded.n_tokens, dtype=np.int32)
     tok = {k: v.numpy() for k, v in sc.token.items()}
     alternatives, top_k = _alternative_rows(run_id, item, lm, positions)
-    claims, claim_values = _claim_rows(run_id, item)
+    claims, claim_values = claim_tables(run_id, item.claims)
     return {
         # the alternatives nested per token too: reads of whole runs need no aggregation
         "tokens": _token_rows(run_id, item, positions, tok).append_column("top_k", top_k),
@@ -253,14 +254,15 @@ def _layer_rows(run_id: str, item: ScoredText) -> pa.Table:
     )
 
 
-def _claim_rows(run_id: str, item: ScoredText) -> tuple[pa.Table, pa.Table]:
+def claim_tables(run_id: str, found: Sequence[ClaimScore]) -> tuple[pa.Table, pa.Table]:
+    """The ``claims`` and ``claim_metrics`` rows of one run's claims (also API-logprob runs)."""
     rows: dict[str, list[Any]] = {
         k: []
         for k in ("claim_index", "text", "char_start", "char_end", "position_start")
         + ("position_end", "n_tokens")
     }
     values: dict[str, list[Any]] = {"claim_index": [], "metric": [], "value": []}
-    for c in item.claims:
+    for c in found:
         rows["claim_index"].append(c.claim.index)
         rows["text"].append(c.claim.text)
         rows["char_start"].append(c.claim.char_start)

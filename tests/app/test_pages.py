@@ -411,6 +411,64 @@ def test_audit_shows_a_new_upload_when_older_ones_exist(backend: str) -> None:
     assert at.selectbox(key="audit.choice").value == uploaded[0]
 
 
+def test_audit_adds_a_missing_family_with_the_button(backend: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    pair = {"prompt": f"Tell me about {tag}.", "response": "It is a tag. Nothing more."}
+    reply = httpx.post(
+        f"{backend}/api/v1/uploads",
+        files={"file": (f"enrich-{tag}.jsonl", json.dumps(pair).encode())},
+        timeout=60,
+    )
+    assert reply.status_code == 202, reply.text
+    upload_id = reply.json()["upload_id"]
+    _job_done(backend, reply.json()["job_id"])
+    at = _app("audit")
+    at.selectbox(key="audit.choice").set_value(upload_id).run()
+    at.selectbox(key="audit.metric").set_value("ccp_mean_log").run()
+    assert not at.exception, [e.value for e in at.exception]
+    # ranked by a metric the upload lacks: a hint naming the family, no column of empty values
+    assert any("ccp family" in w.value and "Add metrics" in w.value for w in at.warning)
+    assert "risk" not in at.dataframe[0].value.columns
+    assert at.multiselect(key="audit.add_families").value == ["ccp"]  # preselected
+    at.button(key="audit.add").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    _job_done(backend, at.session_state["audit.add_job"]["job_id"])
+    at.run()  # the progress poll sees the finished job and reloads the page
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("ccp family" in w.value for w in at.warning)
+    turns = at.dataframe[0].value
+    assert turns["risk"].notna().all() and len(turns) == 1
+
+
+def test_explore_adds_a_family_to_the_stored_turn_shown(backend: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    pair = {"prompt": f"Explain {tag}.", "response": "It is a word. That is all."}
+    reply = httpx.post(
+        f"{backend}/api/v1/uploads",
+        files={"file": (f"explore-{tag}.jsonl", json.dumps(pair).encode())},
+        timeout=60,
+    )
+    assert reply.status_code == 202, reply.text
+    upload_id = reply.json()["upload_id"]
+    _job_done(backend, reply.json()["job_id"])
+    runs = httpx.get(f"{backend}/api/v1/runs", params={"upload_id": upload_id}).json()["runs"]
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = runs[0]["run_id"]
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.button(key="explore.add").disabled  # no family chosen yet
+    at.multiselect(key="explore.add_families").set_value(["sar"]).run()
+    at.button(key="explore.add").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    _job_done(backend, at.session_state["explore.add_job"]["job_id"])
+    at.run()  # the progress poll sees the finished job, forgets cached runs and reloads
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    tokens = at.session_state["explore.run"]["tokens"]
+    assert any(t.get("sar") is not None for t in tokens if not t["is_prompt"])
+
+
 # ---- groups --------------------------------------------------------------------------------
 
 GROUP_PROMPT = "What is 2 + 2? Give the final number."

@@ -182,6 +182,7 @@ def test_every_route_but_health_needs_the_token(make_client: ClientFactory) -> N
         ("GET", url("/uploads")),
         ("GET", url("/uploads/u")),
         ("GET", url("/uploads/u/export")),
+        ("POST", url("/uploads/u/metrics")),
         ("GET", url("/jobs")),
         ("GET", url("/jobs/j")),
         ("POST", url("/jobs/j/cancel")),
@@ -751,12 +752,12 @@ def test_upload_exports(client: TestClient, sample: dict[str, Any]) -> None:
 def test_reupload_is_a_duplicate(client: TestClient, sample: dict[str, Any]) -> None:
     before = counts(client)
     resp = upload(client, "renamed.jsonl", SAMPLE.read_bytes())
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
-    assert body["duplicate"] is True
-    assert body["upload_id"] == sample["upload_id"] and body["job_id"] == sample["job_id"]
-    assert body["n_items"] == 8
-    assert "nothing was re-scored" in body["message"] and "chats.jsonl" in body["message"]
+    error = assert_error(resp, 409, "duplicate_upload")
+    assert error["upload_id"] == sample["upload_id"] and error["job_id"] == sample["job_id"]
+    assert error["n_items"] == 8
+    assert "nothing was re-scored" in error["message"] and "chats.jsonl" in error["message"]
+    # the way to add metric families instead: the upload's metrics route
+    assert error["links"]["add_metrics"] == f"/api/v1/uploads/{sample['upload_id']}/metrics"
     time.sleep(0.2)  # a job wrongly queued would have started by now
     assert counts(client) == before
     assert client.get(url(f"/jobs/{sample['job_id']}")).json()["status"] == "done"

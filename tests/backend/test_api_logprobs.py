@@ -108,3 +108,52 @@ def test_source_both_stores_disagreement(make_client: ClientFactory, tiny_lm: An
     # the same model wrote and re-scored the text with the same tokenizer: no disagreement
     diffs = [t["logprob_disagreement"] for t in run["tokens"]]
     assert all(d is not None and abs(d) < 1e-3 for d in diffs)
+
+
+def test_no_model_server_computes_ccp_over_the_topk(make_client: ClientFactory) -> None:
+    """metrics=ccp on a --no-model server: the judge alone (the offline fallback) is loaded."""
+    client = make_client(no_model=True)
+    data = json.dumps(chat_completion()).encode()
+    before = counts(client)
+    # refused before anything is stored: families that need a model, a judge without ccp,
+    # a judge that cannot be loaded
+    err = assert_error(upload(client, "r.json", data, metrics="ccp,probe"), 400, "bad_request")
+    assert "probe need a local model" in err["message"]
+    err = assert_error(upload(client, "r.json", data, judge="fallback"), 400, "bad_request")
+    assert "needs metrics=ccp" in err["message"]
+    err = assert_error(upload(client, "r.json", data, metrics="nope"), 422, "invalid_request")
+    assert "'nope'" in err["message"]
+    resp = upload(client, "r.json", data, metrics="ccp", judge="/no/such/nli-model")
+    assert 400 <= resp.status_code < 500, resp.text
+    assert "nli-model" in resp.json()["error"]["message"]
+    one_alternative = chat_completion()
+    for entry in one_alternative["choices"][0]["logprobs"]["content"]:
+        entry["top_logprobs"] = entry["top_logprobs"][:1]
+    err = assert_error(
+        upload(client, "k1.json", json.dumps(one_alternative).encode(), metrics="ccp"),
+        400,
+        "bad_request",
+    )
+    assert "lists at most 1" in err["message"]
+    assert counts(client) == before
+    resp = upload(client, "r.json", data, metrics="ccp", ccp_preset="tokenprism")
+    assert resp.status_code == 202, resp.text
+    job = wait_job(client, resp.json()["job_id"])
+    assert job["status"] == "done", job
+    run = _run_of(client, resp.json()["upload_id"])
+    tokens = run["tokens"]
+    assert all(t["ccp"] is not None and 0 < t["ccp"] <= 1 for t in tokens)
+    # "!" sampled outside its top-2 ("." 0.7, "?" 0.2): only "." stays beside it; both are
+    # empty words under the tokenprism preset, so neutral: CCP 1
+    assert tokens[3]["ccp"] == 1.0
+    extras = run["provenance"]["extras"]
+    assert (
+        extras["ccp"]["judge"].startswith("fallback:") and extras["ccp"]["preset"] == "tokenprism"
+    )
+    assert [c["text"] for c in run["claims"]] == ["Café!"]
+    assert run["claims"][0]["metrics"]["ccp"] == pytest.approx(
+        math.prod(t["ccp"] for t in tokens), rel=1e-5
+    )
+    assert run["sequence"]["ccp_uncertainty"] == pytest.approx(
+        1 - math.prod(t["ccp"] for t in tokens), rel=1e-5, abs=1e-7
+    )

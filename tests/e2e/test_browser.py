@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -72,10 +73,30 @@ def default_backend(tmp_path_factory: pytest.TempPathFactory, ui_port: int) -> I
 
 @pytest.fixture(scope="module")
 def ui_url(default_backend: str, ui_port: int) -> Iterator[str]:
-    port = ui_port
+    yield from _streamlit(default_backend, ui_port)
+
+
+@pytest.fixture(scope="module")
+def no_model_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """``(ui url, api url)`` of a backend started with --no-model and a UI in front of it."""
+    from tokenprism.backend.settings import Settings
+
+    settings = Settings(home=tmp_path_factory.mktemp("no-model-home"), device="cpu", no_model=True)
+    api, server, thread = start_backend_thread(settings)
+    try:
+        for ui in _streamlit(api):
+            yield ui, api
+    finally:
+        server.should_exit = True  # type: ignore[attr-defined]
+        thread.join(timeout=30)  # type: ignore[attr-defined]
+
+
+def _streamlit(api_url: str, port: int | None = None) -> Iterator[str]:
+    """Run the Streamlit UI against ``api_url``; yields its url once it answers."""
+    port = port or _free_port()
     proc = subprocess.Popen(
         _streamlit_command(port),
-        env={**os.environ, "TOKENPRISM_API_URL": default_backend},
+        env={**os.environ, "TOKENPRISM_API_URL": api_url},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -284,14 +305,40 @@ def _choose(driver: object, widget: object, option: str) -> None:
     entry.click()  # type: ignore[attr-defined]
 
 
+def _open_first_turn(driver: object, failure_shot: str) -> None:
+    """Tick the first row of the Audit page's turn table and wait for its detail."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    for _attempt in range(3):  # the grid can be redrawn under the pointer: retry the click
+        time.sleep(1.0)  # let the grid settle before clicking on its canvas
+        table = _wait_rerender(
+            driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stDataFrame']")
+        )
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", table)  # type: ignore[attr-defined]
+        # tick the first row's selection box (the grid is a canvas: click by position)
+        size = table.size  # type: ignore[attr-defined]
+        ActionChains(driver).move_to_element_with_offset(  # type: ignore[arg-type]
+            table,  # type: ignore[arg-type]
+            -size["width"] // 2 + 18,
+            -size["height"] // 2 + 35 + 17,
+        ).click().perform()
+        try:
+            _wait_rerender(driver, lambda d: "Turn detail" in d.page_source, timeout=15)
+            return
+        except TimeoutException:
+            continue
+    _shot(driver, failure_shot)
+    raise AssertionError("selecting the turn in the table did not open it")
+
+
 def test_audit_with_ccp_colours_a_turn_by_ccp(
     browser: object, ui_url: str, default_backend: str, tmp_path: Path
 ) -> None:
     """Upload with CCP chosen, open the scored turn, colour its tokens by CCP."""
     import re
 
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     driver = browser
@@ -348,27 +395,7 @@ def test_audit_with_ccp_colours_a_turn_by_ccp(
         ),
         timeout=30,
     )
-    for _attempt in range(3):  # the grid can be redrawn under the pointer: retry the click
-        time.sleep(1.0)  # let the grid settle before clicking on its canvas
-        table = _wait_rerender(
-            driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid='stDataFrame']")
-        )
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", table)  # type: ignore[attr-defined]
-        # tick the first row's selection box (the grid is a canvas: click by position)
-        size = table.size  # type: ignore[attr-defined]
-        ActionChains(driver).move_to_element_with_offset(  # type: ignore[arg-type]
-            table,  # type: ignore[arg-type]
-            -size["width"] // 2 + 18,
-            -size["height"] // 2 + 35 + 17,
-        ).click().perform()
-        try:
-            _wait_rerender(driver, lambda d: "Turn detail" in d.page_source, timeout=15)
-            break
-        except TimeoutException:
-            continue
-    else:
-        _shot(driver, "audit-ccp-no-selection.png")
-        raise AssertionError("selecting the turn in the table did not open it")
+    _open_first_turn(driver, "audit-ccp-no-selection.png")
     colour_by = _widget(driver, "stSelectbox", "Colour tokens by")
     _choose(driver, colour_by, "ccp")
 
@@ -617,6 +644,124 @@ def test_instant_view_recolours_in_the_browser(browser: object) -> None:
     pop = driver.find_element(By.ID, "pop")  # type: ignore[attr-defined]
     assert pop.is_displayed() and "top alternatives" in pop.text
     _shot(driver, "instant_view.png")
+
+
+# the band's two traces (their y values) and the fills plotly drew, from the page's charts
+_BAND_JS = """
+for (const p of document.querySelectorAll('.js-plotly-plot')) {
+  const d = p.data || [];
+  const lo = d.find(t => t.name === 'entropy_lower');
+  const up = d.find(t => t.name === 'entropy_upper');
+  if (lo && up) return [Array.from(lo.y), Array.from(up.y), p.querySelectorAll('.js-fill').length];
+}
+return null;
+"""
+
+
+def _logprobs_file(path: Path) -> list[float]:
+    """A logged Chat Completions request and response with top-3 logprobs (the last token
+    sampled outside its top-3); returns the tokens' probabilities."""
+    from tests.unit.test_logprobs_formats import _entry
+
+    tokens = [
+        ("The", 0.62, [("The", 0.62), ("Its", 0.2), ("A", 0.1)]),
+        (" capital", 0.55, [(" capital", 0.55), (" largest", 0.25), (" main", 0.1)]),
+        (" of", 0.97, [(" of", 0.97), (" city", 0.01), (",", 0.005)]),
+        (" France", 0.9, [(" France", 0.9), (" the", 0.05), (" Europe", 0.01)]),
+        (" is", 0.8, [(" is", 0.8), (" was", 0.1), (" remains", 0.05)]),
+        (" Paris", 0.41, [(" Paris", 0.41), (" Lyon", 0.3), (" Nice", 0.1)]),
+        (".", 0.03, [("!", 0.5), (",", 0.3), (" and", 0.1)]),
+    ]
+    content = "".join(t for t, _, _ in tokens)
+    response = {
+        "object": "chat.completion",
+        "model": "gpt-4o-mini",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "logprobs": {"content": [_entry(t, p, top) for t, p, top in tokens]},
+            }
+        ],
+    }
+    request = {"messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    path.write_text(json.dumps({"request": request, "response": response}) + "\n")
+    return [p for _, p, _ in tokens]
+
+
+def test_audit_page_shows_api_logprobs_with_the_entropy_band(
+    browser: object, no_model_ui: tuple[str, str], tmp_path: Path
+) -> None:
+    """A --no-model server audits a Chat Completions logprobs file; the Audit page shows every
+    token's probability and draws the entropy band."""
+    import re
+
+    from selenium.webdriver.common.by import By
+
+    ui, api = no_model_ui
+    driver = browser
+    path = tmp_path / f"api-logprobs-{time.time_ns()}.jsonl"
+    probs = _logprobs_file(path)
+    driver.get(ui + "/audit")  # type: ignore[attr-defined]
+    upload = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "input[type='file']"))
+    upload.send_keys(str(path))  # type: ignore[attr-defined]
+    button = _wait(
+        driver,
+        lambda d: next(
+            (
+                b
+                for b in d.find_elements(By.TAG_NAME, "button")
+                if b.text.strip() == "Upload and audit"
+            ),
+            None,
+        ),
+    )
+    button.click()  # type: ignore[attr-defined]
+
+    def _job(_: object) -> dict[str, object] | None:
+        ups = httpx.get(f"{api}/api/v1/uploads").json()["uploads"]
+        mine = [u for u in ups if u["filename"] == path.name and u.get("job_id")]
+        if not mine:
+            return None
+        job = httpx.get(f"{api}/api/v1/jobs/{mine[0]['job_id']}").json()
+        assert job["status"] in ("queued", "running", "done"), job
+        return job if job["status"] == "done" else None
+
+    job = _wait(driver, _job, timeout=60)
+    assert job["params"]["source"] == "logprobs"  # type: ignore[index]
+    _wait_rerender(
+        driver,
+        lambda d: (
+            "Turns by risk" in d.page_source
+            and "No turn of this upload is scored yet" not in d.page_source
+        ),
+        timeout=30,
+    )
+    _open_first_turn(driver, "audit-logprobs-no-selection.png")
+    spans = _wait_rerender(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]") or None
+    )
+    titles = [s.get_attribute("title") or "" for s in spans]  # type: ignore[attr-defined]
+    assert len(titles) == len(probs)
+    shown = []
+    for title in titles:
+        found = re.search(r"(?:^| · )prob ([-+0-9.e]+)", title, re.MULTILINE)
+        assert found, title
+        shown.append(float(found.group(1)))
+        assert "true entropy in [" in title
+    assert shown == pytest.approx(probs, rel=1e-5)
+    assert "source: API logprobs (chat)" in driver.page_source  # type: ignore[attr-defined]
+    band: list[Any] = _wait_rerender(  # type: ignore[assignment]
+        driver, lambda d: d.execute_script(_BAND_JS), timeout=30
+    )
+    lower, upper, fills = band
+    assert len(lower) == len(upper) == len(probs)
+    assert all(lo <= up for lo, up in zip(lower, upper, strict=True))
+    assert fills >= 1  # the band is drawn as a filled area
+    header = driver.find_element(By.XPATH, "//h3[contains(., 'Turn detail')]")  # type: ignore[attr-defined]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", header)  # type: ignore[attr-defined]
+    time.sleep(1.0)  # let the chart finish drawing before the screenshot
+    _shot(driver, "audit-logprobs.png")
 
 
 _LIVE_STATE = """return [document.querySelectorAll('#toks .tok').length,

@@ -79,8 +79,8 @@ def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 def audit(client: TestClient, name: str) -> dict[str, Any]:
     resp = client.post(f"{API}/uploads", files={"file": (name, (DATA / name).read_bytes())})
-    assert resp.status_code in (200, 202), resp.text  # 200: the same file again (duplicate)
-    body = resp.json()
+    assert resp.status_code in (202, 409), resp.text  # 409: the same file again (duplicate)
+    body = resp.json() if resp.status_code == 202 else resp.json()["error"]
     for _ in range(1200):
         job = client.get(f"{API}/jobs/{body['job_id']}").json()
         if job["status"] in ("done", "failed", "cancelled", "interrupted"):

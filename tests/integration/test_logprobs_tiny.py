@@ -90,6 +90,8 @@ def test_cli_audit_from_logprobs_loads_no_model(tmp_path: Path) -> None:
         str(path),
         "--source",
         "logprobs",
+        "--metrics",
+        "ccp",  # the judge (offline fallback) loads; no language model does
         "--export",
         str(tmp_path / "t.csv"),
         home=tmp_path / "home",
@@ -98,4 +100,60 @@ def test_cli_audit_from_logprobs_loads_no_model(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "mean entropy in [" in done.stdout and "4 tokens" in done.stdout
     header = (tmp_path / "t.csv").read_text().splitlines()[0]
-    assert "entropy_lower" in header and "rank_gt" in header
+    assert "entropy_lower" in header and "rank_gt" in header and "ccp" in header.split(",")
+
+
+@pytest.mark.parametrize("preset", ["lm-polygraph", "tokenprism"])
+def test_ccp_from_topk_equals_the_local_ccp_at_k(tiny_lm: Any, tmp_path: Path, preset: str) -> None:
+    """The same model wrote the file: CCP over its top-5 equals the local path's CCP with 5
+    alternatives, token by token (both use the judge on the same words and probabilities)."""
+    from tests.integration.test_uncertainty_tiny import ContraJudge
+    from tokenprism.analysis.ccp import ccp_params
+    from tokenprism.backend.scoring.encoding import encode_chat
+    from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest
+    from tokenprism.backend.scoring.runner import score_one
+    from tokenprism.backend.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", device="cpu")
+
+    def plan(n: int) -> ExtraPlan:
+        request = ExtraRequest(metrics=("ccp",), ccp=ccp_params(preset, n_alternatives=n))
+        return ExtraPlan(request=request, settings=settings, judge=ContraJudge())  # type: ignore[arg-type]
+
+    turns = [render_turn(tiny_lm, chat, 5, model_name="tiny-local") for chat in CHATS]
+    items = parse_logprobs("\n".join(json.dumps(t.response) for t in turns), "t.jsonl")
+    with Store(tmp_path / "db.duckdb") as store:
+        # n_alternatives 10 > k = 5: the file's k caps the alternatives
+        ids = store_logprob_runs(store, items, vocab_size=len(tiny_lm.tokenizer), ccp=plan(10))
+        runs = [store.get_run(i) for i in ids]
+    compared = 0
+    for chat, run in zip(CHATS, runs, strict=True):
+        enc = encode_chat(tiny_lm.tokenizer, chat, context_length=tiny_lm.context_length)
+        local = score_one(tiny_lm, enc, extras=plan(5)).scores.token["ccp"]
+        start, end = enc.response_span[0], enc.response_span[0] + len(enc.response)
+        # the response's own tokens, in order, as render_turn wrote them (no template tokens)
+        positions = [
+            i
+            for i, (p, (a, b)) in enumerate(zip(enc.is_prompt, enc.offsets, strict=True))
+            if not p and i > 0 and a >= start and b <= end and b > a
+        ]
+        assert len(positions) == len(run["tokens"])
+        for tok, pos in zip(run["tokens"], positions, strict=True):
+            assert tok["ccp"] == pytest.approx(float(local[pos]), rel=1e-4, abs=1e-6), tok
+            compared += 1
+        assert any(t["ccp"] < 0.99 for t in run["tokens"])
+        # claims are the response's sentences, their CCP the product over their tokens
+        assert [c["text"] for c in run["claims"]]
+        for claim in run["claims"]:
+            inside = [
+                t["ccp"]
+                for t in run["tokens"]
+                if t["char_start"] < claim["char_end"] and t["char_end"] > claim["char_start"]
+            ]
+            assert claim["metrics"]["ccp"] == pytest.approx(math.prod(inside), rel=1e-4)
+        prov = run["provenance"]
+        assert prov["extras"]["ccp"]["judge"] == "stub-contra"
+        assert prov["extras"]["ccp"]["preset"] == preset
+        product = math.prod(t["ccp"] for t in run["tokens"])
+        assert run["sequence"]["ccp_uncertainty"] == pytest.approx(1 - product, rel=1e-4)
+    assert compared == sum(len(it.tokens) for it in items)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from tokenprism.backend.api.schemas import CCP_PRESET_HELP, CcpPreset
-from tokenprism.backend.api.security import check_engine_allowed
+from tokenprism.backend.api.schemas import CCP_PRESET_HELP, AddMetricsRequest, CcpPreset
+from tokenprism.backend.api.security import check_engine_allowed, gate_judge
 from tokenprism.backend.api.service import (
     ApiError,
     NotFound,
@@ -18,6 +20,7 @@ from tokenprism.backend.api.service import (
     metric_families,
     protected_router,
 )
+from tokenprism.backend.audit.duplicates import DuplicateUpload, refuse_duplicate
 from tokenprism.backend.audit.ingest import decode_text, detect_format, parse_with_report
 from tokenprism.backend.audit.logprob_jobs import choose_source
 from tokenprism.backend.audit.logprob_upload import submit_logprob_upload
@@ -28,10 +31,11 @@ from tokenprism.backend.audit.upload import (
     encode_items,
     export_upload,
 )
+from tokenprism.backend.enrich.add import FamilyUnavailable
+from tokenprism.backend.enrich.jobs import JOB_KIND, UploadNotReady, prepare, unfinished_job
 from tokenprism.backend.scoring.extras import extra_request, plan_extras
 from tokenprism.backend.store.records import (
     create_upload,
-    find_upload,
     get_upload,
     list_uploads,
     set_upload_job,
@@ -51,20 +55,28 @@ def _read_upload(file: UploadFile, limit: int) -> tuple[bytes, str, str]:
     return data, name, decode_text(data, name)
 
 
-def _duplicate(existing: dict[str, Any]) -> JSONResponse:
-    """200 with the earlier upload: the same file for the same model is never re-scored."""
-    return JSONResponse(
-        status_code=200,
-        content={
-            "upload_id": existing["upload_id"],
-            "job_id": existing["job_id"],
-            "duplicate": True,
-            "n_items": existing["n_items"],
-            "format": existing["format"],
-            "message": f"this file was already uploaded on {existing['created_at']} "
-            f"as {existing['upload_id']} ({existing['filename']}); nothing was re-scored",
-        },
-    )
+@contextmanager
+def _duplicate_as_409() -> Iterator[None]:
+    """A file uploaded before: 409 with the earlier upload's id, links and the add-metrics hint."""
+    try:
+        yield
+    except DuplicateUpload as dup:
+        raise ApiError(409, "duplicate_upload", str(dup), **dup.details) from None
+
+
+def _extras(
+    svc: Any, lm: Any, metrics: str | None, ccp_preset: str | None, judge: str | None
+) -> dict[str, Any] | None:
+    """The extra metric families of a local audit, checked now: a missing probe or judge fails
+    before anything is stored."""
+    extras = metric_families(metrics)
+    if judge and "ccp" not in extras:
+        raise ApiError(422, "invalid_request", "'judge' needs metrics=ccp")
+    if not extras:
+        return None
+    request = extra_request(extras, ccp_preset=ccp_preset, judge=judge)
+    plan_extras(lm, request, svc.settings)
+    return request.as_dict()
 
 
 @router.post("/uploads", status_code=202, summary="Upload a transcript to audit (a job)")
@@ -77,6 +89,7 @@ def upload(
         str | None, Form(description="extra metric families, e.g. ccp,probe")
     ] = None,
     ccp_preset: Annotated[CcpPreset | None, Form(description=CCP_PRESET_HELP)] = None,
+    judge: Annotated[str | None, Form(description="CCP judge: fallback or an NLI model")] = None,
     engine: Annotated[
         Literal["local", "ray"],
         Form(description="local (the server's model) or ray (TOKENPRISM_RAY_ADDRESS)"),
@@ -106,22 +119,26 @@ def upload(
     limit = svc.settings.upload_max_bytes
     data, name, text = _read_upload(file, limit)
     logprob_source = choose_source(text, source)  # API logprobs: backend.audit.logprob_upload
+    judge = gate_judge(judge, svc.settings)
+    metric_families(metrics)  # an unknown family is a 422 on every path
     if logprob_source is not None or batch_input is not None:
         batch = (
             decode_text(batch_input.file.read(limit + 1)[:limit], "batch_input")
             if batch_input
             else None
         )
-        status, body = submit_logprob_upload(
-            svc,
-            name=name,
-            data=data,
-            text=text,
-            source=logprob_source or "logprobs",
-            batch_input=batch,
-            vocab_size=vocab_size,
-            model=model,
-        )
+        with _duplicate_as_409():
+            status, body = submit_logprob_upload(
+                svc,
+                name=name,
+                data=data,
+                text=text,
+                source=logprob_source or "logprobs",
+                batch_input=batch,
+                vocab_size=vocab_size,
+                model=model,
+                extras=(metrics, judge, ccp_preset),
+            )
         return JSONResponse(status_code=status, content=body)
     fmt = format or detect_format(name, text)
     items, report = parse_with_report(
@@ -133,15 +150,12 @@ def upload(
     job_params: dict[str, Any] = {"model": model_name, "engine": engine}
     if engine == "ray":
         job_params["ray"] = {"shard_items": shard_items}
-    extras = metric_families(metrics)
+    extras = _extras(svc, lm, metrics, ccp_preset, judge)
     if extras:
-        request = extra_request(extras, ccp_preset=ccp_preset)
-        plan_extras(lm, request, svc.settings)  # a missing probe or judge fails now
-        job_params["extras"] = request.as_dict()
+        job_params["extras"] = extras
     digest = hashlib.sha256(data).hexdigest()
-    existing = find_upload(svc.store, digest, model_name)
-    if existing is not None:
-        return _duplicate(existing)
+    with _duplicate_as_409():
+        refuse_duplicate(svc.store, digest, model_name)
     upload_id = create_upload(
         svc.store,
         filename=name,
@@ -215,3 +229,54 @@ def upload_export(
         media_type=media,
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+@router.post(
+    "/uploads/{upload_id}/metrics",
+    status_code=202,
+    summary="Add CCP / probe / SAR / SelfCheck to an upload's stored turns (a job)",
+)
+def add_upload_metrics(upload_id: str, body: AddMetricsRequest, svc: ServiceDep) -> JSONResponse:
+    """The base metrics are not re-scored: only the families' rows are added (backend.enrich).
+
+    202 with the job; 200 with ``job_id`` null when every turn has the families already, or
+    with the job already adding them.
+    """
+    upload = get_upload(svc.store, upload_id)
+    if upload is None:
+        raise NotFound(f"no upload with id {upload_id!r}")
+    families = metric_families(body.metrics)
+    try:
+        prepared = prepare(
+            svc.store,
+            svc.settings,
+            upload,
+            families,
+            svc.model,
+            ccp_preset=body.ccp_preset,
+            probe=body.probe,
+            run_ids=body.run_ids,
+        )
+    except FamilyUnavailable as err:
+        raise ApiError(422, "family_unavailable", str(err)) from None
+    except UploadNotReady as err:
+        raise ApiError(409, "upload_not_ready", str(err)) from None
+    reply: dict[str, Any] = {
+        "upload_id": upload_id,
+        "metrics": list(families),
+        "turns": len(prepared.run_ids),
+        "to_add": len(prepared.todo),
+        "already_present": prepared.already(),
+    }
+    if not prepared.todo:
+        names = ", ".join(families)
+        message = f"every chosen turn of upload {upload_id} has {names} already; nothing added"
+        return JSONResponse(status_code=200, content={**reply, "job_id": None, "message": message})
+    running = unfinished_job(svc.store, prepared)
+    if running is not None:
+        message = f"job {running} is adding these metrics already; nothing new was queued"
+        return JSONResponse(
+            status_code=200, content={**reply, "job_id": running, "message": message}
+        )
+    job_id = svc.jobs.submit(JOB_KIND, prepared.params, len(prepared.run_ids))
+    return JSONResponse(status_code=202, content={**reply, "job_id": job_id})

@@ -1,0 +1,1 @@
+"""Adding metric families (CCP, probe, SAR, SelfCheck) to runs already stored."""

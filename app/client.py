@@ -1,7 +1,9 @@
 """The frontend's only way to data: a typed HTTP client of the TokenPrism API.
 
 Configured by ``TOKENPRISM_API_URL`` (default ``http://127.0.0.1:8000``) and
-``TOKENPRISM_API_TOKEN`` (sent as a bearer token when set). Failures become two exceptions the
+``TOKENPRISM_API_TOKEN`` (sent as a bearer token when set); ``TOKENPRISM_BROWSER_API_URL`` is
+the API's address as the user's browser reaches it (Explore's live view streams from the
+browser; default: the API URL). Failures become two exceptions the
 views turn into messages: :class:`BackendUnavailable` (nothing answers) and
 :class:`BackendError` (the API answered with an error).
 """
@@ -45,6 +47,10 @@ class TokenPrismClient:
             "/"
         )
         token = token if token is not None else os.environ.get("TOKENPRISM_API_TOKEN")
+        self.token = token or None
+        self.browser_url = (os.environ.get("TOKENPRISM_BROWSER_API_URL") or self.base_url).rstrip(
+            "/"
+        )
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=self.base_url + "/api/v1", headers=headers, timeout=timeout

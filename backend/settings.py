@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -16,6 +17,7 @@ from tokenprism.backend.errors import UserError
 # installed wheel this is site-packages/tokenprism, which has no pyproject.toml.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 MIN_TOKEN_CHARS = 16
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:[0-9]{1,5})?")
 
 
 def _default_home() -> Path:
@@ -69,6 +71,9 @@ class Settings(BaseSettings):
         allowed_hosts: extra ``Host`` names the API answers to besides 127.0.0.1, localhost and
             [::1] (e.g. the Docker service name); ``*`` accepts any Host and is honoured only
             with a token set.
+        ui_origins: origins (``scheme://host:port``) of TokenPrism's own UI, whose pages call
+            the streaming routes from the browser (Explore's live view): CORS and the Origin
+            check admit them on those routes only; ``up`` adds its UI's. No wildcard.
         sql_timeout_s: wall-clock limit of one read-only SQL query (DuckDB ``interrupt()``).
         sql_memory_mb: DuckDB memory limit of the database (user SQL included); beyond it
             DuckDB spills to ``home/duckdb-tmp`` or fails the query.
@@ -108,6 +113,7 @@ class Settings(BaseSettings):
     no_model: bool = False
     allow_ray: bool = False
     allowed_hosts: list[str] = Field(default_factory=list)
+    ui_origins: list[str] = Field(default_factory=list)
     sql_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     sql_memory_mb: int = Field(default=2048, ge=64)
     sql_max_result_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -129,6 +135,22 @@ class Settings(BaseSettings):
                 f"(got {len(value)})"
             )
         return value
+
+    @field_validator("ui_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        # an origin is exactly scheme://host[:port]: a wildcard, "null" or a path would let
+        # pages the operator never named call the API from a browser
+        out = []
+        for origin in value:
+            clean = origin.strip().lower().rstrip("/")
+            if not _ORIGIN.fullmatch(clean):
+                raise ValueError(
+                    f"{origin[:100]!r} is not an origin like http://127.0.0.1:8501 "
+                    "(scheme, host and port only; no wildcard)"
+                )
+            out.append(clean)
+        return out
 
     @property
     def db_path(self) -> Path:

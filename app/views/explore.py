@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
+import streamlit.components.v1 as components
 
 from tokenprism.app.components.add_metrics import add_metrics_panel
+from tokenprism.app.components.live_stream import live_stream_html, parse_rules
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import (
     CCP_PRESET_HELP,
@@ -40,6 +42,21 @@ with inputs, st.form("explore.form", border=False):
         max_new = cols[0].number_input("Max new tokens", 1, 1024, 64, 8, key="explore.max_new")
         seed = cols[1].number_input("Seed", 0, 2**31 - 1, 0, 1, key="explore.seed")
     template = st.checkbox("Use the model's chat template", value=True, key="explore.template")
+    live = st.checkbox(
+        "Live: show tokens as they are generated",
+        key="explore.live",
+        help="Streams the generation into the page (a Stop button cancels it on the server); "
+        "the finished run is stored and scored as usual.",
+    )
+    rules_text = st.text_input(
+        "Stop / mark / branch rules (live)",
+        key="explore.rules",
+        placeholder="entropy>3:3:stop; window_entropy>2.5:1:mark",
+        help="METRIC>X[:PATIENCE][:ACTION], separated by ';'. Metrics: entropy, window_entropy, "
+        "logprob, surprisal, probe; actions: stop (cut there), mark (flag the span), branch "
+        "(resample the position and keep the calmest branch). Same syntax as `tokenprism "
+        "generate --stop-when`.",
+    )
     extras = st.multiselect(
         "Uncertainty & hallucination metrics",
         EXTRA_METRICS,
@@ -51,6 +68,34 @@ with inputs, st.form("explore.form", border=False):
         "CCP preset", CCP_PRESETS, key="explore.ccp_preset", help=CCP_PRESET_HELP
     )
     submitted = st.form_submit_button("Run", type="primary", width="stretch")
+
+if submitted and live and prompt.strip() and not response.strip():
+    try:
+        stop_when = parse_rules(rules_text)
+    except ValueError as err:
+        st.error(f"Rules: {err}")
+        st.stop()
+    body = {
+        "prompt": prompt,
+        "max_new_tokens": int(max_new),
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": int(seed),
+        "stop_when": stop_when,
+        **({"model": model} if model else {}),
+        **({"metrics": extras, "ccp_preset": ccp_preset} if extras else {}),
+        **({"probe": "auto"} if "probe" in extras else {}),
+    }
+    nonce = st.session_state["explore.live_n"] = st.session_state.get("explore.live_n", 0) + 1
+    api = client()
+    with result:
+        st.subheader("Live")
+        components.html(
+            live_stream_html(api.browser_url, api.token, body, nonce=nonce),
+            height=560,
+            scrolling=True,
+        )
+    st.stop()  # the page streams by itself; the stored run opens from its link
 
 if submitted:
     if not prompt.strip() and not response.strip():

@@ -33,6 +33,7 @@ from tokenprism.backend.api.routes import (
     probes,
     runs,
     sql,
+    stream,
     uploads,
 )
 from tokenprism.backend.api.security import install as install_security
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
     app.include_router(meta.public)
     for module in _ROUTERS:
         app.include_router(module.router)
+    app.include_router(stream.router)
     return app
 
 

@@ -7,6 +7,11 @@
   server's own, or whose ``Sec-Fetch-Site`` is ``cross-site`` / ``same-site``, is a 403 whether
   a token is set or not: a form a foreign page submits (multipart needs no CORS preflight)
   must not train probes or start Ray. Clients that are not browsers send neither header.
+* **The UI's own pages**: Explore's live view opens the token stream from the browser, whose
+  origin is the UI's (another port). Origins listed in ``TOKENPRISM_UI_ORIGINS`` (``up`` adds
+  its UI's) pass the Origin check and get CORS answers on :data:`BROWSER_PATHS` only; every
+  other origin, and those origins on every other path, are refused as above. The token is
+  still required.
 * **Body size**: the bytes of a request body are counted as they arrive, whatever the transfer
   encoding (``Content-Length`` or chunked); past the limit the answer is 413 and the rest is
   never read.
@@ -43,6 +48,8 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # routes a browser page may read without a token when none is set: nothing here changes state
 _DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
 _LAYERS = re.compile(r"^(?P<base>.+)@layers=(?P<n>\d{1,4})$")
+# the routes a page of the UI calls from the browser (the live stream and its Stop button)
+BROWSER_PATHS = re.compile(r"^/api/v1/generate/stream(/[A-Za-z0-9_-]{1,64}/cancel)?$")
 
 
 class ModelNotAllowed(UserError):
@@ -82,6 +89,41 @@ def cross_site(method: str, headers: dict[str, str]) -> str | None:
     if origin.strip().lower() == "null" or parts.netloc.lower() != own:
         return f"Origin {origin.strip()[:100]!r} is not this server"
     return None
+
+
+def ui_origin(path: str, headers: dict[str, str], settings: Settings) -> str | None:
+    """The request's ``Origin`` when it is one of the UI's and ``path`` a browser path."""
+    origin = headers.get("origin")
+    if origin is None or not BROWSER_PATHS.fullmatch(path):
+        return None
+    clean = origin.strip().lower().rstrip("/")
+    return clean if clean in settings.ui_origins else None
+
+
+def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
+    return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
+
+
+async def _preflight(origin: str, send: Send) -> None:
+    """The answer to a CORS preflight from the UI's origin on a browser path."""
+    headers = [
+        *_cors_headers(origin),
+        (b"access-control-allow-methods", b"POST"),
+        (b"access-control-allow-headers", b"authorization, content-type"),
+        (b"access-control-max-age", b"600"),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _with_cors(send: Send, origin: str) -> Send:
+    async def send_cors(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *_cors_headers(origin)]}
+        await send(message)
+
+    return send_cors
 
 
 def _reply(status: int, code: str, message: str, headers: list[tuple[bytes, bytes]] | None = None):  # type: ignore[no-untyped-def]
@@ -130,8 +172,13 @@ class GuardMiddleware:
             )
             await reply(send)
             return
-        why = cross_site(scope["method"], headers)
-        if why is not None:
+        origin = ui_origin(scope["path"], headers, self.settings)
+        if origin is not None:  # the UI's own page on a browser path: CORS, no Origin refusal
+            if scope["method"] == "OPTIONS":
+                await _preflight(origin, send)
+                return
+            send = _with_cors(send, origin)
+        elif (why := cross_site(scope["method"], headers)) is not None:
             message = f"refused a state-changing request from another site ({why})"
             await _reply(403, "cross_site", message)(send)
             return
@@ -141,21 +188,28 @@ class GuardMiddleware:
             await _too_large(limit)(send)
             return
         if scope["method"] in STATE_CHANGING:
-            chunks, total = [], 0
-            while True:
-                event = await receive()
-                if event["type"] == "http.disconnect":
-                    return
-                chunk = event.get("body", b"")
-                total += len(chunk)
-                if total > limit:
-                    await _too_large(limit)(send)
-                    return
-                chunks.append(chunk)
-                if not event.get("more_body", False):
-                    break
-            receive = _replay(b"".join(chunks), receive)
+            body = await _read_body(receive, send, limit)
+            if body is None:
+                return
+            receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+
+async def _read_body(receive: Receive, send: Send, limit: int) -> bytes | None:
+    """The whole body, counted chunk by chunk; None once answered 413 (or the client left)."""
+    chunks, total = [], 0
+    while True:
+        event = await receive()
+        if event["type"] == "http.disconnect":
+            return None
+        chunk = event.get("body", b"")
+        total += len(chunk)
+        if total > limit:
+            await _too_large(limit)(send)
+            return None
+        chunks.append(chunk)
+        if not event.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _too_large(limit: int):  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ import sys
 
 import typer
 
-from tokenprism.backend.cli import audit, groups, runs, serve
+from tokenprism.backend.cli import audit, generate, groups, runs, serve
 from tokenprism.backend.cli.add_metrics import add_metrics
 from tokenprism.backend.cli.common import err
 from tokenprism.backend.cli.experiments import experiment_app
@@ -33,6 +33,7 @@ app = typer.Typer(
 _COMMANDS = (
     runs.prepare,
     runs.score,
+    generate.generate,
     runs.runs,
     runs.show,
     runs.sql,

@@ -175,7 +175,8 @@ def up(
     exe = [sys.executable, "-m", CLI_MODULE]
     api = f"http://127.0.0.1:{api_port}"
     serve_cmd = [*exe, "serve", "--port", str(api_port), *(["--model", model] if model else [])]
-    procs = [subprocess.Popen(serve_cmd)]
+    api_env = _with_ui_origins(os.environ, ui_port)
+    procs = [subprocess.Popen(serve_cmd, env=api_env)]
     try:
         err.print("starting the backend (the first start converts the embedded model)…")
         health = _wait_healthy(procs[0], api)
@@ -192,7 +193,17 @@ def up(
     except BaseException:
         _stop_all(procs)
         raise
-    run_supervised(procs, lambda: subprocess.Popen(serve_cmd))
+    run_supervised(procs, lambda: subprocess.Popen(serve_cmd, env=api_env))
+
+
+def _with_ui_origins(environ: Any, ui_port: int) -> dict[str, str]:
+    """The API's environment with the UI's own origins added to ``TOKENPRISM_UI_ORIGINS``, so
+    Explore's live view may open the token stream from the browser (nothing else may)."""
+    import json
+
+    ours = [f"http://127.0.0.1:{ui_port}", f"http://localhost:{ui_port}"]
+    origins = [*load_settings().ui_origins, *ours]
+    return {**environ, "TOKENPRISM_UI_ORIGINS": json.dumps(list(dict.fromkeys(origins)))}
 
 
 def run_supervised(procs: list[Any], restart: Callable[[], Any]) -> None:

@@ -99,6 +99,20 @@ def test_explore_generates_when_no_response(backend: str) -> None:  # noqa: ARG0
     assert run["kind"] == "chat" and run["prompt"] == "Tell me about Paris."
 
 
+def test_explore_live_checks_rules_then_hands_over_to_the_browser(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
+    at = _app()
+    at.text_area(key="explore.prompt").set_value("Tell me about Paris.")
+    at.checkbox(key="explore.live").check()
+    at.text_input(key="explore.rules").set_value("entropy>>3")
+    at.button[0].click().run()
+    assert any("METRIC>X" in e.value for e in at.error)
+    at.text_input(key="explore.rules").set_value("entropy>3:2:stop")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception]
+    # the page streams in the browser: Python generated nothing and stored no run
+    assert "explore.run" not in at.session_state and at.session_state["explore.live_n"] == 1
+
+
 def test_audit_upload_summary_and_exports(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
     at = _app("audit")
     data = (REPO / "data" / "samples" / "chats.jsonl").read_bytes()

@@ -8,6 +8,7 @@ it can); without them this test is skipped with the reason printed. Screenshots 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -46,12 +47,21 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def default_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real default model behind a loopback API, so the colours are meaningful."""
+def ui_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="module")
+def default_backend(tmp_path_factory: pytest.TempPathFactory, ui_port: int) -> Iterator[str]:
+    """The real default model behind a loopback API, so the colours are meaningful; it admits
+    the UI's origin on the stream routes, as `tokenprism up` does."""
     from tokenprism.backend.settings import Settings
 
     settings = Settings(
-        home=tmp_path_factory.mktemp("browser-home"), model_cache=SHARED_MODEL_CACHE, device="cpu"
+        home=tmp_path_factory.mktemp("browser-home"),
+        model_cache=SHARED_MODEL_CACHE,
+        device="cpu",
+        ui_origins=[f"http://127.0.0.1:{ui_port}"],
     )
     url, server, thread = start_backend_thread(settings)
     try:
@@ -62,8 +72,8 @@ def default_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def ui_url(default_backend: str) -> Iterator[str]:
-    yield from _streamlit(default_backend)
+def ui_url(default_backend: str, ui_port: int) -> Iterator[str]:
+    yield from _streamlit(default_backend, ui_port)
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +91,9 @@ def no_model_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         thread.join(timeout=30)  # type: ignore[attr-defined]
 
 
-def _streamlit(api_url: str) -> Iterator[str]:
+def _streamlit(api_url: str, port: int | None = None) -> Iterator[str]:
     """Run the Streamlit UI against ``api_url``; yields its url once it answers."""
-    port = _free_port()
+    port = port or _free_port()
     proc = subprocess.Popen(
         _streamlit_command(port),
         env={**os.environ, "TOKENPRISM_API_URL": api_url},
@@ -803,3 +813,117 @@ def test_audit_page_shows_api_logprobs_with_the_entropy_band(
     driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", header)  # type: ignore[attr-defined]
     time.sleep(1.0)  # let the chart finish drawing before the screenshot
     _shot(driver, "audit-logprobs.png")
+
+
+_LIVE_STATE = """return [document.querySelectorAll('#toks .tok').length,
+  document.getElementById('tp-done') ? document.getElementById('tp-done').dataset.reason : null]"""
+
+
+def _live_frame(driver: object, previous: str | None = None) -> object:
+    """The live view's iframe (a new one when ``previous``, an old srcdoc, is given)."""
+    from selenium.webdriver.common.by import By
+
+    def frame(d: object) -> object:
+        for f in d.find_elements(By.TAG_NAME, "iframe"):  # type: ignore[attr-defined]
+            doc = f.get_attribute("srcdoc") or ""
+            if "tp-live" in doc and doc != previous:
+                return f
+        return None
+
+    return _wait_rerender(driver, frame, timeout=60)
+
+
+def _press_run(driver: object) -> None:
+    from selenium.webdriver.common.by import By
+
+    button = _wait_rerender(
+        driver,
+        lambda d: next(
+            (b for b in d.find_elements(By.TAG_NAME, "button") if b.text == "Run"), None
+        ),
+    )
+    button.click()  # type: ignore[attr-defined]
+
+
+def _entropy_line(entropies: list[float]) -> tuple[str, int]:
+    """A threshold (as typed) and the first token above it: the highest entropy of the first
+    k tokens, for the smallest k >= 4 that some later token exceeds; else the median."""
+    for k in range(4, len(entropies)):
+        line = f"{math.ceil(max(entropies[:k]) * 1e6) / 1e6:.6f}"  # rounded up: above all k
+        later = [i for i, h in enumerate(entropies) if h > float(line)]
+        if later:
+            return line, later[0]
+    line = f"{sorted(entropies)[len(entropies) // 2]:.6f}"
+    return line, next(i for i, h in enumerate(entropies) if h > float(line))
+
+
+def test_explore_live_streams_tokens_stops_and_obeys_an_entropy_rule(
+    browser: object, ui_url: str
+) -> None:
+    """Tokens appear before the generation ends; Stop cancels it on the server; a stop rule on
+    entropy ends the same (seeded) generation at the first token past the line, marked."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(ui_url)  # type: ignore[attr-defined]
+    prompt = _wait(
+        driver, lambda d: d.find_element(By.CSS_SELECTOR, "textarea[aria-label='Prompt']")
+    )
+    prompt.send_keys("Tell me a long story about a dragon who learns to fly.")  # type: ignore[attr-defined]
+    live = _wait_rerender(
+        driver,
+        lambda d: next(
+            (
+                c.find_element(By.TAG_NAME, "label")
+                for c in d.find_elements(By.CSS_SELECTOR, "[data-testid='stCheckbox']")
+                if c.text.strip().startswith("Live:")
+            ),
+            None,
+        ),
+    )
+    live.click()  # type: ignore[attr-defined]
+    _press_run(driver)
+    frame = _live_frame(driver)
+    first_doc = frame.get_attribute("srcdoc")  # type: ignore[attr-defined]
+    driver.switch_to.frame(frame)  # type: ignore[attr-defined]
+    seen: list[tuple[int, str | None]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        count, reason = driver.execute_script(_LIVE_STATE)  # type: ignore[attr-defined]
+        seen.append((count, reason))
+        growing = [c for c, r in seen if r is None and c > 0]
+        if reason is not None or (growing and growing[-1] > growing[0] and growing[-1] >= 12):
+            break  # (12 tokens give the rule below a line to cross after a few tokens)
+        time.sleep(0.02)
+    growing = [c for c, r in seen if r is None and c > 0]
+    # two reads while the done marker was absent, the second with more tokens
+    assert growing and growing[-1] > growing[0], seen[-5:]
+    driver.find_element(By.ID, "stop").click()  # type: ignore[attr-defined]
+    reason = _wait(driver, lambda d: d.execute_script(_LIVE_STATE)[1], timeout=60)
+    assert reason == "cancelled"  # the server stopped it and still answered done
+    assert "stopped by you" in driver.find_element(By.ID, "tp-done").text  # type: ignore[attr-defined]
+    entropies = driver.execute_script("return toks.map(t => t.entropy)")  # type: ignore[attr-defined]
+    driver.switch_to.default_content()  # type: ignore[attr-defined]
+
+    # the same seed again, with a stop rule on entropy that the generation crosses first at
+    # token `first` (>= 4 when the entropies allow it)
+    line, first = _entropy_line(entropies)
+    rules = driver.find_element(  # type: ignore[attr-defined]
+        By.CSS_SELECTOR, "input[aria-label='Stop / mark / branch rules (live)']"
+    )
+    rules.send_keys(f"entropy>{line}:1:stop")
+    _press_run(driver)
+    frame = _live_frame(driver, previous=first_doc)
+    driver.switch_to.frame(frame)  # type: ignore[attr-defined]
+    reason = _wait(driver, lambda d: d.execute_script(_LIVE_STATE)[1], timeout=120)
+    assert reason == "rule:0"
+    count = driver.execute_script(_LIVE_STATE)[0]  # type: ignore[attr-defined]
+    assert count == first + 1 < 64  # cut at the first token past the line
+    marker = driver.find_element(By.CSS_SELECTOR, "#toks .mk.stop")  # type: ignore[attr-defined]
+    assert marker.get_attribute("data-action") == "stop"
+    assert "stopped by rule 0" in driver.find_element(By.ID, "tp-done").text  # type: ignore[attr-defined]
+    driver.switch_to.default_content()  # type: ignore[attr-defined]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", frame)  # type: ignore[attr-defined]
+    time.sleep(0.5)  # the line is drawn on the next animation frame
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "explore-live.png").write_bytes(frame.screenshot_as_png)  # type: ignore[attr-defined]

@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 import streamlit.components.v1 as components
 
-from tokenprism.app.components.add_metrics import add_metrics_panel
+from tokenprism.app.add_metrics import add_metrics_panel
 from tokenprism.app.components.live_stream import live_stream_html, parse_rules
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import (

@@ -1,4 +1,4 @@
-"""The "Add metrics" control: CCP / probe / SAR / SelfCheck added to stored turns (a job).
+"""The "Add metrics" control (a Streamlit widget, so outside the pure app/components): CCP / probe / SAR / SelfCheck added to stored turns (a job).
 
 Used by Audit (every turn of the chosen upload) and Explore (the run shown, when it belongs to
 an upload). The backend adds only the families' rows; the base metrics are not re-scored.

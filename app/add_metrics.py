@@ -1,4 +1,6 @@
-"""The "Add metrics" control (a Streamlit widget, so outside the pure app/components): CCP / probe / SAR / SelfCheck added to stored turns (a job).
+"""The "Add metrics" control: CCP / probe / SAR / SelfCheck added to stored turns (a job).
+
+A Streamlit widget, so it lives in app/ rather than the pure app/components.
 
 Used by Audit (every turn of the chosen upload) and Explore (the run shown, when it belongs to
 an upload). The backend adds only the families' rows; the base metrics are not re-scored.

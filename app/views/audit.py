@@ -8,8 +8,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from tokenprism.app.client import BackendError
 from tokenprism.app.add_metrics import add_metrics_panel
+from tokenprism.app.client import BackendError
 from tokenprism.app.components.logprob_band import render_logprob_source
 from tokenprism.app.components.tables import turns_frame, uncertain_tokens_frame
 from tokenprism.app.run_view import render_run

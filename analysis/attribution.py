@@ -111,15 +111,12 @@ def integrated_gradients(
             (grad,) = torch.autograd.grad(score.sum(), points)
         avg_grad += (grad.double() * w[:, None, None]).sum(dim=0)
         scores[start : start + len(a)] = score.detach().double().cpu()
-    values = (avg_grad * diff.double()).sum(dim=-1)
+    # the error is reported for the float32 values handed out, so a caller summing them finds
+    # the same number
+    values = (avg_grad * diff.double()).sum(dim=-1).float()
     f_x, f_base = float(scores[-1]), float(scores[0])
-    return Attribution(
-        values.float(),
-        f_x,
-        f_base,
-        completeness_error(float(values.sum()), f_x, f_base),
-        steps,
-    )
+    total = float(values.double().sum())
+    return Attribution(values, f_x, f_base, completeness_error(total, f_x, f_base), steps)
 
 
 def direct_logit_attribution(

@@ -475,5 +475,26 @@ for _name, _unit, _direction, _text in _DECODING:
     register_metric(
         MetricSpec(f"{_name}_mean", "sequence", _unit, _direction, f"Mean over the output: {_text}")
     )
-for _spec in _BUILTIN + _EXTRAS + _GROUPS:
+# Logit lens (backend/lens, on demand): layers index hidden states (0 = embeddings).
+_LENS = [
+    MetricSpec(
+        "decided_layer",
+        "token",
+        "layer",
+        "uncertain",
+        "Logit lens: first layer from which the token stays top-1 through the last layer "
+        "(absent when the last layer does not rank it first).",
+        ("hidden_states",),
+    ),
+    MetricSpec(
+        "lens_kl_final",
+        "layer",
+        "nats",
+        "neutral",
+        "Logit lens: mean over positions of KL(final || layer), the final distribution's "
+        "divergence from the layer's reading through the final norm and head.",
+        ("hidden_states",),
+    ),
+]
+for _spec in _BUILTIN + _EXTRAS + _GROUPS + _LENS:
     register_metric(_spec)

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenprism.analysis.registry import list_metrics
 from tokenprism.backend import __version__
+from tokenprism.backend.api.lens import router as lens_router
 from tokenprism.backend.api.schemas import (
     ApplyProbeRequest,
     ContrastiveBody,
@@ -264,6 +265,7 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
     _routes(public, router)
     app.include_router(public)
     app.include_router(router)
+    app.include_router(lens_router, dependencies=[Depends(_require_token)])
     return app
 
 

@@ -572,11 +572,13 @@ def metrics() -> None:
 def _register_subcommands() -> None:
     from tokenprism.backend.cli.experiments import experiment_app
     from tokenprism.backend.cli.groups import register
+    from tokenprism.backend.cli.lens import register as register_lens
     from tokenprism.backend.cli.probes import probe_app
 
     app.add_typer(probe_app, name="probe")
     app.add_typer(experiment_app, name="experiment")
     register(app)
+    register_lens(app)
 
 
 _register_subcommands()

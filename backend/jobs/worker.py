@@ -19,6 +19,7 @@ from typing import Any
 
 from tokenprism.backend.audit.upload import JobCancelled, eta_seconds, score_upload, upload_items
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.lens.jobs import run_lens_job
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
@@ -83,6 +84,7 @@ class JobManager:
             "rollouts": self._run_rollouts,
             "contrastive": self._run_contrastive,
             "experiment": self._run_experiment,
+            "lens": lambda job, live: run_lens_job(self, job, live),
         }
 
     # ---- lifecycle ---------------------------------------------------------------------

@@ -6,16 +6,9 @@ import json
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
-
-
-def _settings() -> Any:
-    from tokenprism.backend.settings import get_settings
-
-    return get_settings()
+from tokenprism.backend.cli.common import load_settings, out
 
 
 def _run_and_model(run_id: str) -> tuple[Any, Any, Any]:
@@ -23,7 +16,7 @@ def _run_and_model(run_id: str) -> tuple[Any, Any, Any]:
     from tokenprism.backend.models.loader import get_model
     from tokenprism.backend.store import Store
 
-    settings = _settings()
+    settings = load_settings()
     store = Store(settings.db_path)
     run = run_tokens(store, run_id)
     return store, run, get_model(run.model, settings)
@@ -97,7 +90,3 @@ def attribute(
         table.add_row(str(row["position"]), repr(row["text"]), f"{row['value']:+.4f}")
     out.print(table)
 
-
-def register(app: typer.Typer) -> None:
-    app.command()(lens)
-    app.command()(attribute)

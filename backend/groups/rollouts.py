@@ -24,6 +24,7 @@ from tokenprism.analysis.critical import budget_positions, critical_position
 from tokenprism.analysis.verifiers import Verifier, parse_verifier
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.groups.core import get_group, update_group_json
+from tokenprism.backend.limits import check_context, stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.store import Store
 
@@ -62,6 +63,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
     ids = torch.tensor([prefix], device=lm.device)
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    check_context(lm, len(prefix), request.max_new_tokens)
     with torch.inference_mode(), lm.autocast_context():
         out = lm.model.generate(
             ids,
@@ -73,6 +75,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
             num_return_sequences=k,
             max_new_tokens=request.max_new_tokens,
             pad_token_id=pad,
+            stopping_criteria=stopping_criteria(),
         )
     return out[:, len(prefix) :].cpu().tolist()  # one copy for the k continuations
 

@@ -36,6 +36,7 @@ import functools
 import inspect
 import math
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -52,7 +53,8 @@ from tokenprism.analysis.decoding import (
     rolling_mean,
 )
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.models.loader import LoadedModel, get_model
+from tokenprism.backend.limits import check_cancelled
+from tokenprism.backend.models.loader import LoadedModel, get_model, remember
 from tokenprism.backend.sampling.types import eos_ids
 from tokenprism.backend.settings import Settings
 
@@ -115,6 +117,7 @@ def _generator(lm: LoadedModel, seed: int) -> torch.Generator:
 def _forward(model: Any, ids: Tensor, cache: Any) -> tuple[Tensor, Any]:
     """Feed ``ids [1, n]`` after ``cache``; return the last position's float32 logits and the
     (updated in place) cache."""
+    check_cancelled()  # every token of every rule passes here
     out = model(input_ids=ids, past_key_values=cache, use_cache=True)
     return out.logits[0, -1].float(), out.past_key_values
 
@@ -504,6 +507,7 @@ def switch_decode(
     with torch.inference_mode():
         seq = ids
         for _ in range(budget):
+            check_cancelled()
             logits = models[in_use].model(input_ids=seq, use_cache=False).logits[0, -1].float()
             entropies.append(float(entropy_bits(logits)))
             mean = float(rolling_mean(torch.tensor(entropies), window)[-1])
@@ -567,7 +571,7 @@ def early_exit_model(lm: LoadedModel, n_layers: int) -> LoadedModel:
     )
 
 
-_EARLY_EXIT: dict[tuple[str, str, int, str, str], LoadedModel] = {}
+_EARLY_EXIT: OrderedDict[tuple[str, str, int, str, str], LoadedModel] = OrderedDict()
 
 
 def resolve_model_spec(
@@ -590,9 +594,14 @@ def resolve_model_spec(
     parent = load(match["base"])
     n = int(match["n"])
     key = (parent.name, parent.revision, n, str(parent.device), str(parent.dtype))
-    if key not in _EARLY_EXIT:
-        _EARLY_EXIT[key] = early_exit_model(parent, n)
-    return _EARLY_EXIT[key]
+    found = _EARLY_EXIT.get(key)
+    if found is None:
+        # bounded like loaded models: each variant is a deep copy of its parent's layers
+        found = early_exit_model(parent, n)
+        remember(_EARLY_EXIT, key, found, settings.max_loaded_models)
+    else:
+        _EARLY_EXIT.move_to_end(key)
+    return found
 
 
 # ---- LATR -------------------------------------------------------------------------------------

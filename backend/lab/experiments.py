@@ -38,9 +38,10 @@ from tokenprism.backend.lab.steering import (
     save_vector,
     steer,
 )
+from tokenprism.backend.limits import check_cancelled, check_context, stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.resources import shipped
-from tokenprism.backend.sampling.types import eos_ids
+from tokenprism.backend.sampling.types import cut_at_eos, eos_ids
 from tokenprism.backend.scoring.encoding import encode_pair
 from tokenprism.backend.scoring.runner import ScoredText, score_batch
 from tokenprism.backend.settings import Settings
@@ -170,7 +171,7 @@ def _store_outputs(
     )
 
 
-def _generate(
+def _generate_output(
     lm: LoadedModel,
     ids: torch.Tensor,
     *,
@@ -178,7 +179,8 @@ def _generate(
     processors: list[Any] | None = None,
     temperature: float = 0.0,
     seed: int | None = 0,
-) -> str:
+) -> tuple[str, bool]:
+    """The generated text (stripped) and whether the model itself ended it with an EOS."""
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if seed is not None:
@@ -186,6 +188,7 @@ def _generate(
     from transformers import LogitsProcessorList
 
     sampling = temperature > 0
+    check_context(lm, int(ids.shape[1]), max_new_tokens)
     with torch.inference_mode():
         out = lm.model.generate(
             ids,
@@ -197,11 +200,35 @@ def _generate(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
             logits_processor=LogitsProcessorList(processors or []),
+            stopping_criteria=stopping_criteria(),
         )
-    return str(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+    eos = eos_ids(lm)
+    generated = cut_at_eos(out[0, ids.shape[1] :].tolist(), eos)
+    ended = bool(generated) and generated[-1] in eos
+    return str(tok.decode(generated, skip_special_tokens=True)).strip(), ended
 
 
-def _encode_output(lm: LoadedModel, prompt: str, response: str) -> Any:
+def _generate(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    processors: list[Any] | None = None,
+    temperature: float = 0.0,
+    seed: int | None = 0,
+) -> str:
+    return _generate_output(
+        lm,
+        ids,
+        max_new_tokens=max_new_tokens,
+        processors=processors,
+        temperature=temperature,
+        seed=seed,
+    )[0]
+
+
+def _encode_output(lm: LoadedModel, prompt: str, response: str, ended: bool = True) -> Any:
+    """Encode a lab output; a cut-off one (``ended=False``) gets no fabricated end token."""
     template = bool(getattr(lm.tokenizer, "chat_template", None))
     return encode_pair(
         lm.tokenizer,
@@ -209,6 +236,7 @@ def _encode_output(lm: LoadedModel, prompt: str, response: str) -> Any:
         response if response.strip() else "(empty)",
         context_length=lm.context_length,
         template=template,
+        end_of_turn=ended,
     )
 
 
@@ -277,18 +305,15 @@ def refusal_detector(spec: str, phrases: Sequence[str]) -> Callable[[str], bool]
 
         return marker
     if spec.startswith("regex:"):
-        import regex
+        from tokenprism.analysis.verifiers import compile_user_regex
 
-        try:
-            pattern = regex.compile(spec[len("regex:") :])
-        except regex.error as err:
+        try:  # RE2: linear time, bounded memory, limits named (see analysis.verifiers)
+            pattern = compile_user_regex(spec[len("regex:") :], "refusal detector regex")
+        except ValueError as err:
             raise UserError(f"bad refusal detector regex: {err}") from None
 
         def matcher(text: str) -> bool:
-            try:
-                return pattern.search(text, timeout=0.5) is not None
-            except TimeoutError:
-                return False
+            return pattern.search(text) is not None
 
         return matcher
     raise UserError(f"unknown refusal detector {spec!r}; use 'marker' or 'regex:PATTERN'")
@@ -396,9 +421,17 @@ def _refusal_steering(lm: LoadedModel, sweep: RefusalSweep) -> _RefusalSteering:
     )
 
 
-def _first_position(lm: LoadedModel, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The templated prompt's ids and the unsteered next-token distribution after it."""
+def _first_position(
+    lm: LoadedModel, prompt: str, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The templated prompt's ids and the unsteered next-token distribution after it.
+
+    The prompt and the sweep's generations must fit the context (checked before the model
+    runs), and a cancelled job stops here between prompts.
+    """
     ids = prompt_tensor(lm, prompt)
+    check_context(lm, int(ids.shape[1]), max_new_tokens)
+    check_cancelled()
     with torch.inference_mode():
         logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
     return ids, torch.softmax(logits, -1)
@@ -439,7 +472,7 @@ def run_refusal_sweep(
     experiment_id = create_experiment(
         store, "refusal-sweep", lm, {**sweep.as_dict(), "resolved_mode": mode}, job_id
     )
-    first_probs = [_first_position(lm, str(p["prompt"])) for p in prompts]
+    first_probs = [_first_position(lm, str(p["prompt"]), sweep.max_new_tokens) for p in prompts]
     total = len(prompts) * len(sweep.values)
     curves: dict[str, list[Any]] = {"value": [], "refusal_rate": [], "p_refusal": []}
     by_group: dict[str, list[float]] = {"should_refuse": [], "benign": []}
@@ -451,7 +484,9 @@ def run_refusal_sweep(
         for index, (p, (ids, probs)) in enumerate(zip(prompts, first_probs, strict=True)):
             should = bool(p.get("should_refuse", False))
             p_ref, processors = steering.at_first(ids, probs, value)
-            output = _generate(lm, ids, max_new_tokens=sweep.max_new_tokens, processors=processors)
+            output, ended = _generate_output(
+                lm, ids, max_new_tokens=sweep.max_new_tokens, processors=processors
+            )
             refused = detect(output)
             rows.append(
                 {
@@ -462,7 +497,7 @@ def run_refusal_sweep(
                     "refused": refused,
                 }
             )
-            scored_all += score_batch(lm, [_encode_output(lm, str(p["prompt"]), output)])
+            scored_all += score_batch(lm, [_encode_output(lm, str(p["prompt"]), output, ended)])
             conditions.append(
                 {
                     "kind": "refusal-sweep",
@@ -549,6 +584,8 @@ class EastSweep:
 
 
 def _entropy_at_first(lm: LoadedModel, ids: torch.Tensor) -> float:
+    check_context(lm, int(ids.shape[1]))
+    check_cancelled()
     with torch.inference_mode():
         logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
     logp = torch.log_softmax(logits, -1)
@@ -598,14 +635,14 @@ def run_east_sweep(
             with steer(lm.model, layer, vec.vector, beta, start=start):
                 entropy = _entropy_at_first(lm, ids)
             with steer(lm.model, layer, vec.vector, beta, start=start):
-                output = _generate(
+                output, ended = _generate_output(
                     lm,
                     ids,
                     max_new_tokens=sweep.max_new_tokens,
                     temperature=sweep.temperature,
                     seed=None if sweep.seed is None else sweep.seed + i,
                 )
-            enc = _encode_output(lm, prompt, output)
+            enc = _encode_output(lm, prompt, output, ended)
             resp_start = next(j for j, p in enumerate(enc.is_prompt) if not p)
             with steer(
                 lm.model,
@@ -845,7 +882,8 @@ def run_decode(
         outputs = _decode_prompt(rule, pair or (lm,), prompt, seed, params)
         scored_all, conditions = [], []
         for out in outputs:
-            st = score_batch(lm, [_encode_output(lm, prompt, out.text)])[0]
+            enc = _encode_output(lm, prompt, out.text, out.stop_reason == "eos")
+            st = score_batch(lm, [enc])[0]
             mapping = _align_decoded(lm, st.encoded, out)
             _attach_signals(st, out, mapping)
             n_unaligned += mapping is None

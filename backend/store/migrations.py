@@ -92,7 +92,11 @@ CREATE TABLE IF NOT EXISTS experiments (
     summary VARCHAR, created_at TIMESTAMP NOT NULL);
 """
 
-_V9 = """
+_V6 = """
+ALTER TABLE runs ADD COLUMN context_run_id VARCHAR;
+"""
+
+_V8 = """
 CREATE TABLE IF NOT EXISTS lens_layers (
     run_id VARCHAR NOT NULL, position INTEGER NOT NULL, layer INTEGER NOT NULL,
     rank INTEGER NOT NULL, prob DOUBLE PRECISION NOT NULL, kl_final DOUBLE PRECISION,
@@ -114,8 +118,9 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (3, "claims (sentences of a response) and claim-level metrics", _V3),
     (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
     (5, "steering and decoding experiments (their runs carry group_id = experiment_id)", _V5),
-    # 6-8 are reserved for work merged in parallel; versions apply in list order
-    (9, "logit lens per (run, position, layer); input attributions per (run, target, method)", _V9),
+    (6, "runs.context_run_id: context tokens stored once per conversation", _V6),
+    # 7 is taken by the diff branch, merged in parallel; versions apply in list order
+    (8, "logit lens per (run, position, layer); input attributions per (run, target, method)", _V8),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -65,6 +65,9 @@ runs = sa.Table(
     sa.Column("provenance", sa.String, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("item_index", sa.Integer),  # v2: position of the run's item within its job
+    # v6: a turn scored in its conversation's single pass stores only its response tokens; the
+    # context run (kind "context") holds the conversation's other tokens once, see store.py
+    sa.Column("context_run_id", sa.String),
 )
 
 tokens = sa.Table(

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import tokenprism.backend.store.schema as schema
+from tokenprism.backend.display import visible_whitespace
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.encoding import visible_whitespace
 from tokenprism.backend.scoring.runner import ScoredText
 
 # Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
@@ -57,6 +58,7 @@ def run_tables(
     turn_indices: Sequence[int | None] | None = None,
     item_indices: Sequence[int | None] | None = None,
     created_at: datetime | None = None,
+    context_run_ids: Sequence[str | None] | None = None,
 ) -> dict[str, pa.Table]:
     """Every row that storing ``scored`` under ``run_ids`` writes, one Arrow table per table.
 
@@ -99,11 +101,17 @@ def run_tables(
             ),
             "provenance": pa.array([json.dumps(s.provenance) for s in scored], pa.string()),
             "created_at": pa.array([created] * n, pa.timestamp("us")),
+            "context_run_id": pa.array(
+                list(context_run_ids) if context_run_ids is not None else [None] * n, pa.string()
+            ),
         }
     )
     parts: dict[str, list[pa.Table]] = {name: [] for name in schema.BULK_TABLES}
     for run_id, item in zip(run_ids, scored, strict=True):
         for name, table in _bulk_rows(run_id, item, lm).items():
+            if item.stored_positions is not None and "position" in table.column_names:
+                keep = pa.array(item.stored_positions, pa.int32())
+                table = table.filter(pc.is_in(table.column("position"), value_set=keep))
             parts[name].append(table)
     return {"runs": runs, **{name: pa.concat_tables(found) for name, found in parts.items()}}
 

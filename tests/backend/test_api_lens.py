@@ -19,7 +19,7 @@ def client(tiny_model_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def
         home=tmp_path / "home", default_model=str(tiny_model_dir), device="cpu",
         allowed_model_dirs=[tiny_model_dir.parent],
     )  # fmt: skip
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -3,22 +3,22 @@
 Short runs and cheap attributions are answered in the request (under the model lock); longer
 ones become jobs of kind ``lens`` (202 with a ``job_id``). Every request is bounded: run length
 (``MAX_LENS_TOKENS``), positions per read, steps, span and input length
-(:mod:`backend.lens.service`). The router reads the app's service from ``app.state`` so this
-module imports nothing from ``api.app``; ``create_app`` includes it with its auth dependency.
+(:mod:`backend.lens.service`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenprism.backend.api.service import NotFound, Service, ServiceDep, protected_router
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.lens import service as lens_service
 
-router = APIRouter(prefix="/api/v1", tags=["lens"])
+router = protected_router()
 
 
 class AttributionBody(BaseModel):
@@ -36,29 +36,24 @@ class AttributionBody(BaseModel):
     blocks: bool = Field(True, description="also direct logit attribution per block")
 
 
-def _svc(request: Request) -> Any:
-    return request.app.state.service
-
-
-def _run(svc: Any, run_id: str) -> lens_service.RunTokens:
+def _run(svc: Service, run_id: str) -> lens_service.RunTokens:
     try:
         return lens_service.run_tokens(svc.store, run_id)
     except UserError as err:
-        raise HTTPException(404, str(err)) from None
+        raise NotFound(str(err)) from None
 
 
 @router.get("/runs/{run_id}/lens", summary="The stored logit lens of a run (404 until computed)")
 def get_lens(
     run_id: str,
-    request: Request,
+    svc: ServiceDep,
     start: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=lens_service.MAX_READ_POSITIONS)] = 256,
 ) -> dict[str, Any]:
-    svc = _svc(request)
     _run(svc, run_id)
     data = lens_service.read_lens(svc.store, run_id, start=start, limit=limit)
     if data is None:
-        raise HTTPException(404, f"no lens for run {run_id!r} yet; POST to compute it")
+        raise NotFound(f"no lens for run {run_id!r} yet; POST to compute it")
     return data
 
 
@@ -67,8 +62,7 @@ def get_lens(
     summary="Compute the logit lens of a run (in the request when short, else a job)",
     responses={202: {"description": "a job was queued"}},
 )
-def post_lens(run_id: str, request: Request) -> Any:
-    svc = _svc(request)
+def post_lens(run_id: str, svc: ServiceDep) -> Any:
     run = _run(svc, run_id)
     lens_service.check_lens(run)
     model = svc.model_name(run.model)
@@ -85,8 +79,7 @@ def post_lens(run_id: str, request: Request) -> Any:
     summary="Attribute a token or span to earlier tokens (in the request when cheap, else a job)",
     responses={202: {"description": "a job was queued"}},
 )
-def post_attribution(run_id: str, body: AttributionBody, request: Request) -> Any:
-    svc = _svc(request)
+def post_attribution(run_id: str, body: AttributionBody, svc: ServiceDep) -> Any:
     run = _run(svc, run_id)
     req = lens_service.AttributionRequest(**body.model_dump())
     lens_service.check_attribution(run, req)  # a bad request fails now, not in the job
@@ -104,9 +97,8 @@ def post_attribution(run_id: str, body: AttributionBody, request: Request) -> An
 @router.get("/runs/{run_id}/attributions", summary="Stored attributions of a run")
 def get_attributions(
     run_id: str,
-    request: Request,
+    svc: ServiceDep,
     position: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
 ) -> dict[str, Any]:
-    svc = _svc(request)
     _run(svc, run_id)
     return {"attributions": lens_service.read_attributions(svc.store, run_id, position)}

@@ -119,6 +119,83 @@ def integrated_gradients(
     return Attribution(values, f_x, f_base, completeness_error(total, f_x, f_base), steps)
 
 
+def _path_gradients(
+    f: ScoreFn, x: Tensor, baseline: Tensor, alphas: Tensor, batch_size: int
+) -> tuple[Tensor, Tensor]:
+    """Scores ``[n]`` and per-token directional derivatives ``[n, T]`` at path points.
+
+    The derivative of ``f(baseline + a (x - baseline))`` in ``a`` splits over tokens as
+    ``g[t] = sum_d df/dx[t, d] * (x - baseline)[t, d]``; IG integrates each ``g[t]`` over ``a``.
+    """
+    diff = x - baseline
+    scores, grads = [], []
+    for start in range(0, len(alphas), max(1, batch_size)):
+        a = alphas[start : start + batch_size].to(x.device, x.dtype)
+        points = (baseline + a[:, None, None] * diff).requires_grad_(True)
+        with torch.enable_grad():
+            score = f(points)
+            (grad,) = torch.autograd.grad(score.sum(), points)
+        scores.append(score.detach().double().cpu())
+        grads.append((grad.double() * diff.double()).sum(dim=-1).cpu())
+    return torch.cat(scores), torch.cat(grads)
+
+
+def adaptive_integrated_gradients(
+    f: ScoreFn,
+    x: Tensor,
+    baseline: Tensor,
+    *,
+    steps: int = 32,
+    batch_size: int = 16,
+    initial: int | None = None,
+) -> Attribution:
+    """Integrated Gradients with the path points placed where the integrand needs them.
+
+    The straight path from the baseline to a language model's input is not smooth: a feature
+    can switch on over a few per cent of it (on SmolLM2-135M the log-probability of the demo's
+    " Sydney" moves by tens of nats inside one of 32 equal intervals), and an equally spaced
+    rule then misses or over-weights it. Every interval ``[a, b]`` between evaluated points
+    carries its own completeness check, since ``f(b) - f(a)`` must equal the integral of the
+    summed derivative over it (the fundamental theorem of calculus): the trapezoid residual
+    ``|h (G(a) + G(b)) / 2 - (f(b) - f(a))|``. Starting from ``initial`` equally spaced points,
+    each round bisects the intervals with the largest residuals (half the points left, at most
+    ``batch_size``) until ``steps`` points are spent. The attributions are the trapezoid rule on
+    the final, uneven grid; the completeness error is measured exactly as for the even grid.
+
+    Args:
+        f: score function ``[B, T, d] -> [B]``.
+        x: ``[T, d]`` input embeddings.
+        baseline: ``[T, d]`` baseline embeddings.
+        steps: points evaluated in all (>= 2), the end points included.
+        batch_size: points per forward / backward pass.
+        initial: equally spaced points of the first round (default: half of ``steps``, >= 2).
+    """
+    if steps < 2:
+        raise ValueError(f"integrated gradients needs at least 2 steps, got {steps}")
+    x, baseline = x.detach(), baseline.detach()
+    first = min(steps, max(2, steps // 2 if initial is None else initial))
+    alphas = torch.linspace(0.0, 1.0, first, dtype=torch.float64)
+    scores, grads = _path_gradients(f, x, baseline, alphas, batch_size)
+    while len(alphas) < steps:
+        h = alphas[1:] - alphas[:-1]
+        summed = grads.sum(dim=1)
+        residual = (h * (summed[1:] + summed[:-1]) / 2 - (scores[1:] - scores[:-1])).abs()
+        room = steps - len(alphas)
+        count = min(len(h), max(1, min(batch_size, room // 2 if room > 1 else 1)))
+        worst = torch.argsort(residual, descending=True)[:count]
+        new = (alphas[worst] + alphas[worst + 1]) / 2
+        new_scores, new_grads = _path_gradients(f, x, baseline, new, batch_size)
+        order = torch.argsort(torch.cat([alphas, new]))
+        alphas = torch.cat([alphas, new])[order]
+        scores = torch.cat([scores, new_scores])[order]
+        grads = torch.cat([grads, new_grads])[order]
+    h = alphas[1:] - alphas[:-1]
+    values = ((grads[1:] + grads[:-1]) / 2 * h[:, None]).sum(dim=0).float()
+    f_x, f_base = float(scores[-1]), float(scores[0])
+    total = float(values.double().sum())
+    return Attribution(values, f_x, f_base, completeness_error(total, f_x, f_base), len(alphas))
+
+
 def direct_logit_attribution(
     components: Tensor,
     direction: Tensor,

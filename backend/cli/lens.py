@@ -61,13 +61,16 @@ def attribute(
     ),
     steps: int = typer.Option(32, "--steps", help="integrated-gradients points"),
     baseline: str = typer.Option("pad", "--baseline", help="pad or zero"),
+    rule: str = typer.Option(
+        "adaptive", "--rule", help="IG points: adaptive (where needed) or even (equally spaced)"
+    ),
     top: int = typer.Option(10, "--top", help="rows shown without --json"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Attribute a token (or span) of a run to the earlier tokens; store the result."""
     from tokenprism.backend.lens.service import AttributionRequest, compute_attribution
 
-    req = AttributionRequest(position, end, method, foil, None, steps, baseline)
+    req = AttributionRequest(position, end, method, foil, None, steps, baseline, rule=rule)
     store, run, lm = _run_and_model(run_id)
     with store:
         result = compute_attribution(lm, store, run, req)
@@ -89,4 +92,3 @@ def attribute(
     for row in ranked:
         table.add_row(str(row["position"]), repr(row["text"]), f"{row['value']:+.4f}")
     out.print(table)
-

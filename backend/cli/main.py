@@ -2,9 +2,9 @@
 
 The commands live one module per group (:mod:`.runs`, :mod:`.audit`, :mod:`.serve`,
 :mod:`.groups`, :mod:`.probes`, :mod:`.experiments`, :mod:`.lens`); this module only assembles
-them, so none of them imports it. Every user-facing failure is a :class:`~backend.errors.UserError`: one line
-on stderr, exit status 2, no traceback (``TOKENPRISM_DEBUG=1`` shows tracebacks of unexpected
-errors).
+them, so none of them imports it. Every user-facing failure is a
+:class:`~backend.errors.UserError`: one line on stderr, exit status 2, no traceback
+(``TOKENPRISM_DEBUG=1`` shows tracebacks of unexpected errors).
 """
 
 from __future__ import annotations

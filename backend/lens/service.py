@@ -1,7 +1,7 @@
 """Lens and attribution of stored runs: bounds, computation, storage, reading back.
 
 A run's tokens come from the ``tokens`` table, so the lens and attributions see exactly the ids
-that were scored. Results go to the v9 tables: ``lens_layers`` (one row per position and
+that were scored. Results go to the v8 tables: ``lens_layers`` (one row per position and
 layer; the per-token ``decided_layer`` in ``token_metrics`` and the per-layer ``lens_kl_final``
 in ``layer_metrics``), ``attributions`` (one row per run, target and method, replaced when
 recomputed) and ``attribution_values`` (one row per input position), all queryable in SQL.
@@ -26,6 +26,7 @@ from tokenprism.backend.errors import UserError
 from tokenprism.backend.lens.compute import (
     BASELINES,
     METHODS,
+    RULES,
     Target,
     attribute,
     block_contributions,
@@ -256,6 +257,7 @@ class AttributionRequest:
     steps: int = 32
     baseline: str = "pad"
     blocks: bool = True
+    rule: str = "adaptive"
 
 
 def check_attribution(
@@ -266,6 +268,8 @@ def check_attribution(
     end = req.position if req.end is None else req.end
     if req.method not in METHODS:
         raise UserError(f"unknown method {req.method!r}; choose one of {', '.join(METHODS)}")
+    if req.rule not in RULES:
+        raise UserError(f"unknown rule {req.rule!r}; choose one of {', '.join(RULES)}")
     if req.baseline not in BASELINES:
         raise UserError(f"unknown baseline {req.baseline!r}; choose one of {', '.join(BASELINES)}")
     if not 1 <= req.position < n:
@@ -319,7 +323,9 @@ def compute_attribution(
     ids = torch.tensor(run.ids)
     if req.method == "contrastive":
         target.foil = _foil_id(lm, ids, req)
-    result = attribute(lm, ids, target, method=req.method, steps=req.steps, baseline=req.baseline)
+    result = attribute(
+        lm, ids, target, method=req.method, steps=req.steps, baseline=req.baseline, rule=req.rule
+    )
     blocks = block_contributions(lm, ids, target.start) if req.blocks else []
     values = result.values.double().cpu().numpy()
     is_ig = req.method != "grad_x_input"
@@ -332,6 +338,7 @@ def compute_attribution(
         "foil_token_id": target.foil,
         "steps": result.steps,
         "baseline": req.baseline if is_ig else None,
+        "rule": req.rule if is_ig else None,
         "score": "logprob_diff" if target.foil is not None else "logprob",
         "f_x": result.f_x,
         "f_baseline": _finite(result.f_baseline),

@@ -104,7 +104,8 @@ CREATE TABLE IF NOT EXISTS lens_layers (
 CREATE TABLE IF NOT EXISTS attributions (
     attribution_id VARCHAR NOT NULL PRIMARY KEY, run_id VARCHAR NOT NULL,
     target_position INTEGER NOT NULL, target_end INTEGER NOT NULL, method VARCHAR NOT NULL,
-    foil_token_id INTEGER, steps INTEGER NOT NULL, baseline VARCHAR, score VARCHAR NOT NULL,
+    foil_token_id INTEGER, steps INTEGER NOT NULL, baseline VARCHAR, rule VARCHAR,
+    score VARCHAR NOT NULL,
     f_x DOUBLE PRECISION, f_baseline DOUBLE PRECISION, total DOUBLE PRECISION,
     completeness_error DOUBLE PRECISION, blocks VARCHAR, created_at TIMESTAMP NOT NULL);
 CREATE TABLE IF NOT EXISTS attribution_values (

@@ -211,7 +211,7 @@ experiments = sa.Table(  # v5: steering / decoding experiments; runs carry group
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
-lens_layers = sa.Table(  # v9: logit lens of a run, one row per (position, layer)
+lens_layers = sa.Table(  # v8: logit lens of a run, one row per (position, layer)
     "lens_layers",
     metadata,
     sa.Column("run_id", sa.String, nullable=False),
@@ -223,7 +223,7 @@ lens_layers = sa.Table(  # v9: logit lens of a run, one row per (position, layer
     sa.Column("top_k", TopKList),
 )
 
-attributions = sa.Table(  # v9: one attribution of a target (position or span) of a run
+attributions = sa.Table(  # v8: one attribution of a target (position or span) of a run
     "attributions",
     metadata,
     sa.Column("attribution_id", sa.String, primary_key=True),
@@ -234,6 +234,7 @@ attributions = sa.Table(  # v9: one attribution of a target (position or span) o
     sa.Column("foil_token_id", sa.Integer),
     sa.Column("steps", sa.Integer, nullable=False),
     sa.Column("baseline", sa.String),
+    sa.Column("rule", sa.String),  # IG quadrature: adaptive or even (None: gradient x input)
     sa.Column("score", sa.String, nullable=False),
     sa.Column("f_x", sa.Double),
     sa.Column("f_baseline", sa.Double),
@@ -243,7 +244,7 @@ attributions = sa.Table(  # v9: one attribution of a target (position or span) o
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
-attribution_values = sa.Table(  # v9: per input position
+attribution_values = sa.Table(  # v8: per input position
     "attribution_values",
     metadata,
     sa.Column("attribution_id", sa.String, nullable=False),

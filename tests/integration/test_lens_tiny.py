@@ -101,7 +101,9 @@ def test_ig_equals_captum(tiny_lm) -> None:  # type: ignore[no-untyped-def]
     captum_attr = pytest.importorskip("captum.attr", reason="captum is not installed")
     ids = _ids(tiny_lm)
     pos = len(ids) - 3
-    ours = attribute(tiny_lm, ids, Target(pos, pos), method="ig", steps=20, batch_size=20)
+    ours = attribute(
+        tiny_lm, ids, Target(pos, pos), method="ig", steps=20, batch_size=20, rule="even"
+    )
     f = score_fn(tiny_lm, ids, Target(pos, pos))
     x = tiny_lm.model.get_input_embeddings()(ids[None, :pos]).detach()
     ig = captum_attr.IntegratedGradients(f)

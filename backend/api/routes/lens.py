@@ -33,6 +33,9 @@ class AttributionBody(BaseModel):
     foil_token_id: int | None = Field(None, ge=0, le=2**31 - 1)
     steps: int = Field(32, ge=2, le=lens_service.MAX_STEPS)
     baseline: Literal["pad", "zero"] = "pad"
+    rule: Literal["adaptive", "even"] = Field(
+        "adaptive", description="IG points: where the integrand needs them, or equally spaced"
+    )
     blocks: bool = Field(True, description="also direct logit attribution per block")
 
 

@@ -16,6 +16,7 @@ from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, met
 from tokenprism.app.components.claims import claims_frame, judge_caption
 from tokenprism.app.components.token_canvas import token_canvas_html
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
+from tokenprism.app.lens_view import render_lens
 from tokenprism.app.ui import backend_errors, cached_run, client, sequence_cards
 from tokenprism.backend.display import SCALE_MODE_LABELS
 
@@ -102,6 +103,7 @@ def render_run(run: dict[str, Any], *, key: str, default_metric: str | None = No
     if run.get("layers"):
         charts[0].plotly_chart(layer_rank_figure(run["layers"]), key=f"{key}.layers_fig")
     charts[1].plotly_chart(gltr_figure(tokens), key=f"{key}.gltr_fig")
+    render_lens(run, key=key)
     with st.expander("Provenance"):
         st.json(run.get("provenance", {}), expanded=False)
 

@@ -117,3 +117,19 @@ def test_ig_equals_captum(tiny_lm) -> None:  # type: ignore[no-untyped-def]
     # the points are the same, so its attributions are ours times (n-1)/n
     want = theirs.detach().numpy() * 20 / 19
     np.testing.assert_allclose(ours.values.numpy(), want, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ig_completeness_on_the_default_model(default_lm) -> None:  # type: ignore[no-untyped-def]
+    # the demo's " Sydney": the straight path is rough on SmolLM2 (the even grid gives 0.23 at
+    # 33 points and 1.66 at 129); 32 adaptive points measured 0.033
+    enc = encode_pair(
+        default_lm.tokenizer,
+        "What is the capital of Australia?",
+        "The capital of Australia is Sydney, the largest city on the east coast.",
+        context_length=default_lm.context_length,
+    )
+    ids = torch.tensor(enc.input_ids)
+    pos = next(i for i, t in enumerate(enc.token_texts) if t == " Sydney")
+    res = attribute(default_lm, ids, Target(pos, pos), method="ig", steps=32, batch_size=16)
+    assert res.completeness_error < 0.05

@@ -637,9 +637,30 @@ _TOPK = [
         ("logits", "top_logprobs"),
     ),
 ]
+# Logit lens (backend/lens, on demand): layers index hidden states (0 = embeddings).
+_LENS = [
+    MetricSpec(
+        "decided_layer",
+        "token",
+        "layer",
+        "uncertain",
+        "Logit lens: first layer from which the token stays top-1 through the last layer "
+        "(absent when the last layer does not rank it first).",
+        ("hidden_states",),
+    ),
+    MetricSpec(
+        "lens_kl_final",
+        "layer",
+        "nats",
+        "neutral",
+        "Logit lens: mean over positions of KL(final || layer), the final distribution's "
+        "divergence from the layer's reading through the final norm and head.",
+        ("hidden_states",),
+    ),
+]
 _BUILTIN = [_with_scale(s) for s in _BUILTIN]
 _EXTRAS = [_with_scale(s) for s in _EXTRAS]
 _GROUPS = [_with_scale(s) for s in _GROUPS]
 _TOPK = [_with_scale(s) for s in _TOPK]
-for _spec in _BUILTIN + _EXTRAS + _GROUPS + _TOPK:
+for _spec in _BUILTIN + _EXTRAS + _GROUPS + _TOPK + _LENS:
     register_metric(_spec)

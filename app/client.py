@@ -283,6 +283,35 @@ class TokenPrismClient:
     def apply_probe(self, run_id: str, probe: str | None = None) -> dict[str, Any]:
         return dict(self._json("POST", f"/runs/{run_id}/probe", json={"probe": probe}))
 
+    # ---- logit lens and attribution --------------------------------------------------------
+
+    def lens(self, run_id: str, start: int = 0, limit: int = 1024) -> dict[str, Any] | None:
+        """The stored logit lens of positions ``start..start+limit-1`` (None: not computed)."""
+        try:
+            return dict(
+                self._json("GET", f"/runs/{run_id}/lens", params={"start": start, "limit": limit})
+            )
+        except BackendError as err:
+            if err.status == 404 and "no lens" in err.message:
+                return None
+            raise
+
+    def compute_lens(self, run_id: str) -> dict[str, Any]:
+        """Compute the lens: its summary, or ``{"job_id"}`` when the run is long (a job)."""
+        return dict(self._json("POST", f"/runs/{run_id}/lens"))
+
+    def attribute(self, run_id: str, position: int, **options: Any) -> dict[str, Any]:
+        """Attribute a token (``AttributionBody``: method, steps, foil, ...): the result, or
+        ``{"job_id"}`` when it is expensive (a job)."""
+        body = {"position": position, **{k: v for k, v in options.items() if v is not None}}
+        return dict(self._json("POST", f"/runs/{run_id}/attributions", json=body))
+
+    def attributions(self, run_id: str, position: int | None = None) -> list[dict[str, Any]]:
+        """Stored attributions of a run (of one target position), newest first."""
+        params = {} if position is None else {"position": position}
+        reply = self._json("GET", f"/runs/{run_id}/attributions", params=params)
+        return list(reply["attributions"])
+
     # ---- groups -------------------------------------------------------------------------
 
     def group_prompts(self) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from tokenprism.app.components.claims import claims_frame, judge_caption
 from tokenprism.app.components.tables import run_tokens_frame
 from tokenprism.app.components.token_canvas import token_canvas_html
 from tokenprism.app.components.token_view import available_token_metrics
+from tokenprism.app.lens_view import render_lens
 from tokenprism.app.ui import (
     backend_errors,
     cached_run,
@@ -76,6 +77,7 @@ def render_run(run: dict[str, Any], *, key: str, default_metric: str | None = No
         st.caption(caption)
     render_claims(run, key=key)
     render_charts(run, metrics, key=key)
+    render_lens(run, key=key)
     with st.expander("Every token as a table"):
         st.dataframe(run_tokens_frame(tokens, metrics), hide_index=True, key=f"{key}.token_table")
     with st.expander("Provenance"):

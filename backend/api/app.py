@@ -29,6 +29,7 @@ from tokenprism.backend.api.routes import (
     experiments,
     groups,
     jobs,
+    lens,
     meta,
     probes,
     runs,
@@ -55,7 +56,7 @@ __all__ = ["API", "create_app"]
 log = logging.getLogger(__name__)
 
 # the token-protected routers, in the order their paths appear in the OpenAPI document
-_ROUTERS = (meta, runs, uploads, probes, groups, experiments, jobs, sql)
+_ROUTERS = (meta, runs, uploads, probes, groups, experiments, jobs, sql, lens)
 
 _USER_ERROR_STATUS: list[tuple[type[UserError], int, str]] = [
     (JobNotFound, 404, "not_found"),

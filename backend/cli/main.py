@@ -1,10 +1,10 @@
 """The ``tokenprism`` command line: the one typer app and the console-script entry point.
 
 The commands live one module per group (:mod:`.runs`, :mod:`.audit`, :mod:`.serve`,
-:mod:`.groups`, :mod:`.probes`, :mod:`.experiments`); this module only assembles them, so none
-of them imports it. Every user-facing failure is a :class:`~backend.errors.UserError`: one line
-on stderr, exit status 2, no traceback (``TOKENPRISM_DEBUG=1`` shows tracebacks of unexpected
-errors).
+:mod:`.groups`, :mod:`.probes`, :mod:`.experiments`, :mod:`.lens`); this module only assembles
+them, so none of them imports it. Every user-facing failure is a
+:class:`~backend.errors.UserError`: one line on stderr, exit status 2, no traceback
+(``TOKENPRISM_DEBUG=1`` shows tracebacks of unexpected errors).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 
 import typer
 
-from tokenprism.backend.cli import audit, generate, groups, runs, serve
+from tokenprism.backend.cli import audit, generate, groups, lens, runs, serve
 from tokenprism.backend.cli.add_metrics import add_metrics
 from tokenprism.backend.cli.common import err
 from tokenprism.backend.cli.experiments import experiment_app
@@ -46,6 +46,8 @@ _COMMANDS = (
     groups.group,
     groups.rollouts,
     groups.contrastive,
+    lens.lens,
+    lens.attribute,
 )
 for _command in _COMMANDS:
     app.command()(_command)

@@ -28,6 +28,7 @@ from tokenprism.backend.audit.upload import (
     upload_items,
 )
 from tokenprism.backend.errors import QueueFull, UserError
+from tokenprism.backend.lens.jobs import run_lens_job
 from tokenprism.backend.limits import cancel_scope
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
@@ -100,6 +101,7 @@ class JobManager:
             "contrastive": self._run_contrastive,
             "experiment": self._run_experiment,
             "add_metrics": self._run_add_metrics,
+            "lens": lambda job, live: run_lens_job(self, job, live),
         }
 
     # ---- lifecycle ---------------------------------------------------------------------

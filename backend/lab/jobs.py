@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.lab import decoding, experiments
+from tokenprism.backend.lab import decoding, experiments, grains
 from tokenprism.backend.lab.experiments import Progress
 from tokenprism.backend.limits import check_prompts_fit
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 
-_TUPLES = {"prompts", "values", "phrases", "betas"}
+_TUPLES = {"prompts", "values", "phrases", "betas", "examples"}
 
 # The same ceilings as POST /generate and /groups, so that no experiment parameter asks for
 # unbounded work (a sweep is prompts x values generations of max_new_tokens each).
@@ -161,6 +161,21 @@ def _check_east_sweep(spec: experiments.EastSweep) -> None:
         )
 
 
+def _check_grains(spec: grains.GrainsSweep) -> None:
+    _texts("prompts", spec.prompts)
+    _at_most("examples", spec.examples, MAX_PROMPTS)
+    _numbers("betas", spec.betas)
+    _at_most("betas", spec.betas, MAX_VALUES)
+    _integer("layer", spec.layer, 0, optional=True)
+    _integer("max_new_tokens", spec.max_new_tokens, 1)
+    _at_most("max_new_tokens", spec.max_new_tokens, MAX_NEW_TOKENS)
+    _integer("seed", spec.seed, -(2**63), optional=True)
+    t = spec.temperature
+    if isinstance(t, bool) or not isinstance(t, int | float) or not 0 <= t <= 5:
+        raise UserError(f"temperature must be a number from 0 to 5, not {t!r}")
+    grains.check_grains(spec)  # examples, top_k, IG steps
+
+
 def _check_decode(spec: experiments.DecodeExperiment) -> None:
     _choice("rule", spec.rule, tuple(decoding.DECODING_RULES))
     _texts("prompts", spec.prompts)
@@ -262,6 +277,13 @@ EXPERIMENT_KINDS: dict[str, ExperimentKind] = {
             _check_decode,
             experiments.run_decode,
             _decode_fits,
+        ),
+        ExperimentKind(
+            "grains-sweep",
+            grains.GrainsSweep,
+            _check_grains,
+            grains.run_grains_sweep,
+            grains.grains_fits,
         ),
     )
 }

@@ -96,6 +96,23 @@ _V6 = """
 ALTER TABLE runs ADD COLUMN context_run_id VARCHAR;
 """
 
+_V8 = """
+CREATE TABLE IF NOT EXISTS lens_layers (
+    run_id VARCHAR NOT NULL, position INTEGER NOT NULL, layer INTEGER NOT NULL,
+    rank INTEGER NOT NULL, prob DOUBLE PRECISION NOT NULL, kl_final DOUBLE PRECISION,
+    top_k STRUCT(token_id INTEGER, text VARCHAR, prob DOUBLE)[]);
+CREATE TABLE IF NOT EXISTS attributions (
+    attribution_id VARCHAR NOT NULL PRIMARY KEY, run_id VARCHAR NOT NULL,
+    target_position INTEGER NOT NULL, target_end INTEGER NOT NULL, method VARCHAR NOT NULL,
+    foil_token_id INTEGER, steps INTEGER NOT NULL, baseline VARCHAR, rule VARCHAR,
+    score VARCHAR NOT NULL,
+    f_x DOUBLE PRECISION, f_baseline DOUBLE PRECISION, total DOUBLE PRECISION,
+    completeness_error DOUBLE PRECISION, blocks VARCHAR, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS attribution_values (
+    attribution_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, position INTEGER NOT NULL,
+    value DOUBLE PRECISION NOT NULL);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
     (2, "uploads; runs.item_index for resumable jobs; tokens.top_k nested; job timing", _V2),
@@ -103,6 +120,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
     (5, "steering and decoding experiments (their runs carry group_id = experiment_id)", _V5),
     (6, "runs.context_run_id: context tokens stored once per conversation", _V6),
+    # 7 is taken by the diff branch, merged in parallel; versions apply in list order
+    (8, "logit lens per (run, position, layer); input attributions per (run, target, method)", _V8),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -211,6 +211,51 @@ experiments = sa.Table(  # v5: steering / decoding experiments; runs carry group
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
+lens_layers = sa.Table(  # v8: logit lens of a run, one row per (position, layer)
+    "lens_layers",
+    metadata,
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("layer", sa.Integer, nullable=False),
+    sa.Column("rank", sa.Integer, nullable=False),
+    sa.Column("prob", sa.Double, nullable=False),
+    sa.Column("kl_final", sa.Double),
+    sa.Column("top_k", TopKList),
+)
+
+attributions = sa.Table(  # v8: one attribution of a target (position or span) of a run
+    "attributions",
+    metadata,
+    sa.Column("attribution_id", sa.String, primary_key=True),
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("target_position", sa.Integer, nullable=False),
+    sa.Column("target_end", sa.Integer, nullable=False),
+    sa.Column("method", sa.String, nullable=False),
+    sa.Column("foil_token_id", sa.Integer),
+    sa.Column("steps", sa.Integer, nullable=False),
+    sa.Column("baseline", sa.String),
+    sa.Column("rule", sa.String),  # IG quadrature: adaptive or even (None: gradient x input)
+    sa.Column("score", sa.String, nullable=False),
+    sa.Column("f_x", sa.Double),
+    sa.Column("f_baseline", sa.Double),
+    sa.Column("total", sa.Double),
+    sa.Column("completeness_error", sa.Double),
+    sa.Column("blocks", sa.String),  # JSON: direct logit attribution per block
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+attribution_values = sa.Table(  # v8: per input position
+    "attribution_values",
+    metadata,
+    sa.Column("attribution_id", sa.String, nullable=False),
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("value", sa.Double, nullable=False),
+)
+
+# Tables derived from a run on demand (not written with it); deleting a run clears them too.
+DERIVED_TABLES = ("lens_layers", "attributions", "attribution_values")
+
 BULK_TABLES = (
     "tokens",
     "token_metrics",

@@ -741,7 +741,7 @@ class Store:
             gone = conn.execute(schema.runs.delete().where(schema.runs.c.run_id == run_id))
             if not gone.rowcount:
                 return False
-            for name in schema.BULK_TABLES:
+            for name in (*schema.BULK_TABLES, *schema.DERIVED_TABLES):
                 table = schema.metadata.tables[name]
                 conn.execute(table.delete().where(table.c.run_id == run_id))
         self._forget({run_id})

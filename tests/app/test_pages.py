@@ -917,3 +917,32 @@ def test_lab_with_the_backend_down_is_a_message(monkeypatch: pytest.MonkeyPatch)
         assert any("not reachable" in e.value for e in at.error)
     finally:
         st.cache_resource.clear()
+
+
+def test_run_view_lens_heatmap_and_explain_a_token(backend: str) -> None:
+    body = {"prompt": "Capital of <b>Australia</b>?", "response": "It is Canberra."}
+    run = httpx.post(f"{backend}/api/v1/runs", json=body, timeout=300).json()
+    at = _explore_run(run["run_id"])
+    at.button(key="explore.lens_compute").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    specs = [s for s in _plotly_specs(at) if s["layout"].get("clickmode") == "event+select"]
+    assert len(specs) == 1  # the lens heatmap: one square per (token, layer)
+    lens = httpx.get(f"{backend}/api/v1/runs/{run['run_id']}/lens").json()
+    response = [t["position"] for t in run["tokens"] if not t["is_prompt"]]
+    assert len(specs[0]["data"][0]["x"]) == len(response) * lens["layers"]
+    # choosing a cell shows that layer's top-5, as the stored lens has them
+    pos, layer = response[1], 1
+    at.selectbox(key="explore.lens_pos").set_value(pos).run()
+    at.selectbox(key="explore.lens_layer").set_value(layer).run()
+    top5 = next(d.value for d in at.dataframe if list(d.value.columns) == ["rank", "token", "prob"])
+    cell = next(p for p in lens["positions"] if p["position"] == pos)["cells"][layer]
+    assert top5["prob"].tolist() == pytest.approx([a["prob"] for a in cell["top_k"]])
+    # explain: the prompt coloured by attribution, escaped, and the block bars
+    at.selectbox(key="explore.explain_pos").set_value(response[-2])
+    at.button(key="explore.explain_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    html = _html_bodies(at)
+    assert "tp-attr" in html and "&lt;" in html and "<b>Australia" not in html
+    assert "completeness error" in " ".join(c.value for c in at.caption)
+    titles = [s["layout"].get("title", {}).get("text", "") for s in _plotly_specs(at)]
+    assert any(t.startswith("direct logit attribution") for t in titles)

@@ -927,3 +927,74 @@ def test_explore_live_streams_tokens_stops_and_obeys_an_entropy_rule(
     time.sleep(0.5)  # the line is drawn on the next animation frame
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "explore-live.png").write_bytes(frame.screenshot_as_png)  # type: ignore[attr-defined]
+
+
+def test_lens_heatmap_click_and_explain_sydney(
+    browser: object, ui_url: str, default_backend: str
+) -> None:
+    """The demo's answer on the default model: lens heatmap, a clicked cell's top-5, and the
+    prompt coloured by the attribution of " Sydney"."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    body = {
+        "prompt": "What is the capital of Australia?",
+        "response": "The capital of Australia is Sydney, the largest city on the east coast.",
+    }
+    run = httpx.post(f"{default_backend}/api/v1/runs", json=body, timeout=600).json()
+    sydney = next(t for t in run["tokens"] if t["text"] == " Sydney" and not t["is_prompt"])
+    driver = browser
+    driver.get(f"{ui_url}/?run={run['run_id']}")  # type: ignore[attr-defined]
+    button = _wait(
+        driver,
+        lambda d: next(
+            (b for b in d.find_elements(By.TAG_NAME, "button") if "logit lens" in b.text), None
+        ),
+    )
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)  # type: ignore[attr-defined]
+    button.click()  # type: ignore[attr-defined]
+    n_layers = 31  # embeddings + 30 blocks
+    points = _wait_rerender(
+        driver,
+        lambda d: (
+            (found := d.find_elements(By.CSS_SELECTOR, ".scatterlayer path.point"))
+            and len(found) % n_layers == 0
+            and len(found) >= 10 * n_layers
+            and found
+        ),
+        timeout=120,
+    )
+    # click the cell of the last response token at layer 3: its top-5 replaces the default
+    target = points[len(points) - n_layers + 3]  # type: ignore[index]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", target)  # type: ignore[attr-defined]
+    ActionChains(driver).move_to_element(target).click().perform()  # type: ignore[arg-type]
+    _wait_rerender(driver, lambda d: "Top-5 at layer 3" in d.page_source, timeout=60)
+    _choose(
+        driver,
+        _widget(driver, "stSelectbox", "Explain this token"),
+        f"{sydney['position']}: ' Sydney'",
+    )
+    go = next(
+        b
+        for b in driver.find_elements(By.TAG_NAME, "button")  # type: ignore[attr-defined]
+        if b.text.strip() == "Explain"
+    )
+    go.click()
+    spans = _wait_rerender(
+        driver,
+        lambda d: (
+            (found := d.find_elements(By.CSS_SELECTOR, ".tp-attr span[title]"))
+            and len(found) >= sydney["position"]
+            and found
+        ),
+        timeout=300,
+    )
+    colours = {s.value_of_css_property("background-color") for s in spans}  # type: ignore[attr-defined]
+    assert len(colours) >= 5  # a diverging scale over the prompt, not one colour
+    assert "Australia" in "".join(s.text for s in spans)  # type: ignore[attr-defined]
+    assert "completeness error" in driver.page_source  # type: ignore[attr-defined]
+    assert "direct logit attribution per block" in driver.page_source  # type: ignore[attr-defined]
+    header = driver.find_element(By.XPATH, "//*[contains(text(), 'Where the tokens came from')]")  # type: ignore[attr-defined]
+    driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", header)  # type: ignore[attr-defined]
+    time.sleep(1.0)  # let the charts draw before the screenshot
+    _shot(driver, "lens.png")

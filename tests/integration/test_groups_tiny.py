@@ -38,7 +38,7 @@ from tokenprism.backend.groups.rollouts import RolloutRequest, run_rollouts
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
-from tokenprism.backend.store.migrations import LATEST, migrate
+from tokenprism.backend.store.migrations import LATEST, MIGRATIONS, migrate
 
 PROMPT = "What is 2+2?"
 # On the tiny model (built with seed 0) these sample 2 correct and 2 incorrect responses
@@ -639,7 +639,7 @@ def test_a_version_3_database_gains_the_groups_table(tmp_path: Path) -> None:
                 r[0] for r in conn.exec_driver_sql("SELECT version FROM schema_version")
             )
             columns = [r[0] for r in conn.exec_driver_sql("DESCRIBE groups")]
-        assert versions == list(range(1, LATEST + 1))
+        assert versions == [m[0] for m in MIGRATIONS]
         assert columns == [
             "group_id",
             "job_id",

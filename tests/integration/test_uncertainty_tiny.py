@@ -35,7 +35,7 @@ from tokenprism.backend.scoring.extras import ExtraPlan, ExtraRequest
 from tokenprism.backend.scoring.runner import score_one
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
-from tokenprism.backend.store.migrations import LATEST, migrate
+from tokenprism.backend.store.migrations import LATEST, MIGRATIONS, migrate
 
 PROMPT = "What is the capital of Australia?"
 RESPONSE = "Canberra is the capital. Sydney is big.\nThe answer is 42!"
@@ -568,7 +568,7 @@ def test_a_version_2_database_gains_the_claims_tables(tmp_path: Path, tiny_lm) -
             versions = [r[0] for r in conn.exec_driver_sql("SELECT version FROM schema_version")]
             claim_cols = [r[0] for r in conn.exec_driver_sql("DESCRIBE claims")]
             metric_cols = [r[0] for r in conn.exec_driver_sql("DESCRIBE claim_metrics")]
-        assert sorted(versions) == list(range(1, LATEST + 1))
+        assert sorted(versions) == [m[0] for m in MIGRATIONS]
         assert claim_cols[:3] == ["run_id", "claim_index", "text"]
         assert metric_cols == ["run_id", "claim_index", "metric", "value"]
         old = store.get_run("r1")
@@ -576,4 +576,4 @@ def test_a_version_2_database_gains_the_claims_tables(tmp_path: Path, tiny_lm) -
         run_id = store.save_runs(tiny_lm, [score_one(tiny_lm, _encode(tiny_lm))])[0]
         assert [c["text"] for c in store.get_run(run_id)["claims"]] == SENTENCES
     with Store(path) as again:  # opening again applies nothing twice
-        assert again.count("schema_version") == LATEST
+        assert again.count("schema_version") == len(MIGRATIONS)

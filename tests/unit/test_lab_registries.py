@@ -21,6 +21,7 @@ MINIMAL_PARAMS: dict[str, dict[str, Any]] = {
     "refusal-sweep": {"values": [0.0]},
     "east-sweep": {"prompts": ["a", "b"], "betas": [1.0]},
     "decode": {"rule": "ead", "prompts": ["a"]},
+    "grains-sweep": {"examples": [{"prompt": "a", "preferred": "b", "dispreferred": "c"}]},
 }
 
 
@@ -34,7 +35,9 @@ def test_every_experiment_kind_is_reachable_by_name() -> None:
 
 
 def test_an_unknown_experiment_kind_lists_the_kinds() -> None:
-    with pytest.raises(UserError, match="choose from refusal-sweep, east-sweep, decode"):
+    with pytest.raises(
+        UserError, match="choose from refusal-sweep, east-sweep, decode, grains-sweep"
+    ):
         check_experiment("steer-everything", {})
 
 

@@ -1,0 +1,131 @@
+"""The lens room end to end on the tiny model: store, SQL, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+from tokenprism.backend.errors import UserError
+from tokenprism.backend.lens.service import (
+    AttributionRequest,
+    compute_attribution,
+    compute_lens,
+    read_attributions,
+    read_lens,
+    run_tokens,
+)
+from tokenprism.backend.scoring.encoding import encode_pair
+from tokenprism.backend.scoring.runner import score_one
+from tokenprism.backend.store import Store
+
+
+def _stored_run(lm, path: Path) -> tuple[Store, str]:  # type: ignore[no-untyped-def]
+    store = Store(path)
+    enc = encode_pair(lm.tokenizer, "Capital of Australia?", "It is Canberra.", context_length=256)
+    run_id = store.save_runs(lm, [score_one(lm, enc)])[0]
+    return store, run_id
+
+
+def test_lens_stored_and_queryable(tiny_lm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, run_id = _stored_run(tiny_lm, tmp_path / "db.duckdb")
+    with store:
+        run = run_tokens(store, run_id)
+        summary = compute_lens(tiny_lm, store, run)
+        assert summary["layers"] == 3 and summary["positions"] == len(run.ids) - 1
+        data = read_lens(store, run_id)
+        assert data is not None
+        stored = store.get_run(run_id)
+        tokens = stored["tokens"]
+        for pos in data["positions"]:
+            last = pos["cells"][-1]
+            # the last layer's reading is the scored distribution of the run
+            assert last["rank"] == tokens[pos["position"]]["rank"]
+            assert last["prob"] == pytest.approx(tokens[pos["position"]]["prob"], abs=1e-4)
+            assert len(last["top_k"]) == 5
+            assert pos["decided_layer"] == tokens[pos["position"]].get("decided_layer")
+        assert [r["layer"] for r in stored["layers"]] == [0, 1, 2]
+        assert all("lens_kl_final" in r for r in stored["layers"])
+        with store.engine.connect() as conn:
+            n = conn.exec_driver_sql(
+                "SELECT count(*) FROM lens_layers WHERE run_id = ?", (run_id,)
+            ).scalar()
+        assert n == 3 * (len(run.ids) - 1)
+        compute_lens(tiny_lm, store, run)  # recomputing replaces, never duplicates
+        assert store.count("lens_layers") == n
+        assert read_lens(store, "nope") is None
+
+
+def test_attribution_stored_and_bad_inputs(tiny_lm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    store, run_id = _stored_run(tiny_lm, tmp_path / "db.duckdb")
+    with store:
+        run = run_tokens(store, run_id)
+        pos = len(run.ids) - 2
+        res = compute_attribution(tiny_lm, store, run, AttributionRequest(pos, steps=48))
+        assert res["completeness_error"] < 0.05
+        assert res["total"] == pytest.approx(res["f_x"] - res["f_baseline"], rel=0.05)
+        assert len(res["attributions"]) == pos
+        assert any(b["block"] == "mlp" for b in res["blocks"])
+        again = compute_attribution(tiny_lm, store, run, AttributionRequest(pos, steps=48))
+        contra = compute_attribution(
+            tiny_lm, store, run, AttributionRequest(pos, method="contrastive", steps=16)
+        )
+        assert contra["foil_token_id"] is not None and contra["score"] == "logprob_diff"
+        listed = read_attributions(store, run_id, pos)
+        assert {r["attribution_id"] for r in listed} == {
+            again["attribution_id"],
+            contra["attribution_id"],
+        }
+        before = (store.count("attributions"), store.count("attribution_values"))
+        bad = [
+            AttributionRequest(0),
+            AttributionRequest(len(run.ids)),
+            AttributionRequest(pos, method="shap"),
+            AttributionRequest(pos, steps=1),
+            AttributionRequest(pos, steps=10_000),
+            AttributionRequest(pos, foil="x"),
+            AttributionRequest(pos, baseline="noise"),
+            AttributionRequest(pos, end=pos - 1),
+            AttributionRequest(pos - 1, end=pos, method="contrastive"),
+            AttributionRequest(pos, method="contrastive", foil_token_id=10**9),
+        ]
+        for req in bad:
+            with pytest.raises(UserError):
+                compute_attribution(tiny_lm, store, run, req)
+        assert (store.count("attributions"), store.count("attribution_values")) == before
+        assert store.delete_run(run_id)
+        assert store.count("attributions") == store.count("attribution_values") == 0
+
+
+def test_cli_lens_and_attribute(tmp_path: Path, tiny_model_dir: Path) -> None:
+    proc = run_cli(
+        "score", "--prompt", "Capital of Australia?", "--response", "Canberra.",
+        "--model", str(tiny_model_dir), "--json", home=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout)
+    lens = run_cli("lens", run["run_id"], "--json", home=tmp_path)
+    assert lens.returncode == 0, lens.stderr
+    assert json.loads(lens.stdout)["layers"] == 3
+    pos = len(run["tokens"]) - 2
+    attr = run_cli(
+        "attribute", run["run_id"], "--position", str(pos), "--steps", "48", "--json",
+        home=tmp_path,
+    )  # fmt: skip
+    assert attr.returncode == 0, attr.stderr
+    data = json.loads(attr.stdout)
+    total = sum(r["value"] for r in data["attributions"])
+    assert data["completeness_error"] == pytest.approx(
+        abs(total - (data["f_x"] - data["f_baseline"])) / abs(data["f_x"] - data["f_baseline"]),
+        rel=1e-4,
+    )
+    assert data["completeness_error"] < 0.05 and not math.isnan(total)
+    text = run_cli("attribute", run["run_id"], "--position", str(pos), home=tmp_path)
+    assert text.returncode == 0 and "completeness_error" in text.stdout
+    bad = run_cli("attribute", run["run_id"], "--position", "0", home=tmp_path)
+    assert bad.returncode == 2 and "position 0" in bad.stderr
+    human = run_cli("lens", run["run_id"], home=tmp_path)
+    assert human.returncode == 0 and "lens_kl_final" in human.stdout

@@ -64,9 +64,9 @@ from tokenprism.backend.jobs.worker import JobManager, JobNotFound, JobStateErro
 from tokenprism.backend.models.loader import (
     DEFAULT_MODEL,
     LoadedModel,
-    get_model,
     loaded_model_names,
 )
+from tokenprism.backend.models.variants import get_model, join_spec, split_spec, variant_paths
 from tokenprism.backend.probes.apply import apply_probe_to_run
 from tokenprism.backend.probes.storage import check_probe_name, list_probes, load_probe
 from tokenprism.backend.sampling.generation import sample_responses
@@ -139,20 +139,29 @@ class Service:
         self.jobs = JobManager(self.store, self.model, settings, self.model_lock)
 
     def model_name(self, requested: str | None) -> str:
-        """Resolve and authorise a requested model name."""
-        name = requested or self.settings.default_model
+        """Resolve and authorise a requested model name (variants: base and paths checked)."""
+        base, variants = split_spec(requested or self.settings.default_model)
+        for path in variant_paths(variants):  # adapters: same rule as model directories
+            self._check_path(path, extra=[self.settings.home / "adapters"])
+        return join_spec(self._base_name(base), variants)
+
+    def _check_path(self, resolved: Path, extra: list[Path] | None = None) -> None:
+        allowed = [Path(d).expanduser().resolve() for d in self.settings.allowed_model_dirs]
+        allowed += [d.resolve() for d in extra or []]
+        if not any(resolved.is_relative_to(d) for d in allowed):
+            raise ApiError(
+                403,
+                "model_path_not_allowed",
+                "local model paths must be inside TOKENPRISM_ALLOWED_MODEL_DIRS",
+            )
+
+    def _base_name(self, name: str) -> str:
         if name in (DEFAULT_MODEL, self.settings.default_model):
             return name
         path = Path(name).expanduser()
         if path.exists() or name.startswith((".", "/", "~")):
             resolved = path.resolve()
-            allowed = [Path(d).expanduser().resolve() for d in self.settings.allowed_model_dirs]
-            if not any(resolved.is_relative_to(d) for d in allowed):
-                raise ApiError(
-                    403,
-                    "model_path_not_allowed",
-                    "local model paths must be inside TOKENPRISM_ALLOWED_MODEL_DIRS",
-                )
+            self._check_path(resolved)
             return str(resolved)
         if not self.settings.allow_hub_models:
             raise ApiError(

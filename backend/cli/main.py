@@ -74,7 +74,7 @@ def _extras(
 
 
 def _load(model: str | None) -> Any:
-    from tokenprism.backend.models.loader import get_model
+    from tokenprism.backend.models.variants import get_model
 
     settings = _settings()
     return get_model(model or settings.default_model, settings)

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ class LoadedModel:
             Metrics are float32 either way: ``analysis`` upcasts logits and hidden states.
         path: directory holding the config and weights (None for hub models), for samplers
             that load the model themselves (vLLM).
+        variants: what each ``@suffix`` of :mod:`~tokenprism.backend.models.variants` did to
+            the base model (empty for a plain model).
     """
 
     name: str
@@ -73,6 +75,7 @@ class LoadedModel:
     label: str
     autocast: torch.dtype | None = None
     path: Path | None = None
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     @cached_property
     def vocab_strings(self) -> list[str]:
@@ -108,6 +111,7 @@ class LoadedModel:
             "context_length": self.context_length,
             "architecture": type(self.model).__name__,
             "label": self.label,
+            **({"variants": self.variants} if self.variants else {}),
         }
 
 

@@ -570,6 +570,7 @@ def metrics() -> None:
 
 
 def _register_subcommands() -> None:
+    from tokenprism.backend.cli.diff import register as register_diff
     from tokenprism.backend.cli.experiments import experiment_app
     from tokenprism.backend.cli.groups import register
     from tokenprism.backend.cli.probes import probe_app
@@ -577,6 +578,7 @@ def _register_subcommands() -> None:
     app.add_typer(probe_app, name="probe")
     app.add_typer(experiment_app, name="experiment")
     register(app)
+    register_diff(app)
 
 
 _register_subcommands()

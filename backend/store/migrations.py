@@ -92,12 +92,32 @@ CREATE TABLE IF NOT EXISTS experiments (
     summary VARCHAR, created_at TIMESTAMP NOT NULL);
 """
 
+# Version 8 (6 and 7 are reserved for work on other branches): model diffs. A diff's token rows
+# carry the diff id in their key, so they never collide with the run's own token_metrics.
+_V8 = """
+CREATE TABLE IF NOT EXISTS diffs (
+    diff_id VARCHAR NOT NULL PRIMARY KEY, job_id VARCHAR, model_a VARCHAR NOT NULL,
+    model_a_revision VARCHAR NOT NULL, model_b VARCHAR NOT NULL,
+    model_b_revision VARCHAR NOT NULL, source VARCHAR NOT NULL, params VARCHAR NOT NULL,
+    provenance VARCHAR NOT NULL, summary VARCHAR, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS diff_runs (
+    diff_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, item_index INTEGER NOT NULL,
+    same_tokens BOOLEAN NOT NULL, n_tokens INTEGER NOT NULL, n_compared INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS diff_token_metrics (
+    diff_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, position INTEGER NOT NULL,
+    metric VARCHAR NOT NULL, value DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS diff_token_notes (
+    diff_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, position INTEGER NOT NULL,
+    reason VARCHAR NOT NULL);
+"""
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "models, runs, tokens, token_metrics, alternatives, sequence/layer metrics, jobs", _V1),
     (2, "uploads; runs.item_index for resumable jobs; tokens.top_k nested; job timing", _V2),
     (3, "claims (sentences of a response) and claim-level metrics", _V3),
     (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
     (5, "steering and decoding experiments (their runs carry group_id = experiment_id)", _V5),
+    (8, "model diffs: diffs, diff_runs, diff_token_metrics, diff_token_notes", _V8),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenprism.analysis.registry import list_metrics
 from tokenprism.backend import __version__
+from tokenprism.backend.api.diffs import router as diff_router
 from tokenprism.backend.api.schemas import (
     ApplyProbeRequest,
     ContrastiveBody,
@@ -273,6 +274,7 @@ def create_app(settings: Settings | None = None, *, preload: bool = False) -> Fa
     _routes(public, router)
     app.include_router(public)
     app.include_router(router)
+    app.include_router(diff_router, prefix=API, dependencies=[Depends(_require_token)])
     return app
 
 

@@ -32,17 +32,6 @@ TOKEN_KEYS = (
 )
 
 
-def json_safe(value: Any) -> Any:
-    """NaN / infinities as null (JSON has neither)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value
-
-
 def _source(run_id: str | None, text: str | None, upload: str | None) -> dict[str, Any]:
     from tokenprism.backend.diff.service import check_source
 
@@ -68,7 +57,13 @@ def diff(
     """Per-token divergence (KL, JS, delta log-prob, top-1 agreement) of model B from A."""
     from tqdm import tqdm
 
-    from tokenprism.backend.diff.service import diff_result, run_diff, source_model, start_diff
+    from tokenprism.backend.diff.service import (
+        diff_result,
+        json_safe,
+        run_diff,
+        source_model,
+        start_diff,
+    )
     from tokenprism.backend.models.variants import get_model
     from tokenprism.backend.settings import get_settings
     from tokenprism.backend.store import Store

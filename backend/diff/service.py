@@ -8,6 +8,7 @@ model lock held per batch); the Ray engine of audits is not wired in, since a di
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -40,6 +41,7 @@ from tokenprism.backend.store.diffs import (
     most_moved_tokens,
     run_tokens,
     save_diff_run,
+    set_diff_models,
     set_diff_summary,
     upload_run_ids,
 )
@@ -270,3 +272,49 @@ def diff_result(
         "summary": head["summary"],
         "runs": runs,
     }
+
+
+def run_diff_job(
+    store: Store,
+    get_model: Callable[[str], LoadedModel],
+    job: dict[str, Any],
+    live: Any,
+    model_lock: threading.Lock,
+    report: Callable[[int], None],
+) -> dict[str, Any]:
+    """The ``diff`` job of the job manager: params ``diff_id, model_a, model_b, source``.
+
+    ``live`` has ``total``, ``done`` and ``cancel`` (a threading.Event); ``report(done)``
+    records progress. Raises :class:`Cancelled` when cancelled between batches.
+    """
+    params = job["params"]
+    lm_a, lm_b = get_model(params["model_a"]), get_model(params["model_b"])
+    set_diff_models(store, params["diff_id"], lm_a.provenance(), lm_b.provenance())
+
+    def progress(done: int, total: int) -> None:
+        live.total, live.done = total, done
+        report(done)
+
+    summary = run_diff(
+        store,
+        lm_a,
+        lm_b,
+        params["diff_id"],
+        params["source"],
+        job_id=job["job_id"],
+        progress=progress,
+        should_stop=live.cancel.is_set,
+        model_lock=model_lock,
+    )
+    return {"diff_id": params["diff_id"], "kl_mean": summary.get("kl_mean")}
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become null (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

@@ -227,3 +227,28 @@ def run_tokens(store: Store, run_id: str) -> dict[str, Any]:
         "offsets": [(int(x[1]), int(x[2])) for x in rows],
         "is_prompt": [bool(x[3]) for x in rows],
     }
+
+
+def set_diff_models(
+    store: Store, diff_id: str, model_a: dict[str, Any], model_b: dict[str, Any]
+) -> None:
+    """Record the loaded models' exact provenance (a job fills it in when it starts)."""
+    with store.writing() as conn:
+        conn.execute(
+            schema.diffs.update()
+            .where(schema.diffs.c.diff_id == diff_id)
+            .values(
+                model_a=model_a["model"],
+                model_a_revision=model_a["revision"],
+                model_b=model_b["model"],
+                model_b_revision=model_b["revision"],
+                provenance=json.dumps({"a": model_a, "b": model_b}),
+            )
+        )
+
+
+def set_diff_job(store: Store, diff_id: str, job_id: str) -> None:
+    with store.writing() as conn:
+        conn.execute(
+            schema.diffs.update().where(schema.diffs.c.diff_id == diff_id).values(job_id=job_id)
+        )

@@ -1,0 +1,84 @@
+"""POST /api/v1/diffs (a job) and GET /api/v1/diffs/{id} on the tiny model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.backend.api_helpers import strict_json, url, wait_job
+from tokenprism.backend.api.app import create_app
+from tokenprism.backend.settings import Settings
+
+TEXT = "The capital of France is Paris. Seven pens cost 21 dollars."
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    settings = Settings(
+        home=tmp_path_factory.mktemp("api-diffs") / "home",
+        default_model=str(tiny_model_dir),
+        device="cpu",
+        allowed_model_dirs=[tiny_model_dir.parent],
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _diff(client: TestClient, body: dict) -> dict:  # type: ignore[type-arg]
+    resp = client.post(url("/diffs"), json=body)
+    assert resp.status_code == 202, resp.text
+    created = resp.json()
+    job = wait_job(client, created["job_id"])
+    assert job["status"] == "done", job
+    resp = client.get(url(f"/diffs/{created['diff_id']}"))
+    assert resp.status_code == 200, resp.text
+    return strict_json(resp.text)  # type: ignore[no-any-return]
+
+
+def test_text_and_run_diffs(client: TestClient, tiny_model_dir: Path) -> None:
+    m = str(tiny_model_dir)
+    out = _diff(client, {"text": TEXT, "against": m + "@layers=1"})
+    assert out["status"] == "done" and out["b"]["id"] == m + "@layers=1"
+    assert out["b"]["revision"].endswith("@layers=1")  # the job recorded the loaded model
+    assert out["summary"]["kl_mean"] > 0
+    tokens = out["runs"][0]["tokens"]
+    assert tokens[0]["kl"] is None and tokens[0]["reason"]
+    assert all(t["kl"] >= 0 for t in tokens[1:])
+    run_id = out["runs"][0]["run_id"]
+    same = _diff(client, {"run_id": run_id, "against": m})
+    assert same["summary"]["kl_max"] == 0 and same["summary"]["top1_agree"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({"against": "x"}, 422, "exactly one"),
+        ({"text": "hi", "run_id": "r", "against": "x"}, 422, "exactly one"),
+        ({"text": "hi"}, 422, "against"),
+        ({"text": "hi", "against": "default@int9"}, 400, "unknown model variant"),
+        ({"text": "hi", "against": "/etc@int8"}, 403, "ALLOWED_MODEL_DIRS"),
+        ({"text": "hi", "against": "default@adapter=/etc"}, 403, "ALLOWED_MODEL_DIRS"),
+        ({"run_id": "nope", "against": "default"}, 404, "no run"),
+        ({"upload_id": "nope", "against": "default"}, 400, "no runs"),
+        ({"text": "x" * 200_001, "against": "default"}, 422, "text"),
+    ],
+)
+def test_bad_bodies_are_refused_without_a_job(
+    client: TestClient,
+    body: dict,
+    status: int,
+    needle: str,  # type: ignore[type-arg]
+) -> None:
+    before = client.get(url("/jobs")).json()
+    resp = client.post(url("/diffs"), json=body)
+    assert resp.status_code == status, resp.text
+    assert needle in resp.text
+    assert client.get(url("/jobs")).json() == before
+
+
+def test_unknown_diff_is_404(client: TestClient) -> None:
+    resp = client.get(url("/diffs/nope"))
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"

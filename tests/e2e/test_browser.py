@@ -535,3 +535,36 @@ def test_lab_runs_a_refusal_sweep_and_an_east_sweep(
     assert "entropy (nats)" in chart.text  # type: ignore[attr-defined]
     time.sleep(0.5)  # let the remaining charts draw before the screenshot
     _shot(driver, "lab-east.png")
+
+
+def test_diff_page_diffs_the_default_model_against_int8(browser: object, ui_url: str) -> None:
+    """The Diff page: default vs default@int8 on a text; a KL-coloured strip, cards, a plot."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(f"{ui_url}/diff")  # type: ignore[attr-defined]
+    text = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "textarea[aria-label='Text']"))
+    text.send_keys(  # type: ignore[attr-defined]
+        "The capital of France is Paris. It is known for the Eiffel Tower, its museums and "
+        "fine food. About two million people live in the city <b>itself</b>."
+    )
+    button = next(
+        b
+        for b in driver.find_elements(By.TAG_NAME, "button")  # type: ignore[attr-defined]
+        if b.text.strip() == "Run diff"
+    )
+    button.click()  # model B defaults to the first helper: A@int8
+    spans = _wait(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-diff span[title]"), timeout=300
+    )
+    assert len(spans) >= 10  # type: ignore[arg-type]
+    colours = {s.value_of_css_property("background-color") for s in spans}  # type: ignore[attr-defined]
+    assert len(colours) >= 3  # coloured by KL, which varies token to token
+    titles = [s.get_attribute("title") for s in spans]  # type: ignore[attr-defined]
+    assert all("p_A" in t and "p_B" in t for t in titles)
+    assert not driver.find_elements(By.CSS_SELECTOR, ".tp-diff b")  # type: ignore[attr-defined]
+    page = driver.find_element(By.TAG_NAME, "body").text  # type: ignore[attr-defined]
+    assert "default@int8" in page and "mean KL" in page and "Most-moved tokens" in page
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), timeout=60)
+    time.sleep(1.5)  # let the chart and the table draw before the screenshot
+    _shot(driver, "diff.png")

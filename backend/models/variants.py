@@ -8,7 +8,10 @@ A registry maps each suffix kind to a builder that turns a loaded model into a v
                     successor of ``torch.ao.quantization.quantize_dynamic``, deprecated in torch
                     2.x). Chosen because torchao 0.18 installs and runs on CPU with torch 2.13
                     (checked: the quantised tiny and default models run a forward pass); tied
-                    embeddings are untied first so the input embedding stays float.
+                    embeddings are untied first so the input embedding stays float. Speed: on
+                    2 CPU cores without fast int8 kernels a W8A8 linear measured ~15x slower
+                    than float32 (weight-only int8 ~1.6x); the variant is for measuring what
+                    the quantisation changes, not for speed on CPU.
 ``@bf16``/``@fp16`` the weights cast to bfloat16 / float16 (no autocast: they run in their own
                     precision).
 ``@layers=K``       early exit: the first K decoder blocks with the final norm and LM head.

@@ -16,10 +16,12 @@ RUN case "${TOKENPRISM_EXTRAS}" in *gpu*) \
 
 WORKDIR /opt/tokenprism
 COPY pyproject.toml README.md ./
+COPY tokenprism tokenprism
 COPY analysis analysis
 COPY backend backend
 COPY app app
-COPY data/samples data/samples
+# shipped data becomes package data of the wheel (data/home is excluded by .dockerignore)
+COPY data data
 
 RUN python -m pip install --no-cache-dir torch==2.13.0 ${TORCH_PIP_ARGS} \
  && python -m pip install --no-cache-dir ".${TOKENPRISM_EXTRAS}" \

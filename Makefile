@@ -8,7 +8,7 @@ export TOKENPRISM_HOME ?= $(CURDIR)/data/home
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run demo serve test lint browser bench bench-audit bench-ray bench-naive bench-throughput bench-peers probe clean
+.PHONY: install run demo serve test test-fast lint browser bench bench-audit bench-ingest bench-ray bench-naive bench-throughput bench-fidelity bench-peers probe clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ serve: install
 test: install lint browser
 	$(BIN)/python -m pytest
 
+# The unit tier for the edit loop: tests/unit only (no real model, no server), about a
+# minute. `make test` stays the whole suite.
+test-fast: install
+	$(BIN)/python -m pytest -m "unit and not slow" tests/unit
+
 # Debian's chromium + chromedriver for the end-to-end browser test; when they cannot be
 # installed the test is skipped and says so.
 browser:
@@ -59,8 +64,8 @@ browser:
 	fi
 
 lint: install
-	$(BIN)/ruff check analysis backend app tests bench
-	$(BIN)/ruff format --check analysis backend app tests bench
+	$(BIN)/ruff check analysis backend app tests bench tokenprism
+	$(BIN)/ruff format --check analysis backend app tests bench tokenprism
 	$(BIN)/mypy
 
 bench: install
@@ -69,6 +74,10 @@ bench: install
 bench-audit: install
 	$(BIN)/python bench/audit.py
 
+# Validating a ~100 MB JSON array export (and its JSONL twin): time and peak memory.
+bench-ingest: install
+	$(BIN)/python bench/ingest.py
+
 # One forward pass for every metric vs one pass per metric (separate tools), checked to agree.
 bench-naive: install
 	$(BIN)/python bench/one_pass_vs_naive.py
@@ -76,6 +85,10 @@ bench-naive: install
 # Tokens/s and peak memory vs batch size and sequence length, bare forward and full scoring.
 bench-throughput: install
 	$(BIN)/python bench/throughput.py
+
+# The measured differences of docs/fidelity.md (one-pass metrics and THR vs float64 references).
+bench-fidelity: install
+	$(BIN)/python bench/fidelity.py
 
 bench-ray: install
 	$(BIN)/python bench/ray_engine.py

@@ -11,27 +11,41 @@ nor change the claim. Probability mass outside the top-K is ignored; it would ap
 sums' normaliser and cancels. A claim's CCP is the product of its tokens' CCP, and its
 uncertainty is ``1 - prod_t CCP_t`` (metric-definitions §7).
 
-Choices (metric-definitions §7, all in :class:`CcpParams`):
+Choices (metric-definitions §7, all in :class:`CcpParams`), grouped in two named presets
+(:data:`CCP_PRESETS`):
 
-* alternatives are the top-K by log-prob; the actual token is element 0, and if it is not in
-  the top-K it replaces the least probable alternative (:func:`alternatives_with_target`);
-* words are compared after :func:`normalise_word` (surrounding punctuation, whitespace and the
-  SentencePiece / GPT-2 space markers stripped, case kept);
-* the judge sees both directions, combined by :func:`combine_directions`;
-* short-circuits decide some labels without the judge: element 0 is always entailment; the
-  same word up to case and spacing is entailment (``identity_casefold``); an empty word is
-  neutral (``empty``); a stopword as the actual token makes CCP_t = 1 (``stopword_rule``, the
-  claim estimator's functional-word rule, applied to the lowercased word as the paper intends
-  rather than by the library's token-id check);
-* ``context="none"`` (LM-Polygraph's ``no_context``) judges the bare words; ``"prefix"``
-  prepends a caller-given prefix (e.g. the claim text before the token) to both words.
+* ``"lm-polygraph"`` (the default): LM-Polygraph's conventions (IINemo/lm-polygraph, the
+  ``GreedyAlternativesNLICalculator`` and the CCP estimators). Words are stripped of
+  ``string.punctuation + " \n"`` only; every alternative but element 0 goes to the judge, the
+  same word and empty words included (an empty word is sent as ``""``); no stopword rule (the
+  library's claim estimator tests the *token id* against NLTK's stopwords for white-box models,
+  so it never fires, and its sequence estimator has no such rule); a claim's CCP is
+  ``exp(sum log CCP_t)`` over its tokens, so a NaN token makes the claim NaN and a claim with no
+  token has CCP 1 (the empty product); the sequence CCP is the same product over every
+  response token.
+* ``"tokenprism"``: our shortcuts, kept as an option. They save judge calls and remove judge
+  noise on tokens that carry no claim, but they are *ours*, not the paper's or the library's:
+  words also lose ``\t \r`` and the space markers ``▁ Ġ Ċ``; the same word up to case is
+  entailment without asking the judge (``identity_casefold``); an empty word is neutral, i.e.
+  dropped (``empty``), so punctuation-only tokens get CCP 1; a stopword as the actual token
+  makes CCP_t = 1 (``stopword_rule``, the claim estimator's functional-word rule applied to the
+  lowercased word as the paper intends), and this also feeds the sequence value; a claim's
+  product skips NaN tokens and a claim with no scored token is NaN (an empty product of 1 would
+  claim a certainty nobody measured); likewise the sequence.
+
+Common to both: alternatives are the top-K by log-prob; the actual token is element 0 (always
+entailment), and if it is not in the top-K it replaces the least probable alternative
+(:func:`alternatives_with_target`); the judge sees both directions, combined by
+:func:`combine_directions`; ``context="none"`` (LM-Polygraph's ``no_context``) judges the bare
+words, ``"prefix"`` prepends a caller-given prefix (e.g. the claim text before the token).
 """
 
 from __future__ import annotations
 
+import math
 import string
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol
 
 import torch
@@ -41,10 +55,16 @@ ENTAIL = 0
 CONTRA = 1
 NEUTRAL = 2
 
-EmptyRule = Literal["neutral", "entail", "judge"]
+EmptyRule = Literal["neutral", "entail", "judge", "judge-raw"]
 ContextMode = Literal["none", "prefix"]
+StripRule = Literal["lm-polygraph", "tokenprism"]
+Aggregation = Literal["lm-polygraph", "tokenprism"]
 
-_STRIP = string.punctuation + " \n\t\r" + "▁ĠĊ"
+# characters stripped from both ends of a word before it is judged, by rule
+STRIP_CHARS: dict[str, str] = {
+    "lm-polygraph": string.punctuation + " \n",
+    "tokenprism": string.punctuation + " \n\t\r" + "▁ĠĊ",
+}
 
 # NLTK's English stopword list (179 words).
 ENGLISH_STOPWORDS: frozenset[str] = frozenset(
@@ -77,37 +97,90 @@ class PairJudge(Protocol):
 class CcpParams:
     """How CCP labels alternatives (see the module docstring).
 
+    The defaults are the ``lm-polygraph`` preset; :func:`ccp_params` builds a preset by name.
+
     Attributes:
         n_alternatives: K, alternatives per token including the token itself.
         identity_casefold: the same normalised word up to case is entailment, unjudged.
         empty: label of an alternative (or of every alternative of an original) whose
-            normalised text is empty: ``neutral`` (dropped), ``entail``, or ``judge``.
+            normalised text is empty: ``neutral`` (dropped), ``entail``, ``judge`` (the judge
+            gets the empty normalised word, as LM-Polygraph) or ``judge-raw`` (the judge gets
+            the raw token text).
         stopword_rule: an English stopword as the actual token gives CCP_t = 1.
         context: ``none`` judges the bare words, ``prefix`` prepends per-token prefixes.
+        strip: which characters :func:`normalise_word` strips (:data:`STRIP_CHARS`).
+        aggregation: how claim and sequence products treat NaN tokens and empty claims
+            (:func:`claim_ccp`).
     """
 
     n_alternatives: int = 10
-    identity_casefold: bool = True
-    empty: EmptyRule = "neutral"
-    stopword_rule: bool = True
+    identity_casefold: bool = False
+    empty: EmptyRule = "judge"
+    stopword_rule: bool = False
     context: ContextMode = "none"
+    strip: StripRule = "lm-polygraph"
+    aggregation: Aggregation = "lm-polygraph"
 
     def __post_init__(self) -> None:
         if self.n_alternatives < 1:
             raise ValueError("n_alternatives must be >= 1")
-        if self.empty not in ("neutral", "entail", "judge"):
-            raise ValueError(f"empty must be neutral, entail or judge, not {self.empty!r}")
+        if self.empty not in ("neutral", "entail", "judge", "judge-raw"):
+            raise ValueError(
+                f"empty must be neutral, entail, judge or judge-raw, not {self.empty!r}"
+            )
         if self.context not in ("none", "prefix"):
             raise ValueError(f"context must be none or prefix, not {self.context!r}")
+        if self.strip not in STRIP_CHARS:
+            raise ValueError(f"strip must be lm-polygraph or tokenprism, not {self.strip!r}")
+        if self.aggregation not in ("lm-polygraph", "tokenprism"):
+            raise ValueError(
+                f"aggregation must be lm-polygraph or tokenprism, not {self.aggregation!r}"
+            )
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict of the parameters, for run provenance."""
         return asdict(self)
 
 
-def normalise_word(s: str) -> str:
-    """Strip surrounding punctuation, whitespace and the space markers ``▁ Ġ Ċ``; keep case."""
-    return s.strip(_STRIP)
+CCP_PRESETS: dict[str, CcpParams] = {
+    "lm-polygraph": CcpParams(),
+    "tokenprism": CcpParams(
+        identity_casefold=True,
+        empty="neutral",
+        stopword_rule=True,
+        strip="tokenprism",
+        aggregation="tokenprism",
+    ),
+}
+DEFAULT_CCP_PRESET = "lm-polygraph"
+
+
+def ccp_params(preset: str = DEFAULT_CCP_PRESET, **changes: Any) -> CcpParams:
+    """The parameters of a named preset (:data:`CCP_PRESETS`), optionally with changes.
+
+    Raises:
+        ValueError: unknown preset name (the message lists the known ones).
+    """
+    if preset not in CCP_PRESETS:
+        raise ValueError(f"unknown CCP preset {preset!r}; choose from {', '.join(CCP_PRESETS)}")
+    return replace(CCP_PRESETS[preset], **changes)
+
+
+def ccp_preset_name(params: CcpParams) -> str:
+    """The preset ``params`` equal up to ``n_alternatives`` and ``context``, else ``custom``."""
+    for name, preset in CCP_PRESETS.items():
+        if replace(params, n_alternatives=preset.n_alternatives, context=preset.context) == preset:
+            return name
+    return "custom"
+
+
+def normalise_word(s: str, strip: StripRule = "tokenprism") -> str:
+    """Strip the surrounding characters of rule ``strip`` (:data:`STRIP_CHARS`); keep case.
+
+    ``tokenprism`` strips punctuation, whitespace and the space markers ``▁ Ġ Ċ``;
+    ``lm-polygraph`` only punctuation, spaces and newlines.
+    """
+    return s.strip(STRIP_CHARS[strip])
 
 
 def alternatives_with_target(
@@ -174,6 +247,12 @@ def combine_directions(forward: Tensor, backward: Tensor) -> Tensor:
     return torch.where(f == b, f, out)
 
 
+def _judged_text(word: str, raw: str, params: CcpParams) -> str:
+    """What the judge sees of a token: its normalised word, or its raw text when the word is
+    empty and ``empty="judge-raw"``."""
+    return raw if not word and params.empty == "judge-raw" else word
+
+
 def label_alternatives(
     original: Sequence[str],
     alternatives: Sequence[Sequence[str]],
@@ -184,8 +263,8 @@ def label_alternatives(
     """NLI labels of each token's alternatives against the token.
 
     Every distinct (premise, hypothesis) pair of the whole batch is judged once, in a single
-    judge call. Words go to the judge normalised; a word whose normalised text is empty goes
-    as its raw text (only reachable with ``empty="judge"``). With ``context="prefix"`` both
+    judge call. Words go to the judge normalised (an empty normalised word as ``""`` with
+    ``empty="judge"``, as its raw text with ``empty="judge-raw"``). With ``context="prefix"`` both
     texts get the token's prefix prepended verbatim, so the prefix should end with whatever
     separator (usually a space) belongs before the word; the identity rule still compares the
     bare words.
@@ -211,28 +290,44 @@ def label_alternatives(
     labels = torch.full((n, width), NEUTRAL, dtype=torch.long)
     pending: list[tuple[int, int, tuple[str, str]]] = []  # (row, col, forward pair)
     for t, (orig, row) in enumerate(zip(original, alternatives, strict=True)):
-        if not row:
-            continue
-        labels[t, 0] = ENTAIL
-        word = normalise_word(orig)
-        if params.stopword_rule and word.lower() in ENGLISH_STOPWORDS:
-            labels[t, : len(row)] = ENTAIL
-            continue
-        if not word and params.empty != "judge":
-            labels[t, 1 : len(row)] = ENTAIL if params.empty == "entail" else NEUTRAL
-            continue
         prefix = prefixes[t] if params.context == "prefix" and prefixes is not None else ""
-        premise = prefix + (word or orig)
-        for j in range(1, len(row)):
-            alt = normalise_word(row[j])
-            if not alt and params.empty != "judge":
-                labels[t, j] = ENTAIL if params.empty == "entail" else NEUTRAL
-            elif params.identity_casefold and word and alt.casefold() == word.casefold():
-                labels[t, j] = ENTAIL
-            else:
-                pending.append((t, j, (premise, prefix + (alt or row[j]))))
-    if not pending:
-        return labels
+        pending += _label_row(labels, t, orig, row, params, prefix)
+    if pending:
+        _judge_pending(labels, pending, judge)
+    return labels
+
+
+def _label_row(
+    labels: Tensor, t: int, orig: str, row: Sequence[str], params: CcpParams, prefix: str
+) -> list[tuple[int, int, tuple[str, str]]]:
+    """Label row ``t`` in place by the rules; return the pairs that need the judge."""
+    if not row:
+        return []
+    labels[t, 0] = ENTAIL
+    word = normalise_word(orig, params.strip)
+    if params.stopword_rule and word.lower() in ENGLISH_STOPWORDS:
+        labels[t, : len(row)] = ENTAIL
+        return []
+    if not word and params.empty in ("neutral", "entail"):
+        labels[t, 1 : len(row)] = ENTAIL if params.empty == "entail" else NEUTRAL
+        return []
+    premise = prefix + _judged_text(word, orig, params)
+    pending = []
+    for j in range(1, len(row)):
+        alt = normalise_word(row[j], params.strip)
+        if not alt and params.empty in ("neutral", "entail"):
+            labels[t, j] = ENTAIL if params.empty == "entail" else NEUTRAL
+        elif params.identity_casefold and word and alt.casefold() == word.casefold():
+            labels[t, j] = ENTAIL
+        else:
+            pending.append((t, j, (premise, prefix + _judged_text(alt, row[j], params))))
+    return pending
+
+
+def _judge_pending(
+    labels: Tensor, pending: list[tuple[int, int, tuple[str, str]]], judge: PairJudge
+) -> None:
+    """Judge every distinct pair both ways in one call; write the combined labels in place."""
     unique: dict[tuple[str, str], int] = {}
     for _, _, (p, h) in pending:
         unique.setdefault((p, h), len(unique))
@@ -249,7 +344,6 @@ def label_alternatives(
     rows = torch.tensor([t for t, _, _ in pending])
     cols = torch.tensor([j for _, j, _ in pending])
     labels[rows, cols] = combine_directions(fwd, bwd)
-    return labels
 
 
 def token_log_ccp(alt_logprobs: Tensor, labels: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -287,16 +381,20 @@ def token_ccp(alt_logprobs: Tensor, labels: Tensor, valid: Tensor | None = None)
     return token_log_ccp(alt_logprobs, labels, valid).exp()
 
 
-def claim_ccp(token_ccp: Tensor, positions: Sequence[Tensor]) -> Tensor:
+def claim_ccp(
+    token_ccp: Tensor, positions: Sequence[Tensor], aggregation: Aggregation = "lm-polygraph"
+) -> Tensor:
     """Claim CCP: the product of its tokens' CCP, computed as ``exp(sum log CCP_t)``.
 
     Args:
         token_ccp: ``[T]`` per-token CCP (NaN for unscored tokens).
         positions: per claim, a 1-D int64 tensor of its token positions.
+        aggregation: ``lm-polygraph``: a NaN token makes the claim NaN and a claim without
+            tokens has CCP 1 (the empty product, as the library's ``np.exp(np.sum(...))``);
+            ``tokenprism``: NaN tokens are skipped and a claim with no scored token is NaN.
 
     Returns:
-        ``[n_claims]`` float32; NaN tokens are skipped, and a claim with no scored token is NaN
-        (an empty product of 1 would claim certainty nobody measured).
+        ``[n_claims]`` float32.
     """
     device = token_ccp.device
     n_claims = len(positions)
@@ -307,8 +405,31 @@ def claim_ccp(token_ccp: Tensor, positions: Sequence[Tensor]) -> Tensor:
     flat = torch.cat([p.to(device=device, dtype=torch.long).reshape(-1) for p in positions])
     owner = torch.repeat_interleave(torch.arange(n_claims, device=device), counts)
     vals = log_ccp[flat]
-    scored = ~torch.isnan(vals)
     zeros = torch.zeros(n_claims, dtype=torch.float32, device=device)
+    if aggregation == "lm-polygraph":
+        return zeros.index_add(0, owner, vals).exp()  # NaN + anything = NaN; empty sum 0
+    scored = ~torch.isnan(vals)
     total = zeros.index_add(0, owner, torch.where(scored, vals, torch.zeros_like(vals)))
     n_scored = zeros.index_add(0, owner, scored.float())
     return torch.where(n_scored > 0, total.exp(), torch.full_like(total, float("nan")))
+
+
+def sequence_ccp(token_ccp: Tensor, aggregation: Aggregation = "lm-polygraph") -> float:
+    """Sequence CCP ``prod_t CCP_t`` over the given tokens, in float64 log space.
+
+    LM-Polygraph's ``ClaimConditionedProbability`` returns ``-prod_t CCP_t`` over every
+    generated token; TokenPrism stores the uncertainty ``1 - prod_t CCP_t`` (same ranking).
+
+    Args:
+        token_ccp: ``[T]`` CCP of the response tokens.
+        aggregation: as :func:`claim_ccp`: ``lm-polygraph`` propagates NaN and gives 1 for no
+            token; ``tokenprism`` skips NaN and gives NaN when no token is scored.
+
+    Returns:
+        the product.
+    """
+    logs = token_ccp.double().log()
+    if aggregation == "lm-polygraph":
+        return float(logs.sum().exp())
+    logs = logs[~torch.isnan(logs)]
+    return float(logs.sum().exp()) if len(logs) else math.nan

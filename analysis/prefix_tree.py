@@ -80,6 +80,18 @@ def _check_rewards(rewards: Sequence[float]) -> list[float]:
     return out
 
 
+def _check_entropies(
+    responses: Sequence[Sequence[int]], entropies: Sequence[Sequence[float]] | None
+) -> None:
+    if entropies is None:
+        return
+    if len(entropies) != len(responses):
+        raise ValueError(f"{len(responses)} responses but {len(entropies)} entropy rows")
+    for i, (resp, ent) in enumerate(zip(responses, entropies, strict=True)):
+        if len(ent) != len(resp):
+            raise ValueError(f"response {i} has {len(resp)} tokens but {len(ent)} entropies")
+
+
 def _build(
     responses: Sequence[Sequence[int]],
     rewards: Sequence[float],
@@ -89,12 +101,7 @@ def _build(
     if len(responses) != len(rewards):
         raise ValueError(f"{len(responses)} responses but {len(rewards)} rewards")
     rs = _check_rewards(rewards)
-    if entropies is not None:
-        if len(entropies) != len(responses):
-            raise ValueError(f"{len(responses)} responses but {len(entropies)} entropy rows")
-        for i, (resp, ent) in enumerate(zip(responses, entropies, strict=True)):
-            if len(ent) != len(resp):
-                raise ValueError(f"response {i} has {len(resp)} tokens but {len(ent)} entropies")
+    _check_entropies(responses, entropies)
     nodes = [TreeNode(id=0, parent=None, token_ids=[], depth=0, count=0, reward_sum=0.0)]
     child_of: dict[tuple[int, int], int] = {}  # (parent id, token id) -> child id
     entropy_sum: list[float] = [0.0]

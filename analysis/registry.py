@@ -8,7 +8,7 @@ Later metric families (CCP, probes, THR, ...) register their names here as they 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Level = Literal["token", "sequence", "layer"]
@@ -28,6 +28,10 @@ class MetricSpec:
             ``neutral`` (no uncertainty reading). Views use it to orient colour scales.
         description: one sentence, including the convention chosen where papers differ.
         inputs: forward-pass products the metric needs (``logits``, ``hidden_states``, ...).
+        signed: values are meaningful on both sides of 0 (THR, TD, advantages, deltas): views
+            use a diverging colour scale centred on 0 instead of a sequential one.
+        natural_range: ``(low, high)`` of the "fixed" colour scale (the range the metric's
+            values usually fall in), or None when it has none (views then use the data's).
     """
 
     name: str
@@ -36,13 +40,16 @@ class MetricSpec:
     higher_means: Direction
     description: str
     inputs: tuple[str, ...] = ("logits",)
+    signed: bool = False
+    natural_range: tuple[float, float] | None = None
 
 
 _REGISTRY: dict[str, MetricSpec] = {}
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
-    """Add ``spec`` to the registry; a name can be registered once."""
+    """Add ``spec`` to the registry (with its colour-scale facts); a name is registered once."""
+    spec = _with_scale(spec)
     if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
         raise ValueError(f"metric {spec.name!r} is already registered with another definition")
     _REGISTRY[spec.name] = spec
@@ -64,6 +71,39 @@ def list_metrics(level: Level | None = None) -> list[MetricSpec]:
         (s for s in _REGISTRY.values() if level is None or s.level == level),
         key=lambda s: s.name,
     )
+
+
+# Colour-scale facts, kept apart from the long spec lists: signed metrics get a diverging scale
+# centred on 0, and the natural range is the "fixed" scale's domain.
+SIGNED_METRICS = frozenset({"thr", "thr_advantage", "tempo_td", "tempo_advantage"})
+SIGNED_SUFFIXES = ("_delta", "_diff")
+NATURAL_RANGES: dict[str, tuple[float, float]] = {
+    "entropy": (0.0, 4.0),
+    "window_entropy": (0.0, 4.0),
+    "surprisal_bits": (0.0, 12.0),
+    "prob": (0.0, 1.0),
+    "margin": (0.0, 1.0),
+    "logprob": (-10.0, 0.0),
+    "rank": (1.0, 100.0),
+    "gltr_bucket": (0.0, 3.0),
+    "ccp": (0.0, 1.0),
+    "probe": (0.0, 1.0),
+    "ce_score": (0.0, 1.0),
+    "rollout_correct": (0.0, 1.0),
+    "selfcheck_embed": (0.0, 1.0),
+    "thr_advantage": (-2.0, 2.0),
+    "tempo_advantage": (-2.0, 2.0),
+}
+
+
+def _with_scale(spec: MetricSpec) -> MetricSpec:
+    signed = spec.signed or spec.name in SIGNED_METRICS or spec.name.endswith(SIGNED_SUFFIXES)
+    natural = spec.natural_range or NATURAL_RANGES.get(spec.name)
+    if spec.unit in ("probability", "fraction", "flag") and natural is None:
+        natural = (0.0, 1.0)
+    if (signed, natural) == (spec.signed, spec.natural_range):
+        return spec
+    return replace(spec, signed=signed, natural_range=natural)
 
 
 _BUILTIN = [
@@ -94,7 +134,9 @@ _BUILTIN = [
         "token",
         "nats",
         "uncertain",
-        "Shannon entropy of the full predictive distribution that predicted the token.",
+        "Shannon entropy of the full predictive distribution that predicted the token; for "
+        "runs from API logprobs (provenance source=logprobs) the entropy of the top-k "
+        "renormalised to sum 1, which is neither bound: see entropy_lower / entropy_upper.",
     ),
     MetricSpec(
         "margin",
@@ -244,7 +286,8 @@ _EXTRAS = [
         "confident",
         "Claim-Conditioned Probability: p(entailing alternatives) / p(entailing + "
         "contradicting alternatives) among the top-K, labelled by an NLI judge (see "
-        "provenance.extras.ccp.judge).",
+        "provenance.extras.ccp.judge); conventions of provenance.extras.ccp.preset "
+        "(lm-polygraph by default, tokenprism = our shortcuts).",
         ("logits", "nli_judge"),
     ),
     MetricSpec(
@@ -288,7 +331,9 @@ _EXTRAS = [
         "sequence",
         "probability",
         "uncertain",
-        "1 - product of token CCP over the response.",
+        "1 - product of token CCP over the response (lm-polygraph preset: every token, NaN "
+        "propagates; tokenprism: NaN tokens skipped). Saturates towards 1 with length: "
+        "comparable only across responses of similar length (rank by ccp_mean_log instead).",
         ("logits", "nli_judge"),
     ),
     MetricSpec(
@@ -296,7 +341,26 @@ _EXTRAS = [
         "sequence",
         "probability",
         "confident",
-        "CCP of the weakest claim (product of its tokens' CCP).",
+        "CCP of the weakest claim (product of its tokens' CCP). Comparable across responses "
+        "with claims of similar length; falls as the number of claims grows.",
+        ("logits", "nli_judge"),
+    ),
+    MetricSpec(
+        "claim_ccp_mean",
+        "sequence",
+        "probability",
+        "confident",
+        "Mean claim CCP over the response's claims (each the product of its tokens' CCP). "
+        "Comparable across responses of different lengths with claims of similar length.",
+        ("logits", "nli_judge"),
+    ),
+    MetricSpec(
+        "ccp_mean_log",
+        "sequence",
+        "nats",
+        "confident",
+        "Mean log CCP per response token (log of the geometric-mean token CCP; 0 = every "
+        "token certain). Length-normalised: comparable across responses of any length.",
         ("logits", "nli_judge"),
     ),
     MetricSpec(
@@ -364,7 +428,9 @@ _GROUPS = [
         "score",
         "neutral",
         "Token Hidden Reward: first-order influence of the token's GRPO update on the "
-        "likelihood of the group's correct responses (> 0 exploitation, < 0 exploration).",
+        "likelihood of the group's correct responses (> 0 exploitation, < 0 exploration); "
+        "over the full vocabulary by default, over the group's tokens V* with "
+        "thr_vocab=group (see the group summary).",
         ("logits", "hidden_states", "group"),
     ),
     MetricSpec(
@@ -475,7 +541,107 @@ for _name, _unit, _direction, _text in _DECODING:
     register_metric(
         MetricSpec(f"{_name}_mean", "sequence", _unit, _direction, f"Mean over the output: {_text}")
     )
-for _spec in _BUILTIN + _EXTRAS + _GROUPS:
+# Runs audited from API top-k logprobs (analysis.topk): what the top-k determines or bounds.
+_TOPK_INPUTS = ("top_logprobs",)
+_TOPK = [
+    MetricSpec(
+        "rank_gt",
+        "token",
+        "rank",
+        "uncertain",
+        "API logprobs: the sampled token is outside its top-k, so its rank exceeds this k "
+        "(rank is NULL there).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "topk_mass",
+        "token",
+        "probability",
+        "confident",
+        "API logprobs: probability the returned top-k alternatives cover.",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "entropy_lower",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: lower bound on the full-vocabulary entropy (residual mass packed into "
+        "as few tokens as the <= p_k cap allows; holds for any vocabulary size).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "entropy_upper",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: upper bound on the full-vocabulary entropy (residual mass spread evenly "
+        "over the other V - k tokens; V in provenance.vocab_size).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "window_entropy_lower",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: ARES inclusive window mean of entropy_lower (bounds the window entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "window_entropy_upper",
+        "token",
+        "nats",
+        "uncertain",
+        "API logprobs: ARES inclusive window mean of entropy_upper (bounds the window entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "logprob_disagreement",
+        "token",
+        "nats",
+        "neutral",
+        "source=both: local re-score logprob minus the API logprob of the same token "
+        "(> 0: the local model finds the token likelier than the model that wrote it).",
+        ("logits", "top_logprobs"),
+    ),
+    MetricSpec(
+        "mean_entropy_lower",
+        "sequence",
+        "nats",
+        "uncertain",
+        "API logprobs: mean of entropy_lower (a lower bound on the mean entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "mean_entropy_upper",
+        "sequence",
+        "nats",
+        "uncertain",
+        "API logprobs: mean of entropy_upper (an upper bound on the mean entropy).",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "mean_topk_mass",
+        "sequence",
+        "probability",
+        "confident",
+        "API logprobs: mean probability covered by the top-k.",
+        _TOPK_INPUTS,
+    ),
+    MetricSpec(
+        "mean_logprob_disagreement",
+        "sequence",
+        "nats",
+        "neutral",
+        "source=both: mean of logprob_disagreement over the response tokens.",
+        ("logits", "top_logprobs"),
+    ),
+]
+_BUILTIN = [_with_scale(s) for s in _BUILTIN]
+_EXTRAS = [_with_scale(s) for s in _EXTRAS]
+_GROUPS = [_with_scale(s) for s in _GROUPS]
+_TOPK = [_with_scale(s) for s in _TOPK]
+for _spec in _BUILTIN + _EXTRAS + _GROUPS + _TOPK:
     register_metric(_spec)
 
 # Model diff (analysis.divergence): per-token values of model B against model A on A's tokens,
@@ -501,4 +667,6 @@ _DIFF: list[tuple[str, str, str, Direction, str]] = [
     ("top1_agreement", "sequence", "fraction", "confident", "Share of tokens with top1_agree."),
 ]
 for _name, _level, _unit, _direction, _text in _DIFF:
-    register_metric(MetricSpec(_name, _level, _unit, _direction, _text, ("logits", "model_b")))  # type: ignore[arg-type]
+    _spec = MetricSpec(_name, _level, _unit, _direction, _text, ("logits", "model_b"))  # type: ignore[arg-type]
+    # delta_logprob is signed (B above or below A): a diverging scale centred on 0
+    register_metric(_with_scale(replace(_spec, signed=_name == "delta_logprob")))

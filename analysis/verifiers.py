@@ -10,9 +10,13 @@ and a one-line reason). Specs are strings so that they fit in a CLI flag or a fo
   (case-folded, runs of whitespace collapsed to one space, surrounding punctuation stripped).
   Responses with no answer marker are compared by their last non-empty line, because short
   answers ("Paris.") usually come without one.
-* ``regex:PATTERN`` - ``PATTERN`` is found anywhere in the response. User patterns run on the
-  third-party ``regex`` engine with a 0.5 s timeout (the stdlib ``re`` cannot be interrupted);
-  a timeout scores 0 with a reason saying so. Patterns are limited to 500 characters.
+* ``regex:PATTERN`` - ``PATTERN`` is found anywhere in the response. User patterns run on RE2
+  (``google-re2``), whose matching is linear in the text and whose compiled program is bounded
+  in memory, so no pattern can hang or bloat the process (backtracking engines - the stdlib
+  ``re``, ``regex`` - can, and their timeouts do not cover compilation: ``(((a{100}){100}){100})``
+  grew a server by 1 GB). RE2 syntax is Perl's without backreferences and lookaround.
+  Patterns are limited to 500 characters and to :data:`MAX_REPEAT_EXPANSION` once counted
+  repeats are expanded (:func:`repeat_expansion`); both refusals name the problem.
 * ``choice:B`` - a multiple-choice letter A-J (see :func:`extract_choice`).
 
 Nothing is ever evaluated as code.
@@ -35,10 +39,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import regex
+import re2
 
-REGEX_TIMEOUT_S = 0.5
 MAX_PATTERN_LEN = 500
+MAX_REPEAT_EXPANSION = 10_000
+REGEX_MAX_MEM = 8 << 20  # bytes RE2 may use for one compiled pattern
 DEFAULT_TOL = 1e-6
 CHOICE_LETTERS = "ABCDEFGHIJ"
 
@@ -306,19 +311,103 @@ class ExactVerifier:
         return Verdict(float(got == self.target), answer, f"answer {got!r} {op} {self.target!r}")
 
 
+def _class_end(pattern: str, i: int) -> int:
+    """Index just past the character class opening at ``pattern[i] == "["``."""
+    n, j = len(pattern), i + 1
+    if j < n and pattern[j] == "^":
+        j += 1
+    if j < n and pattern[j] == "]":
+        j += 1
+    while j < n and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    return j + 1
+
+
+def _counted_repeat(pattern: str, i: int) -> tuple[int, int] | None:
+    """``(times, index past "}")`` for a counted repeat opening at ``pattern[i] == "{"``; None
+    when the brace is a literal. ``{m}`` -> m copies, ``{m,n}`` -> n, ``{m,}`` -> m + 1 (m and a
+    star)."""
+    close = pattern.find("}", i)
+    body = pattern[i + 1 : close] if close > 0 else ""
+    low, comma, high = body.partition(",")
+    if close > 0 and low.strip().isdigit() and (not high.strip() or high.strip().isdigit()):
+        times = int(high) if high.strip() else int(low) + (1 if comma else 0)
+        return times, close + 1
+    return None
+
+
+def repeat_expansion(pattern: str) -> int:
+    """About how many atoms ``pattern`` holds once every counted repeat ``{m,n}`` is written
+    out (``(a{100}){100}`` -> 10,000): nested counted repeats multiply. An upper-bound estimate
+    (alternatives add up, ``*``/``+``/``?`` count once, a class or an escape is one atom).
+    """
+    frames: list[list[int]] = [[0, 0]]  # per open group: [total size, size of the last item]
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            frames[-1][0] += 1
+            frames[-1][1] = 1
+            continue
+        if c == "[":
+            i = _class_end(pattern, i)
+            frames[-1][0] += 1
+            frames[-1][1] = 1
+            continue
+        if c == "(":
+            frames.append([0, 0])
+        elif c == ")" and len(frames) > 1:
+            size = max(frames.pop()[0], 1)
+            frames[-1][0] += size
+            frames[-1][1] = size
+        elif c == "{" and (repeat := _counted_repeat(pattern, i)) is not None:
+            times, i = repeat
+            frames[-1][0] += frames[-1][1] * max(times - 1, 0)
+            frames[-1][1] *= max(times, 1)
+            continue
+        elif c not in "*+?|^$":
+            frames[-1][0] += 1
+            frames[-1][1] = 1
+        i += 1
+    while len(frames) > 1:  # unclosed groups: RE2 refuses them anyway
+        size = frames.pop()[0]
+        frames[-1][0] += size
+    return frames[0][0]
+
+
+def compile_user_regex(pattern: str, what: str = "regex") -> re2._Regexp:
+    """Compile a user-supplied pattern on RE2 within the limits above, or ``ValueError`` naming
+    the problem (too long, repeats that expand too far, syntax RE2 does not have)."""
+    if len(pattern) > MAX_PATTERN_LEN:
+        raise ValueError(
+            f"{what} pattern is {len(pattern)} characters; the limit is {MAX_PATTERN_LEN}"
+        )
+    size = repeat_expansion(pattern)
+    if size > MAX_REPEAT_EXPANSION:
+        raise ValueError(
+            f"{what} pattern expands to about {size:,} atoms once its counted repeats are "
+            f"written out (nested repeats multiply); the limit is {MAX_REPEAT_EXPANSION:,}"
+        )
+    options = re2.Options()
+    options.max_mem = REGEX_MAX_MEM
+    options.log_errors = False
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ValueError(f"invalid {what} {pattern!r}: {detail}") from None
+
+
 @dataclass(frozen=True)
 class RegexVerifier:
-    """``pattern`` found anywhere in the response, with a timeout."""
+    """``pattern`` (an RE2 pattern, linear-time) found anywhere in the response."""
 
     spec: str
-    pattern: regex.Pattern[str]
-    timeout: float = REGEX_TIMEOUT_S
+    pattern: re2._Regexp
 
     def __call__(self, response: str) -> Verdict:
-        try:
-            m = self.pattern.search(response, timeout=self.timeout)
-        except TimeoutError:
-            return Verdict(0.0, None, f"regex timed out after {self.timeout:g} s")
+        m = self.pattern.search(response)
         if m is None:
             return Verdict(0.0, None, "pattern not found")
         shown = m[0] if len(m[0]) <= 60 else m[0][:57] + "..."
@@ -362,12 +451,7 @@ def _exact(spec: str, arg: str) -> Verifier:
 
 
 def _regex(spec: str, arg: str) -> Verifier:
-    if len(arg) > MAX_PATTERN_LEN:
-        raise ValueError(f"regex pattern is {len(arg)} characters; the limit is {MAX_PATTERN_LEN}")
-    try:
-        return RegexVerifier(spec, regex.compile(arg))
-    except regex.error as exc:
-        raise ValueError(f"invalid regex {arg!r}: {exc}") from None
+    return RegexVerifier(spec, compile_user_regex(arg))
 
 
 def _choice(spec: str, arg: str) -> Verifier:
@@ -377,12 +461,37 @@ def _choice(spec: str, arg: str) -> Verifier:
     return ChoiceVerifier(spec, letter)
 
 
-_KINDS: dict[str, Callable[[str, str], Verifier]] = {
-    "number": _number,
-    "exact": _exact,
-    "regex": _regex,
-    "choice": _choice,
+@dataclass(frozen=True)
+class VerifierKind:
+    """One ``kind:`` of verifier spec.
+
+    Attributes:
+        name: the spec prefix (``number`` in ``number:42``).
+        build: ``(spec, argument) -> Verifier``; raises ValueError on a bad argument.
+        example: a spec of this kind, for help texts and the registry test.
+        verbatim: pass the argument unstripped (a regex's spaces are part of the pattern).
+    """
+
+    name: str
+    build: Callable[[str, str], Verifier]
+    example: str
+    verbatim: bool = False
+
+
+_KINDS: dict[str, VerifierKind] = {
+    k.name: k
+    for k in (
+        VerifierKind("number", _number, "number:42"),
+        VerifierKind("exact", _exact, "exact:Paris"),
+        VerifierKind("regex", _regex, r"regex:\bParis\b", verbatim=True),
+        VerifierKind("choice", _choice, "choice:B"),
+    )
 }
+
+
+def verifier_kinds() -> list[VerifierKind]:
+    """Every verifier kind, in the order help texts list them."""
+    return list(_KINDS.values())
 
 
 def parse_verifier(spec: str) -> Verifier:
@@ -391,13 +500,15 @@ def parse_verifier(spec: str) -> Verifier:
     Kinds: ``number:42``, ``number:42@0.01``, ``exact:Paris``, ``regex:PATTERN``, ``choice:B``.
     The regex argument is used verbatim (spaces included); the others are stripped.
     """
-    kind, colon, arg = spec.partition(":")
-    kind = kind.strip().lower()
+    name, colon, arg = spec.partition(":")
+    name = name.strip().lower()
     if not colon:
         raise ValueError(f"verifier spec {spec!r} needs the form kind:argument, e.g. number:42")
-    if kind not in _KINDS:
+    if name not in _KINDS:
         known = ", ".join(_KINDS)
-        raise ValueError(f"unknown verifier kind {kind!r} in {spec!r}; known kinds: {known}")
-    if not (arg if kind == "regex" else arg.strip()):
+        raise ValueError(f"unknown verifier kind {name!r} in {spec!r}; known kinds: {known}")
+    kind = _KINDS[name]
+    argument = arg if kind.verbatim else arg.strip()
+    if not argument:
         raise ValueError(f"verifier spec {spec!r} has an empty argument")
-    return _KINDS[kind](spec, arg if kind == "regex" else arg.strip())
+    return kind.build(spec, argument)

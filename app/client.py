@@ -29,6 +29,7 @@ class BackendError(Exception):
     code: str
     message: str
     problems: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)  # the error's other fields
 
     def __str__(self) -> str:
         return self.message
@@ -66,6 +67,7 @@ class TokenPrismClient:
                 str(error.get("code", "error")),
                 str(error.get("message", "")),
                 list(error.get("problems", [])),
+                {k: v for k, v in error.items() if k not in ("code", "message", "problems")},
             )
         return reply
 
@@ -92,10 +94,13 @@ class TokenPrismClient:
         template: bool = True,
         system: str | None = None,
         metrics: list[str] | None = None,
+        ccp_preset: str | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"template": template}
         if metrics:
             body["metrics"] = metrics
+            if ccp_preset and "ccp" in metrics:
+                body["ccp_preset"] = ccp_preset
         for key, value in (
             ("prompt", prompt),
             ("response", response),
@@ -119,6 +124,7 @@ class TokenPrismClient:
         top_p: float = 1.0,
         seed: int | None = None,
         metrics: list[str] | None = None,
+        ccp_preset: str | None = None,
     ) -> list[dict[str, Any]]:
         body: dict[str, Any] = {
             "metrics": metrics or None,
@@ -128,6 +134,8 @@ class TokenPrismClient:
             "temperature": temperature,
             "top_p": top_p,
         }
+        if ccp_preset and metrics and "ccp" in metrics:
+            body["ccp_preset"] = ccp_preset
         for key, value in (("model", model), ("system", system), ("seed", seed)):
             if value is not None:
                 body[key] = value
@@ -173,10 +181,16 @@ class TokenPrismClient:
         model: str | None = None,
         metrics: list[str] | None = None,
         engine: str = "local",
+        skip_invalid: bool = False,
+        ccp_preset: str | None = None,
     ) -> dict[str, Any]:
         form = {"model": model} if model else {}
+        if skip_invalid:
+            form["skip_invalid"] = "true"
         if metrics:
             form["metrics"] = ",".join(metrics)
+            if ccp_preset and "ccp" in metrics:
+                form["ccp_preset"] = ccp_preset
         if engine != "local":
             form["engine"] = engine
         return dict(self._json("POST", "/uploads", files={"file": (filename, data)}, data=form))

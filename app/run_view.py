@@ -10,11 +10,14 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
+import streamlit.components.v1 as components
 
 from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure
 from tokenprism.app.components.claims import claims_frame, judge_caption
+from tokenprism.app.components.token_canvas import token_canvas_html
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
-from tokenprism.app.ui import backend_errors, client, sequence_cards
+from tokenprism.app.ui import backend_errors, cached_run, client, sequence_cards
+from tokenprism.backend.display import SCALE_MODE_LABELS
 
 DEFAULT_METRIC = "entropy"
 
@@ -46,8 +49,28 @@ def render_run(run: dict[str, Any], *, key: str, default_metric: str | None = No
         key=f"{key}.metric",
     )
     with_prompt = right.toggle("show prompt tokens", key=f"{key}.show_prompt")
-    st.html(legend_html(metric, tokens))
-    st.html(token_html(tokens, metric, include_prompt=with_prompt))
+    mode_col, ws_col, instant_col = st.columns([3, 1, 1])
+    instant = instant_col.toggle(
+        "instant view",
+        key=f"{key}.instant",
+        help="Colour, scale, prompt tokens and the token pop-over change in the browser, "
+        "without a round trip to the server.",
+    )
+    if instant:
+        components.html(token_canvas_html(tokens, metrics, metric), height=520, scrolling=True)
+    else:
+        mode = mode_col.radio(
+            "Colour scale",
+            ["fixed", "run"],
+            format_func=SCALE_MODE_LABELS.get,
+            horizontal=True,
+            key=f"{key}.scale",
+        )
+        whitespace = ws_col.toggle("show whitespace", key=f"{key}.whitespace")
+        st.html(legend_html(metric, tokens, mode))
+        st.html(
+            token_html(tokens, metric, include_prompt=with_prompt, mode=mode, whitespace=whitespace)
+        )
     caption = judge_caption(run)
     if caption:
         st.caption(caption)
@@ -105,6 +128,7 @@ def render_claims(run: dict[str, Any], *, key: str) -> None:
         if st.button("Apply probe", key=f"{key}.probe_apply"):
             with backend_errors(), st.spinner("Running the probe…"):
                 fresh = client().apply_probe(run["run_id"], name)["run"]
+            cached_run.clear()  # the stored run changed
             for state in ("explore.run",):
                 if st.session_state.get(state, {}).get("run_id") == run["run_id"]:
                     st.session_state[state] = fresh

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -15,6 +16,13 @@ JOB_TERMINAL = ("done", "failed", "cancelled", "interrupted")
 # The extra metric families a scoring request can ask for (backend.uncertainty.EXTRA_METRICS,
 # repeated so the UI does not import the backend's model code).
 EXTRA_METRICS = ["ccp", "probe", "sar", "selfcheck"]
+# CCP's conventions (analysis.ccp.CCP_PRESETS), the default first
+CCP_PRESETS = ["lm-polygraph", "tokenprism"]
+CCP_PRESET_HELP = (
+    "CCP conventions. lm-polygraph (default): as LM-Polygraph, every alternative judged, no "
+    "stopword rule, NaN propagates, an empty claim is 1. tokenprism: our shortcuts (stopwords "
+    "and punctuation get CCP 1, the same word is entailment unjudged, NaN tokens skipped)."
+)
 
 SEQUENCE_CARDS = (
     ("geometric_mean_confidence", "GM confidence", "{:.3f}"),
@@ -31,13 +39,32 @@ def client() -> TokenPrismClient:
     return TokenPrismClient()
 
 
+@st.cache_data(max_entries=64, ttl=600, show_spinner=False)
+def cached_run(run_id: str, base_url: str) -> dict[str, Any]:  # noqa: ARG001 - cache key
+    """A stored run, fetched once per run id (reruns of a page reuse it).
+
+    ``base_url`` is part of the key so two backends never share entries; call
+    ``cached_run.clear()`` after changing a run (probe applied, metrics added).
+    """
+    return client().run(run_id)
+
+
+def fetch_run(run_id: str) -> dict[str, Any]:
+    """:func:`cached_run` for the configured backend."""
+    return cached_run(run_id, client().base_url)
+
+
 @contextmanager
 def backend_errors() -> Iterator[None]:
     """Show backend failures as messages (never tracebacks) and stop the page."""
     try:
         yield
     except BackendUnavailable as err:
-        st.error(f"{err}. Start it with `tokenprism serve` (or `make run`), then reload.")
+        st.error(
+            f"The TokenPrism backend is down or restarting ({err}). `tokenprism up` restarts "
+            "a crashed backend by itself: wait a few seconds and reload; otherwise start it "
+            "with `tokenprism serve` (or `make run`)."
+        )
         st.stop()
     except BackendError as err:
         st.error(err.message)
@@ -85,6 +112,9 @@ def poll_job(
         st.rerun()
     if job["status"] in JOB_TERMINAL:
         st.session_state.pop(state_key, None)
+        # a finished job may have added metrics to stored runs (rollouts, contrastive models,
+        # probes): cached runs must not hide them
+        cached_run.clear()
         if job["status"] == "done":
             if created_key and result_field:
                 st.session_state[created_key] = (job.get("result") or {}).get(result_field)

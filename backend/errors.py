@@ -23,3 +23,21 @@ class DatabaseLocked(UserError):
 
 class ReadOnlyViolation(UserError):
     """A statement given to the read-only SQL interface would change data."""
+
+
+class NameTaken(UserError):
+    """A name that belongs to something shipped (a probe) and cannot be reused (409)."""
+
+
+class LimitExceeded(UserError):
+    """A request asks for more than a server limit allows (422), e.g. too many items."""
+
+
+class QueryLimit(UserError):
+    """A SQL query ran past its time or memory limit and was stopped (400)."""
+
+
+class QueueFull(UserError):
+    """The queue holds ``max_queued_jobs`` jobs already (429 with ``Retry-After``)."""
+
+    retry_after_s = 30

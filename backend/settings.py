@@ -7,12 +7,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tokenprism.backend.errors import UserError
 
 # The repository root when running from a checkout (backend/ resolves to <root>/backend); in an
 # installed wheel this is site-packages/tokenprism, which has no pyproject.toml.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
+MIN_TOKEN_CHARS = 16
 
 
 def _default_home() -> Path:
@@ -57,6 +60,21 @@ class Settings(BaseSettings):
         ray_address: Ray cluster for ``engine=ray`` audits (``auto``, ``host:6379`` or
             ``ray://host:10001``); unset = a local cluster started for each job.
         ray_workers: actors (model copies) of a local Ray cluster; unset = half the CPUs.
+        allow_ray: let API clients ask for ``engine=ray`` (off: Ray has no authentication, so
+            only the operator decides that a server may start or join a cluster).
+        allowed_hosts: extra ``Host`` names the API answers to besides 127.0.0.1, localhost and
+            [::1] (e.g. the Docker service name); ``*`` accepts any Host and is honoured only
+            with a token set.
+        sql_timeout_s: wall-clock limit of one read-only SQL query (DuckDB ``interrupt()``).
+        sql_memory_mb: DuckDB memory limit of the database (user SQL included); beyond it
+            DuckDB spills to ``home/duckdb-tmp`` or fails the query.
+        sql_max_result_bytes: most bytes of SQL result values returned (the rest is cut).
+        max_queued_jobs: most jobs waiting in the queue; more answer 429.
+        max_loaded_models: models (and layer-cut variants) kept loaded, least recently used
+            dropped first.
+        probe_max_items: most labelled items a probe-training upload may hold.
+        export_max_runs: most turns an HTML report shows (a note says when it is cut).
+        shutdown_grace_s: seconds ``serve`` waits for requests and jobs after SIGTERM.
     """
 
     model_config = SettingsConfigDict(env_prefix="TOKENPRISM_", extra="ignore")
@@ -81,6 +99,31 @@ class Settings(BaseSettings):
     probe_dirs: list[Path] = Field(default_factory=list)
     ray_address: str | None = None
     ray_workers: int | None = None
+    # serve without any model: only uploads audited from their own logprobs work
+    no_model: bool = False
+    allow_ray: bool = False
+    allowed_hosts: list[str] = Field(default_factory=list)
+    sql_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    sql_memory_mb: int = Field(default=2048, ge=64)
+    sql_max_result_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_queued_jobs: int = Field(default=32, ge=1)
+    max_loaded_models: int = Field(default=3, ge=1)
+    probe_max_items: int = Field(default=5000, ge=1)
+    export_max_runs: int = Field(default=2000, ge=1)
+    shutdown_grace_s: float = Field(default=5.0, ge=0, le=60)
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _token(cls, value: object) -> object:
+        # a token of blanks would count as set and protect nothing; a short one is guessable
+        if isinstance(value, str):
+            value = value.strip() or None
+        if isinstance(value, str) and len(value) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"TOKENPRISM_API_TOKEN must be at least {MIN_TOKEN_CHARS} characters "
+                f"(got {len(value)})"
+            )
+        return value
 
     @property
     def db_path(self) -> Path:
@@ -98,5 +141,14 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use."""
-    return Settings()
+    """The process-wide settings, read from the environment on first use.
+
+    A bad ``TOKENPRISM_*`` value is one clear line (a :class:`UserError`), not a traceback.
+    """
+    try:
+        return Settings()
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first.get("loc", ()))
+        message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        raise UserError(f"bad setting TOKENPRISM_{field.upper()}: {message}") from None

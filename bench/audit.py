@@ -1,40 +1,46 @@
-"""Benchmark: batched audit jobs vs one-by-one scoring, and the token query of a long run.
+"""Benchmark: audits with one forward pass per conversation vs one pass per assistant turn.
 
-Run with ``.venv/bin/python bench/audit.py`` (``make bench-audit``). On the embedded default
-model, in one run, through the real API (FastAPI TestClient, fresh DuckDB file):
+Run with ``.venv/bin/python bench/audit.py`` (``make bench-audit``; ``--conversations N``,
+``--repeats N``, ``--max-turn-tokens N`` to resize). On the embedded default model, a generated
+corpus shaped like real chats (1-8 assistant turns, 50-1,500 tokens a turn, a system prompt on
+some conversations, each conversation within the model's context) is audited, in one run,
+interleaved and repeated (medians), each attempt into a fresh DuckDB file:
 
-* one by one: 200 transcript turns, each ``POST /api/v1/runs`` (score + store), sequentially;
-* batched: the same 200 turns uploaded as one JSONL file, scored by the job worker in
-  length-sorted, padded batches;
-* ``GET /api/v1/runs/{id}/tokens`` on a stored 10,000-token run: the first (cold) call, and the
-  median of the 20 calls after it (the run is synthetic, since the default model's context is
-  8,192 tokens, but has every column and metric a real run has).
+* per_turn: ``score_items(one_pass=False)``, every assistant turn with its whole history in a
+  pass of its own (the former audit path), stored;
+* one_pass: ``score_items()``, one forward pass per conversation (audit.conversation), stored;
+* bare: the model's forward pass (logits and hidden states, ``forward_batch``) over the same
+  rendered conversations in the same length-bucketed batches, nothing else.
 
-It ends with ``batched_speedup=<one-by-one time / batched time>`` and
-``tokens_query_ms=<median ms>``.
+It prints ``audit_speedup=<per_turn / one_pass>``, ``audit_vs_bare=<one_pass / bare>`` and
+``stored_rows_per_token=<token rows stored by one_pass / tokens of the rendered
+conversations>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from fastapi.testclient import TestClient
-from scoring import CITIES  # bench/ is on sys.path when a bench script runs
+from scoring import CITIES, bench_text  # bench/ is on sys.path when a bench script runs
 
 from tokenprism.analysis.scoring import ScoredSequence
-from tokenprism.backend.api.app import create_app
-from tokenprism.backend.models.loader import get_model
+from tokenprism.backend.audit.conversation import plan_units, unit_batches
+from tokenprism.backend.audit.ingest import WorkItem
+from tokenprism.backend.audit.upload import encode_items, score_items
+from tokenprism.backend.models.loader import load_model
 from tokenprism.backend.scoring.encoding import EncodedText
-from tokenprism.backend.scoring.runner import ScoredText
-from tokenprism.backend.settings import Settings, get_settings
+from tokenprism.backend.scoring.runner import ScoredText, forward_batch
+from tokenprism.backend.settings import get_settings
+from tokenprism.backend.store import Store
 
 TOPICS = [
     ("What is the capital of {c}?", "The capital of {c} is {x}."),
@@ -103,61 +109,116 @@ def synthetic_run(tokens: int, vocab: int = 40000) -> ScoredText:
     return ScoredText(encoded=enc, scores=scores, provenance={"synthetic": True})
 
 
+def chat_corpus(
+    n: int, tokenizer: object, context: int, max_turn_tokens: int = 1500, seed: int = 0
+) -> list[list[dict[str, str]]]:
+    """``n`` conversations: 1-8 assistant turns of 50-``max_turn_tokens`` tokens each."""
+    rng = random.Random(seed)
+    texts = bench_text(max_turn_tokens * 2, tokenizer)
+    words = texts.split(" ")
+    chats = []
+    for c in range(n):
+        chat: list[dict[str, str]] = []
+        if c % 3 == 0:
+            chat.append({"role": "system", "content": "You are a careful, helpful assistant."})
+        used = 40
+        for t in range(rng.randint(1, 8)):
+            q, _ = TOPICS[(c + t) % len(TOPICS)]
+            city = CITIES[(c * 3 + t) % len(CITIES)]
+            n_words = rng.randint(40, int(max_turn_tokens * 0.7))  # ~1.4 tokens a word
+            start = rng.randrange(0, max(1, len(words) - n_words))
+            answer = " ".join(words[start : start + n_words])
+            cost = len(tokenizer(q + answer)["input_ids"]) + 20  # type: ignore[operator]
+            if used + cost > context:
+                break
+            used += cost
+            chat.append({"role": "user", "content": q.format(c=city[0], x=city[1], n="3", m="9")})
+            chat.append({"role": "assistant", "content": answer})
+        chats.append(chat)
+    return chats
+
+
+def work_items(chats: list[list[dict[str, str]]]) -> list[WorkItem]:
+    items, index = [], 0
+    for c, chat in enumerate(chats, start=1):
+        turns = [i for i, m in enumerate(chat) if m["role"] == "assistant"]
+        for t, end in enumerate(turns):
+            items.append(WorkItem(index, index + 1, c, t, messages=chat[: end + 1]))
+            index += 1
+    return items
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--turns", type=int, default=200)
-    parser.add_argument("--query-tokens", type=int, default=10_000)
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-turn-tokens", type=int, default=1500)
     args = parser.parse_args()
-    base = get_settings()
-    items = transcripts(args.turns)
-    with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(
-            home=Path(tmp),
-            model_cache=base.model_cache_dir,
-            default_model=base.default_model,
-            device=base.device,
-        )
-        with TestClient(create_app(settings, preload=True)) as client:
-            client.post("/api/v1/runs", json=items[0])  # warm-up
-            began = time.perf_counter()
-            for item in items:
-                assert client.post("/api/v1/runs", json=item).status_code == 201
-            one_by_one = time.perf_counter() - began
+    torch.set_grad_enabled(False)
+    settings = get_settings()
+    lm = load_model(settings.default_model, settings)
+    chats = chat_corpus(args.conversations, lm.tokenizer, lm.context_length, args.max_turn_tokens)
+    items = work_items(chats)
+    encoded = encode_items(lm, items, "bench")
+    units, _ = plan_units(items, encoded)
+    rows = [u.row for u in units]
+    rendered = sum(r.n_tokens for r in rows)
+    batches = unit_batches(units, settings.batch_tokens)
 
-            body = "\n".join(json.dumps(i) for i in items).encode()
-            began = time.perf_counter()
-            reply = client.post("/api/v1/uploads", files={"file": ("bench.jsonl", body)})
-            assert reply.status_code == 202, reply.text
-            job_id = reply.json()["job_id"]
-            while (job := client.get(f"/api/v1/jobs/{job_id}").json())["status"] != "done":
-                assert job["status"] in ("queued", "running"), job
-                time.sleep(0.02)
-            batched = time.perf_counter() - began
+    def bare() -> None:
+        for batch in batches:
+            forward_batch(lm, [rows[i] for i in batch])
 
-            service = client.app.state.service  # type: ignore[attr-defined]
-            lm = get_model(settings.default_model, settings)
-            run_id = service.store.save_runs(lm, [synthetic_run(args.query_tokens)])[0]
-            timings = []
-            for _ in range(21):
-                began = time.perf_counter()
-                reply = client.get(f"/api/v1/runs/{run_id}/tokens")
-                timings.append(time.perf_counter() - began)
-                assert reply.status_code == 200
-                assert len(reply.json()["tokens"]) == args.query_tokens
-            # the first call builds the JSON in DuckDB; later ones (a UI re-rendering the same
-            # run) are served from the store's cache
-            cold_ms = timings[0] * 1000
-            query_ms = statistics.median(timings[1:]) * 1000
+    def audit(one_pass: bool) -> Callable[[], int]:
+        def run() -> int:
+            with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "b.duckdb") as store:
+                score_items(
+                    lm,
+                    store,
+                    items,
+                    source="bench",
+                    upload_id="u",
+                    job_id="j",
+                    batch_tokens=settings.batch_tokens,
+                    one_pass=one_pass,
+                )
+                return store.count("tokens")
+
+        return run
+
+    score_items_warm = audit(True)
+    bare()  # warm-up: allocator, kernels
+    score_items_warm()
+    runs: dict[str, Callable[[], object]] = {
+        "per_turn": audit(False),
+        "one_pass": audit(True),
+        "bare": bare,
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    stored = {}
+    order = list(runs)
+    for rep in range(args.repeats):
+        for name in order[rep % 3 :] + order[: rep % 3]:  # rotate who goes first
+            began = time.perf_counter()
+            result = runs[name]()
+            times[name].append(time.perf_counter() - began)
+            if isinstance(result, int):
+                stored[name] = result
+    med = {k: statistics.median(v) for k, v in times.items()}
+    per_turn_tokens = sum(e.n_tokens for e in encoded)
     print(
-        f"turns={args.turns} one_by_one_s={one_by_one:.2f} batched_s={batched:.2f} "
-        f"batch_tokens={settings.batch_tokens}"
+        f"conversations={len(chats)} turns={len(items)} rendered_tokens={rendered} "
+        f"per_turn_forward_tokens={per_turn_tokens} repeats={args.repeats} "
+        f"threads={torch.get_num_threads()} batch_tokens={settings.batch_tokens}"
     )
     print(
-        f"query_tokens={args.query_tokens} bytes={len(reply.content)} "
-        f"tokens_query_cold_ms={cold_ms:.1f}"
+        f"per_turn_s={med['per_turn']:.2f} one_pass_s={med['one_pass']:.2f} "
+        f"bare_s={med['bare']:.2f} rows_per_turn_path={stored['per_turn']} "
+        f"rows_one_pass={stored['one_pass']}"
     )
-    print(f"batched_speedup={one_by_one / batched:.2f}")
-    print(f"tokens_query_ms={query_ms:.1f}")
+    print(f"audit_speedup={med['per_turn'] / med['one_pass']:.2f}")
+    print(f"audit_vs_bare={med['one_pass'] / med['bare']:.3f}")
+    print(f"stored_rows_per_token={stored['one_pass'] / rendered:.3f}")
 
 
 if __name__ == "__main__":

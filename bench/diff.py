@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from tokenprism.backend.audit.ingest import parse_transcript
-from tokenprism.backend.audit.upload import encode_items
+from tokenprism.backend.audit.items import encode_items
 from tokenprism.backend.diff import service
 from tokenprism.backend.diff.core import forward_logits
 from tokenprism.backend.models.variants import get_model

@@ -559,7 +559,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     settings = get_settings().model_copy(update={"device": args.device})
     lm = load_model(settings.default_model, settings)
-    params = ScoringParams()
+    params = ScoringParams(layers="all")  # the naive tools compute every layer
     check_constants(params)
     step = (args.max_tokens - args.min_tokens) / max(1, args.texts - 1)
     lengths = [round(args.min_tokens + i * step) for i in range(args.texts)]

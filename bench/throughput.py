@@ -237,6 +237,24 @@ def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def peak_one_text(lm: LoadedModel, tokens: int, method: str) -> None:
+    """Peak memory growth of one ``tokens``-long text: today's default scoring vs the former path.
+
+    ``before`` is the former default: full ``[T, vocab]`` logits and every layer's hidden
+    states kept, per-layer effective ranks (``_score_batch_full`` with ``layers="all"``).
+    """
+    from tokenprism.backend.scoring.runner import _score_batch_full
+
+    enc = exact_text(lm.tokenizer, tokens, 0, lm.context_length)
+    params, before = ScoringParams(), ScoringParams(layers="all")
+    score_batch(lm, [exact_text(lm.tokenizer, 64, 1, lm.context_length)], params)  # warm-up
+    _, old = timed(lambda: _score_batch_full(lm, [enc], before, None, None, 0.0), lm.device, method)
+    _, new = timed(lambda: score_batch(lm, [enc], params), lm.device, method)
+    print(f"peak_tokens={enc.n_tokens} default_scoring=final-layer ER/ERV/ERA, head-chunked logits")
+    print(f"peak_rss_growth_mb_8k_before={old / MIB:.0f}")
+    print(f"peak_rss_growth_mb_8k={new / MIB:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch-sizes", type=ints, default=[1, 2, 4, 8, 16])
@@ -246,6 +264,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     parser.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     parser.add_argument("--quick", action="store_true", help="small sweeps, 1 repeat")
+    parser.add_argument(
+        "--peak-tokens", type=int, default=8192, help="one text this long: peak memory (0: skip)"
+    )
+    parser.add_argument("--peak-only", action="store_true", help="only the one-text peak")
     args = parser.parse_args()
     if args.quick:
         args.batch_sizes, args.batch_length = [1, 2, 4], 64
@@ -268,6 +290,10 @@ def main() -> None:
             if method == "hwm"
             else "largest VmRSS sampled every 1 ms minus RSS before the call"
         )
+    if args.peak_tokens:
+        peak_one_text(lm, min(args.peak_tokens, lm.context_length), method)
+    if args.peak_only:
+        return
     configs = [("batch", b, args.batch_length) for b in args.batch_sizes]
     configs += [("length", 1, n) for n in args.lengths]
     began = time.perf_counter()

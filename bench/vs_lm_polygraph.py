@@ -340,7 +340,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - began, out
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--quick", action="store_true", help="smoke run: 3 prompts, 16 tokens, 1 repeat"
@@ -357,10 +357,70 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch CPU threads for both tools (0: torch's)"
     )
     args = ap.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     if args.quick:
         args.prompts, args.max_new_tokens, args.repeats, args.skip_default = 3, 16, 1, True
+    return args
+
+
+def _time_configs(
+    configs: dict[str, Callable[[], Any]], t_ref: float, repeats: int
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Each configuration timed ``repeats`` times in rotating order; the reference pass counts
+    as the first lean repeat and the slow default calculators are timed once."""
+    times: dict[str, list[float]] = {k: [] for k in configs}
+    times["lmp_lean"].append(t_ref)
+    outputs: dict[str, Any] = {}
+    names = list(configs)
+    for rep in range(repeats):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for name in order:
+            if name == "lmp_lean" and rep == 0:
+                continue  # the reference pass was this repeat
+            if name == "lmp_default" and rep > 0:
+                continue  # by far the slowest; one timing keeps the run short
+            seconds, outputs[name] = timed(configs[name])
+            times[name].append(seconds)
+            print(f"repeat {rep + 1}: {name} {seconds:.2f} s", file=sys.stderr, flush=True)
+    return times, outputs
+
+
+def _print_times(
+    med: dict[str, float], times: dict[str, list[float]], n_prompts: int, repeats: int
+) -> None:
+    """The time table and the speed-up lines (name=value)."""
+    labels = {
+        "lmp_default": "LM-Polygraph, default calculators (attn + hidden, eager), batch 1",
+        "lmp_lean": "LM-Polygraph, lean calculators, batch 1",
+        "lmp_lean_batched": f"LM-Polygraph, lean calculators, batch {n_prompts}",
+        "tp_gen_score": "TokenPrism generation + score_batch, per prompt",
+        "tp_score": "TokenPrism score_batch, per text (texts given)",
+        "tp_score_batched": f"TokenPrism score_batch, batch {n_prompts} (texts given)",
+    }
+    print(f"\n## Time (all prompts, median of {repeats} repeats)\n")
+    print("| run | seconds | per prompt (s) | repeats |")
+    print("|---|---:|---:|---:|")
+    for key, label in labels.items():
+        if key in med:
+            per = med[key] / n_prompts
+            print(f"| {label} | {med[key]:.2f} | {per:.3f} | {len(times[key])} |")
+    print()
+    print(f"speedup_gen_scoring_vs_lmpolygraph={med['lmp_lean'] / med['tp_gen_score']:.2f}")
+    print(
+        "speedup_batched_scoring_vs_lmpolygraph_batched="
+        f"{med['lmp_lean_batched'] / med['tp_score_batched']:.2f}"
+    )
+    if "lmp_default" in med:
+        print(
+            "speedup_gen_scoring_vs_lmpolygraph_default="
+            f"{med['lmp_default'] / med['tp_gen_score']:.2f}"
+        )
+    print(f"speedup_scoring_vs_lmpolygraph={med['lmp_lean'] / med['tp_score']:.2f}")
+
+
+def main() -> None:
+    args = _arguments()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     pg = import_polygraph()
     logging.getLogger("lm_polygraph").setLevel(logging.ERROR)
@@ -438,20 +498,7 @@ def main() -> None:
     }
     if eager_model is not None:
         configs["lmp_default"] = lambda: run_polygraph(pg, eager_model, prompts, new, lean=False)
-    times: dict[str, list[float]] = {k: [] for k in configs}
-    times["lmp_lean"].append(t_ref)
-    outputs: dict[str, Any] = {}
-    names = list(configs)
-    for rep in range(args.repeats):
-        order = names[rep % len(names) :] + names[: rep % len(names)]
-        for name in order:
-            if name == "lmp_lean" and rep == 0:
-                continue  # the reference pass was this repeat
-            if name == "lmp_default" and rep > 0:
-                continue  # by far the slowest; one timing keeps the run short
-            seconds, outputs[name] = timed(configs[name])
-            times[name].append(seconds)
-            print(f"repeat {rep + 1}: {name} {seconds:.2f} s", file=sys.stderr, flush=True)
+    times, outputs = _time_configs(configs, t_ref, args.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
 
     greedy = [str(t) for t in manager.stats["greedy_texts"]]
@@ -463,33 +510,7 @@ def main() -> None:
         f"{same_tp}/{len(prompts)}, LM-Polygraph batched {same_batched}/{len(prompts)}"
     )
 
-    labels = {
-        "lmp_default": "LM-Polygraph, default calculators (attn + hidden, eager), batch 1",
-        "lmp_lean": "LM-Polygraph, lean calculators, batch 1",
-        "lmp_lean_batched": f"LM-Polygraph, lean calculators, batch {len(prompts)}",
-        "tp_gen_score": "TokenPrism generation + score_batch, per prompt",
-        "tp_score": "TokenPrism score_batch, per text (texts given)",
-        "tp_score_batched": f"TokenPrism score_batch, batch {len(prompts)} (texts given)",
-    }
-    print(f"\n## Time (all prompts, median of {args.repeats} repeats)\n")
-    print("| run | seconds | per prompt (s) | repeats |")
-    print("|---|---:|---:|---:|")
-    for key, label in labels.items():
-        if key in med:
-            per = med[key] / len(prompts)
-            print(f"| {label} | {med[key]:.2f} | {per:.3f} | {len(times[key])} |")
-    print()
-    print(f"speedup_gen_scoring_vs_lmpolygraph={med['lmp_lean'] / med['tp_gen_score']:.2f}")
-    print(
-        "speedup_batched_scoring_vs_lmpolygraph_batched="
-        f"{med['lmp_lean_batched'] / med['tp_score_batched']:.2f}"
-    )
-    if "lmp_default" in med:
-        print(
-            "speedup_gen_scoring_vs_lmpolygraph_default="
-            f"{med['lmp_default'] / med['tp_gen_score']:.2f}"
-        )
-    print(f"speedup_scoring_vs_lmpolygraph={med['lmp_lean'] / med['tp_score']:.2f}")
+    _print_times(med, times, len(prompts), args.repeats)
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown (DuckDB / tokenizer threads)
 

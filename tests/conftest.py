@@ -89,9 +89,10 @@ def run_cli(
         "COLUMNS": "200",
         **(env or {}),
     }
-    exe = Path(sys.executable).parent / "tokenprism"
+    # the code under test (PYTHONPATH / the checkout), whatever console script the venv holds
+    exe = [sys.executable, "-m", "tokenprism.backend.cli.main"]
     return subprocess.run(
-        [str(exe), *args],
+        [*exe, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -124,6 +125,20 @@ def db_lock_holder(tmp_path: Path) -> Iterator[Path]:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+UNIT_TIER = REPO / "tests" / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The folder is the tier: every test under tests/unit gets the ``unit`` mark.
+
+    ``pytest -m unit`` (``make test-fast``) then selects the fast tier however the tests were
+    collected, and a test cannot land in it without living in tests/unit.
+    """
+    for item in items:
+        if UNIT_TIER in item.path.parents:
+            item.add_marker(pytest.mark.unit)
 
 
 _EXIT_STATUS = 0

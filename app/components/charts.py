@@ -8,14 +8,13 @@ subset of HTML in them.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tokenprism.backend.scoring.encoding import visible_whitespace
+from tokenprism.backend.display import number, response_tokens, visible_whitespace
 
 GLTR_LABELS = ("top 10", "top 100", "top 1000", "rest")
 # GLTR's own palette: green, yellow, red, purple.
@@ -24,21 +23,11 @@ SQL_BAR_ROWS = 200
 LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _fmt(value: Any) -> str:
-    number = _number(value)
-    if number is None:
+    finite = number(value)
+    if finite is None:
         return "—"
-    return str(int(number)) if isinstance(value, int) else f"{number:.6g}"
-
-
-def _response(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    return [t for t in tokens or [] if not t.get("is_prompt")]
+    return str(int(finite)) if isinstance(value, int) else f"{finite:.6g}"
 
 
 def _hover_text(text: Any) -> str:
@@ -57,7 +46,7 @@ def metric_lines_figure(tokens: Iterable[dict[str, Any]], metrics: Sequence[str]
         The figure; x is the token position, missing values leave gaps, and the hover shows
         the token's text (whitespace visible) and its value of every drawn metric.
     """
-    shown = _response(tokens)
+    shown = response_tokens(tokens)
     metrics = list(metrics)
     positions = [t.get("position") for t in shown]
     # customdata columns: token text, then every metric formatted (so None shows as "—").
@@ -72,7 +61,7 @@ def metric_lines_figure(tokens: Iterable[dict[str, Any]], metrics: Sequence[str]
     for i, metric in enumerate(metrics):
         trace = go.Scatter(
             x=positions,
-            y=[_number(t.get(metric)) for t in shown],
+            y=[number(t.get(metric)) for t in shown],
             customdata=custom,
             hovertemplate=template,
             mode="lines+markers",
@@ -109,13 +98,13 @@ def layer_rank_figure(layers: Iterable[dict[str, Any]] | None) -> go.Figure:
         A line over the layers, sorted by layer; missing ranks leave gaps.
     """
     rows = sorted(
-        (row for row in layers or [] if _number(row.get("layer")) is not None),
+        (row for row in layers or [] if number(row.get("layer")) is not None),
         key=lambda row: row["layer"],
     )
     fig = go.Figure(
         go.Scatter(
             x=[row["layer"] for row in rows],
-            y=[_number(row.get("effective_rank")) for row in rows],
+            y=[number(row.get("effective_rank")) for row in rows],
             mode="lines+markers",
             name="effective rank",
             hovertemplate="layer %{x}<br>effective rank %{y:.4g}<extra></extra>",
@@ -139,8 +128,8 @@ def gltr_counts(tokens: Iterable[dict[str, Any]] | None) -> list[int]:
         Counts of buckets 0..3 (top 10, top 100, top 1000, rest).
     """
     counts = [0] * len(GLTR_LABELS)
-    for tok in _response(tokens):
-        bucket = _number(tok.get("gltr_bucket"))
+    for tok in response_tokens(tokens):
+        bucket = number(tok.get("gltr_bucket"))
         if bucket is not None and 0 <= int(bucket) < len(counts):
             counts[int(bucket)] += 1
     return counts
@@ -208,10 +197,10 @@ def sql_chart(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> go.Figur
         rows: the result rows (sequences in column order).
 
     Returns:
-        None without rows or without a numeric column. When the first column is not numeric:
-        a bar chart of the first numeric column by the first column (first 200 rows). When it
-        is numeric: a line of each other numeric column against it (or of the first column
-        against the row number when it is the only numeric one).
+        None without rows or without a numeric column. A category and a number (the first
+        column not numeric): bars of the first numeric column by the first column (first 200
+        rows). One numeric column: its histogram. Two or more: a scatter of each other numeric
+        column against the first.
     """
     if not columns or not rows:
         return None
@@ -226,32 +215,27 @@ def sql_chart(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> go.Figur
         fig.add_trace(
             go.Bar(
                 x=[html.escape(str(_cell(r, 0)), quote=True) for r in shown],
-                y=[_number(_cell(r, y_col)) for r in shown],
+                y=[number(_cell(r, y_col)) for r in shown],
                 name=names[y_col],
             )
         )
         fig.update_layout(xaxis_title=names[0], yaxis_title=names[y_col])
     elif len(numeric) == 1:
-        fig.add_trace(
-            go.Scatter(
-                x=list(range(1, len(rows) + 1)),
-                y=[_number(_cell(r, 0)) for r in rows],
-                mode="lines+markers",
-                name=names[0],
-            )
-        )
-        fig.update_layout(xaxis_title="row", yaxis_title=names[0])
+        # one number per row: its distribution is what can be read (a sum would mean nothing)
+        fig.add_trace(go.Histogram(x=[number(_cell(r, 0)) for r in rows], name=names[0]))
+        fig.update_layout(xaxis_title=names[0], yaxis_title="rows", title=f"{names[0]}: histogram")
     else:
-        x = [_number(_cell(r, 0)) for r in rows]
+        x = [number(_cell(r, 0)) for r in rows]
         for y_col in numeric[1:]:
             fig.add_trace(
                 go.Scatter(
                     x=x,
-                    y=[_number(_cell(r, y_col)) for r in rows],
-                    mode="lines+markers",
+                    y=[number(_cell(r, y_col)) for r in rows],
+                    mode="markers",
                     name=names[y_col],
                 )
             )
-        fig.update_layout(xaxis_title=names[0])
+        shown = ", ".join(names[c] for c in numeric[1:])
+        fig.update_layout(xaxis_title=names[0], title=f"{shown} against {names[0]}")
     fig.update_layout(margin={"l": 10, "r": 10, "t": 30, "b": 10})
     return fig

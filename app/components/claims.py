@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
+
+from tokenprism.backend.display import number
 
 # Columns of the claims table, most telling first; each is "risk"-oriented for sorting.
 CLAIM_COLUMNS = (
@@ -26,21 +27,15 @@ ROC_COLOURS = {
 }
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def claim_risk(metrics: dict[str, Any]) -> float | None:
     """How suspicious a claim looks: the probe when present, else 1 - CCP, else 1 - p."""
-    probe = _finite(metrics.get("probe"))
+    probe = number(metrics.get("probe"))
     if probe is not None:
         return probe
-    ccp = _finite(metrics.get("ccp"))
+    ccp = number(metrics.get("ccp"))
     if ccp is not None:
         return 1.0 - ccp
-    return _finite(metrics.get("one_minus_prob"))
+    return number(metrics.get("one_minus_prob"))
 
 
 def claims_frame(run: dict[str, Any]) -> pd.DataFrame:
@@ -53,13 +48,13 @@ def claims_frame(run: dict[str, Any]) -> pd.DataFrame:
     present = [
         (key, label)
         for key, label in CLAIM_COLUMNS
-        if any(_finite(c["metrics"].get(key)) is not None for c in claims)
+        if any(number(c["metrics"].get(key)) is not None for c in claims)
     ]
     rows = []
     for c in claims:
-        row: dict[str, Any] = {"#": c["index"], "claim": c["text"], "tokens": c["n_tokens"]}
+        row: dict[str, Any] = {"#": c["index"] + 1, "claim": c["text"], "tokens": c["n_tokens"]}
         for key, label in present:
-            row[label] = _finite(c["metrics"].get(key))
+            row[label] = number(c["metrics"].get(key))
         row["risk"] = claim_risk(c["metrics"])
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["#", "claim", "tokens", *[lab for _, lab in present]])
@@ -75,7 +70,10 @@ def judge_caption(run: dict[str, Any]) -> str | None:
     extras = (run.get("provenance") or {}).get("extras") or {}
     parts = []
     if "ccp" in extras:
-        parts.append(f"CCP judge: {extras['ccp'].get('judge')}")
+        ccp = extras["ccp"]
+        # runs stored before the presets existed used our shortcuts
+        preset = ccp.get("preset") or "tokenprism (stored before presets)"
+        parts.append(f"CCP judge: {ccp.get('judge')} · CCP preset: {preset}")
     if "probe" in extras:
         p = extras["probe"]
         parts.append(f"probe: {p.get('probe')} (layer {p.get('layer')})")

@@ -17,8 +17,14 @@ from typing import Any
 import pandas as pd
 
 from tokenprism.analysis.registry import get_metric
-from tokenprism.backend.audit.report import colour_scale, visible_html
-from tokenprism.backend.scoring.encoding import visible_whitespace
+from tokenprism.backend.display import (
+    colour_scale,
+    number,
+    response_tokens,
+    text_colour,
+    visible_html,
+    visible_whitespace,
+)
 
 # Default |delta| above which a pair is highlighted, by the metric's unit.
 DEFAULT_THRESHOLDS = {
@@ -45,16 +51,6 @@ COMPARE_CSS = (
 )
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _response(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    return [t for t in tokens or [] if not t.get("is_prompt")]
-
-
 def align_runs(
     tokens_a: Iterable[dict[str, Any]] | None, tokens_b: Iterable[dict[str, Any]] | None
 ) -> list[dict[str, Any]]:
@@ -69,7 +65,7 @@ def align_runs(
         response token of both runs appears exactly once. ``same`` is True for matching ids;
         substituted tokens are paired (``same`` False) as far as both sides reach.
     """
-    resp_a, resp_b = _response(tokens_a), _response(tokens_b)
+    resp_a, resp_b = response_tokens(tokens_a), response_tokens(tokens_b)
     ids_a = [t.get("token_id") for t in resp_a]
     ids_b = [t.get("token_id") for t in resp_b]
     matcher = difflib.SequenceMatcher(None, ids_a, ids_b, autojunk=False)
@@ -89,8 +85,8 @@ def align_runs(
 
 
 def _value(tok: dict[str, Any] | None, metric: str) -> float:
-    number = None if tok is None else _number(tok.get(metric))
-    return math.nan if number is None else number
+    finite = None if tok is None else number(tok.get(metric))
+    return math.nan if finite is None else finite
 
 
 def _delta(row: dict[str, Any], metric: str) -> float:
@@ -207,7 +203,10 @@ def compare_html(
             else:
                 colour = scale.colour(tok.get(metric))
                 text = visible_html(tok.get("text"), breaks=False)
-                cells.append(f'<span class="tok" style="background:{colour}">{text}</span>')
+                fg = text_colour(colour)
+                cells.append(
+                    f'<span class="tok" style="background:{colour};color:{fg}">{text}</span>'
+                )
         cls = "pair diff" if differs else "pair"
         parts.append(
             f'<span class="{cls}" title="{html.escape(tip, quote=True)}">{"".join(cells)}</span>'

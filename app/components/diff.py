@@ -14,6 +14,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from tokenprism.backend.display import NO_VALUE_COLOUR, ramp_colour, text_colour
+
 STRIP_CSS = (
     ".tp-diff { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;"
     " font-size: .9em; line-height: 1.95; overflow-wrap: anywhere; color: #000; }"
@@ -47,12 +49,12 @@ def model_b_name(model_a: str, helper: str, argument: str) -> str:
 
 
 def kl_colour(kl: float | None, top: float) -> str:
-    """White (0) to red (``top`` or more); grey when not compared."""
+    """The app's one sequential scale (viridis, :func:`backend.display.ramp_colour`): KL 0 is
+    light (the models agree), ``top`` or more dark (moved most); grey when not compared."""
     if kl is None:
-        return "#eeeeee"
+        return NO_VALUE_COLOUR
     x = min(max(kl / top, 0.0), 1.0) if top > 0 else 0.0
-    g = round(255 - 190 * x)
-    return f"rgb(255,{g},{g})"
+    return ramp_colour(x)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -84,7 +86,8 @@ def strip_html(tokens: Iterable[dict[str, Any]], *, include_prompt: bool = False
         cls = "tok" + (" nc" if kl is None else "") + (" pr" if t.get("is_prompt") else "")
         title = html.escape(tooltip(t), quote=True)
         text = html.escape(str(t.get("text", "")), quote=True).replace("\n", "↵<br>")
-        style = f"background:{kl_colour(kl, top)}"
+        background = kl_colour(kl, top)
+        style = f"background:{background};color:{text_colour(background)}"
         parts.append(f'<span class="{cls}" style="{style}" title="{title}">{text}</span>')
     body = "<wbr>".join(parts) if parts else "<span>no tokens</span>"
     return f'<div class="tp-diff"><style>{STRIP_CSS}</style>{body}</div>'

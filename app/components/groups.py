@@ -9,14 +9,13 @@ of HTML in them.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
-from tokenprism.backend.scoring.encoding import visible_whitespace
+from tokenprism.backend.display import number, response_tokens, visible_whitespace
 
 # What the prefix tree can be coloured by: node key -> (title, colour scale).
 TREE_COLOURS: dict[str, tuple[str, str]] = {
@@ -32,15 +31,9 @@ COUNTERFACTUAL_COLUMNS = ("alternative", "p (model)", "c after the swap", "sampl
 MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _fmt(value: Any, spec: str = ".4g") -> str:
-    number = _number(value)
-    return "—" if number is None else format(number, spec)
+    finite = number(value)
+    return "—" if finite is None else format(finite, spec)
 
 
 def _visible(text: Any) -> str:
@@ -67,10 +60,6 @@ def _wrapped(text: Any, width: int = HOVER_LINE_CHARS) -> str:
     return "<br>".join(
         html.escape(shown[i : i + width], quote=True) for i in range(0, len(shown), width)
     )
-
-
-def _response(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    return [t for t in tokens or [] if not t.get("is_prompt")]
 
 
 def _empty(message: str) -> go.Figure:
@@ -138,7 +127,7 @@ def tree_figure(tree: dict[str, Any] | None, colour_by: str = "value") -> go.Fig
         parents.append("" if root else str(node["parent"]))
         labels.append(f"all {count} responses" if root else _truncated(node.get("text")))
         values.append(count if mode == "total" else max(count - below.get(node["id"], 0), 0))
-        colours.append(_number(node.get(colour_by)))
+        colours.append(number(node.get(colour_by)))
         custom.append(
             [
                 "(the prompt)" if root else _wrapped(node.get("text")),
@@ -201,24 +190,24 @@ def signals_figure(tokens: Iterable[dict[str, Any]] | None) -> go.Figure:
         ``cure_rank`` is set, the rank on hover). Markers sit on the entropy curve (0 where
         the entropy is missing); every hover shows the token text, escaped.
     """
-    shown = _response(tokens)
+    shown = response_tokens(tokens)
 
     def points(chosen: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "x": [t.get("position") for t in chosen],
-            "y": [_number(t.get("entropy")) or 0.0 for t in chosen],
+            "y": [number(t.get("entropy")) or 0.0 for t in chosen],
             "customdata": [
                 [_escaped(t.get("text")), _fmt(t.get("cure_rank"), ".0f")] for t in chosen
             ],
         }
 
-    latr = [t for t in shown if _number(t.get("latr_branch")) == 1.0]
-    cure = [t for t in shown if _number(t.get("cure_rank")) is not None]
+    latr = [t for t in shown if number(t.get("latr_branch")) == 1.0]
+    cure = [t for t in shown if number(t.get("cure_rank")) is not None]
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
             x=[t.get("position") for t in shown],
-            y=[_number(t.get("entropy")) for t in shown],
+            y=[number(t.get("entropy")) for t in shown],
             customdata=[[_escaped(t.get("text"))] for t in shown],
             mode="lines+markers",
             marker={"size": 4, "color": "#1f77b4"},
@@ -285,9 +274,9 @@ def rollout_figure(
     """
     rollout = rollout or {}
     texts = {t.get("position"): t.get("text") for t in tokens or []}
-    response = [t.get("position") for t in _response(tokens)]
+    response = [t.get("position") for t in response_tokens(tokens)]
     positions = list(rollout.get("positions") or [])
-    rates = [_number(r) for r in rollout.get("correct_rate") or []]
+    rates = [number(r) for r in rollout.get("correct_rate") or []]
     fig = go.Figure()
     fig.add_trace(
         go.Scatter(
@@ -302,7 +291,7 @@ def rollout_figure(
         )
     )
     span = [p for p in [*response, *positions] if isinstance(p, int)]
-    baseline = _number(rollout.get("baseline"))
+    baseline = number(rollout.get("baseline"))
     if baseline is not None and span:
         fig.add_trace(
             go.Scatter(
@@ -345,8 +334,8 @@ def counterfactuals_frame(rollout: dict[str, Any] | None) -> pd.DataFrame:
     rows = [
         {
             "alternative": _visible(c.get("text")),
-            "p (model)": _number(c.get("prob")),
-            "c after the swap": _number(c.get("correct_rate")),
+            "p (model)": number(c.get("prob")),
+            "c after the swap": number(c.get("correct_rate")),
             "sample": _visible((c.get("samples") or [""])[0]),
         }
         for c in (rollout or {}).get("counterfactuals") or []
@@ -367,8 +356,8 @@ def responses_frame(group: dict[str, Any]) -> pd.DataFrame:
     rows = [
         {
             "#": r.get("index"),
-            "reward": _number(r.get("reward")),
-            "advantage": _number(r.get("advantage")),
+            "reward": number(r.get("reward")),
+            "advantage": number(r.get("advantage")),
             "extracted answer": None if r.get("extracted") is None else str(r["extracted"]),
             "reason": r.get("reason"),
             "response": r.get("text"),
@@ -384,12 +373,22 @@ def thr_status(summary: dict[str, Any] | None) -> tuple[bool, str]:
     reason = summary.get("thr_reason")
     if reason:
         return False, f"THR is not available for this group: {reason}."
-    tau = _number(summary.get("thr_tau"))
+    tau = number(summary.get("thr_tau"))
     if tau is None:
         return False, "THR is not available for this group."
+    size = summary.get("thr_vocab_size", summary.get("vocabulary_size", "?"))
+    if summary.get("thr_vocab", "group") == "full":
+        where = f"exactly, over the full {size}-token vocabulary"
+    else:
+        where = f"over the {size}-token group vocabulary V* (NTHR's shortcut)"
+        agreement = summary.get("thr_group_agreement") or {}
+        rho, signs = number(agreement.get("spearman")), number(agreement.get("sign_agreement"))
+        if rho is not None and signs is not None:
+            where += f"; vs the full vocabulary: Spearman {rho:.3f}, same sign {signs:.0%}"
+    note = summary.get("thr_tau_note")
     return True, (
-        f"THR computed over a {summary.get('vocabulary_size', '?')}-token group vocabulary: "
-        f"dominant-token threshold τ = {tau:.4g}, reweighting p = {summary.get('thr_p')}."
+        f"THR computed {where}: dominant-token threshold τ = {tau:.4g}, "
+        f"reweighting p = {summary.get('thr_p')}." + (f" {note}." if note else "")
     )
 
 
@@ -416,7 +415,7 @@ def thr_tokens_frame(group: dict[str, Any], sign: str = "positive") -> pd.DataFr
                 "response": i,
                 "position": tok.get("position", t),
                 "token": _visible(tok.get("text")),
-                "THR": _number(value),
+                "THR": number(value),
             }
         )
     return pd.DataFrame(rows, columns=list(THR_COLUMNS))

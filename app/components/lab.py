@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from tokenprism.backend.display import number
+
 KINDS: dict[str, str] = {
     "refusal-sweep": "Refusal-bias sweep",
     "east-sweep": "EAST steering sweep",
@@ -101,15 +103,9 @@ DECODE_PARAMS: dict[str, tuple[RuleParam, ...]] = {
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _fmt(value: Any, spec: str = ".4g") -> str:
-    number = _number(value)
-    return "—" if number is None else format(number, spec)
+    finite = number(value)
+    return "—" if finite is None else format(finite, spec)
 
 
 def _oneline(text: Any) -> str:
@@ -142,7 +138,7 @@ def _empty(message: str) -> go.Figure:
 
 
 def _series(values: Iterable[Any] | None) -> list[float | None]:
-    return [_number(v) for v in values or []]
+    return [number(v) for v in values or []]
 
 
 # ---- form fields ---------------------------------------------------------------------------
@@ -157,12 +153,12 @@ def parse_numbers(text: str) -> list[float]:
     values: list[float] = []
     for part in text.replace(";", ",").replace(",", " ").split():
         try:
-            number = float(part)
+            parsed = float(part)
         except ValueError:
             raise ValueError(f"{part!r} is not a number") from None
-        if not math.isfinite(number):
+        if not math.isfinite(parsed):
             raise ValueError(f"{part!r} is not a finite number")
-        values.append(number)
+        values.append(parsed)
     return values
 
 
@@ -255,18 +251,18 @@ def outputs_frame(
         if kind == "refusal-sweep":
             row.update(
                 {
-                    condition[0]: _number(out.get("value")),
+                    condition[0]: number(out.get("value")),
                     "prompt id": out.get("prompt_id"),
                     "should refuse": out.get("should_refuse"),
-                    "P(refusal)": _number(out.get("p_refusal")),
+                    "P(refusal)": number(out.get("p_refusal")),
                     "refused": out.get("refused"),
                 }
             )
         elif kind == "east-sweep":
             row.update(
                 {
-                    "beta": _number(out.get("beta")),
-                    "next-token entropy": _number(out.get("next_token_entropy")),
+                    "beta": number(out.get("beta")),
+                    "next-token entropy": number(out.get("next_token_entropy")),
                 }
             )
         elif kind == "decode":
@@ -342,7 +338,7 @@ def default_pair(
     n = len(prompt_texts(experiment, shipped))
     first: list[tuple[int, float]] = []
     for i, out in enumerate(outputs):
-        value = _number(out.get(key))
+        value = number(out.get(key))
         if value is not None and _prompt_index(experiment, i, out, n) in (0, None):
             first.append((i, value))
     if len(first) < 2:
@@ -396,7 +392,7 @@ def refusal_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
     values = list(curves.get("value") or [])
     if not values:
         return _empty("no refusal curve yet")
-    x = [_number(v) for v in values]
+    x = [number(v) for v in values]
     groups = summary.get("refusal_rate_by_group") or {}
     counts = _refusal_counts(summary, values)
     mode = str(summary.get("mode") or "marker")
@@ -480,7 +476,7 @@ def east_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
     betas = list(curves.get("beta") or [])
     if not betas:
         return _empty("no entropy curve yet")
-    x = [_number(b) for b in betas]
+    x = [number(b) for b in betas]
     fig = go.Figure()
     for key, name, ys, where in (
         ("next", "mean next-token entropy", curves.get("next_token_entropy"), "first response"),
@@ -581,14 +577,14 @@ def decode_summary_figure(experiment: dict[str, Any] | None) -> go.Figure:
         fig.add_trace(
             go.Bar(
                 x=x,
-                y=[_number(r.get(key)) for r in rows],
+                y=[number(r.get(key)) for r in rows],
                 customdata=hover,
                 name=name,
                 marker={"color": "#1f77b4"},
                 hovertemplate=template.replace("{what}", name),
             )
         )
-        overall = _number(summary.get(overall_key))
+        overall = number(summary.get(overall_key))
         if overall is not None:
             fig.add_trace(
                 go.Scatter(
@@ -606,7 +602,7 @@ def decode_summary_figure(experiment: dict[str, Any] | None) -> go.Figure:
             fig.add_trace(
                 go.Bar(
                     x=x,
-                    y=[_number(r.get(key)) for r in rows],
+                    y=[number(r.get(key)) for r in rows],
                     customdata=hover,
                     name=name,
                     marker={"color": colour},
@@ -646,7 +642,7 @@ def decode_cards(summary: dict[str, Any] | None) -> list[tuple[str, str]]:
             ),
         ]
     elif rule == "switch":
-        share = _number(summary.get("large_share"))
+        share = number(summary.get("large_share"))
         cards.append(("large-model share", "—" if share is None else f"{share:.0%}"))
     elif rule == "latr":
         cards += [(name, _fmt(summary.get(key), "g")) for key, name, _ in LATR_COUNTS]

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from tokenprism.backend.display import number
+
 EXCERPT_CHARS = 80
 TURN_COLUMNS = (
     "rank",
@@ -18,14 +20,19 @@ TURN_COLUMNS = (
     "geometric_mean_confidence",
     "mean_entropy",
     "perplexity",
+    "truncated_tokens",
+    "rendering",
     "prompt",
     "response",
     "run_id",
 )
 RUN_COLUMNS = (
+    "id",
     "created",
-    "model",
+    "source",
     "kind",
+    "model",
+    "prompt",
     "tokens",
     "GM confidence",
     "mean entropy",
@@ -33,7 +40,7 @@ RUN_COLUMNS = (
     "response",
     "run_id",
 )
-_INT_TURN_COLUMNS = ("rank", "conversation", "turn", "line")
+_INT_TURN_COLUMNS = ("rank", "conversation", "turn", "line", "truncated_tokens")
 _FLOAT_TURN_COLUMNS = ("risk", "geometric_mean_confidence", "mean_entropy", "perplexity")
 
 
@@ -42,9 +49,9 @@ def _int(value: Any) -> int | None:
 
 
 def _float(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return math.nan
-    return float(value) if math.isfinite(value) else math.nan
+    """:func:`number` with NaN for missing values, so pandas keeps a float column."""
+    finite = number(value)
+    return math.nan if finite is None else finite
 
 
 def excerpt(text: Any, limit: int = EXCERPT_CHARS) -> str:
@@ -70,7 +77,9 @@ def turns_frame(summary: dict[str, Any]) -> pd.DataFrame:
     Returns:
         Columns :data:`TURN_COLUMNS`: rank (1-based, the summary's order), conversation,
         turn (1-based), line, risk, geometric-mean confidence, mean entropy, perplexity,
-        prompt and response excerpts and the run id. Missing numbers are ``<NA>`` / NaN.
+        tokens of history dropped to fit the context, how the chat was rendered (template or
+        raw continuation), prompt and response excerpts and the run id. Missing numbers are
+        ``<NA>`` / NaN.
     """
     records = []
     for rank, turn in enumerate(summary.get("turns") or [], start=1):
@@ -86,6 +95,8 @@ def turns_frame(summary: dict[str, Any]) -> pd.DataFrame:
                 "geometric_mean_confidence": _float(sequence.get("geometric_mean_confidence")),
                 "mean_entropy": _float(sequence.get("mean_entropy")),
                 "perplexity": _float(sequence.get("perplexity")),
+                "truncated_tokens": _int(turn.get("truncated_tokens")),
+                "rendering": str(turn.get("rendering") or ""),
                 "prompt": excerpt(turn.get("prompt")),
                 "response": excerpt(turn.get("response")),
                 "run_id": str(turn.get("run_id", "")),
@@ -105,6 +116,15 @@ def _model_name(model: Any) -> str:
     return "" if model is None else str(model)
 
 
+def _source(run: dict[str, Any]) -> str:
+    """Where a run came from: its upload (short id) and 1-based turn, or a direct score."""
+    upload = run.get("upload_id")
+    if not upload:
+        return "scored directly"
+    turn = _int(run.get("turn_index"))
+    return f"upload {str(upload)[:8]}" + ("" if turn is None else f" · turn {turn + 1}")
+
+
 def runs_frame(runs: Iterable[dict[str, Any]] | None) -> pd.DataFrame:
     """The runs list of ``GET /api/v1/runs`` as a table, newest first as the API sent it.
 
@@ -122,9 +142,12 @@ def runs_frame(runs: Iterable[dict[str, Any]] | None) -> pd.DataFrame:
         created = str(run.get("created_at") or "")[:19].replace("T", " ")
         records.append(
             {
+                "id": str(run.get("run_id", ""))[:8],
                 "created": created,
-                "model": _model_name(run.get("model")),
+                "source": _source(run),
                 "kind": str(run.get("kind") or ""),
+                "model": _model_name(run.get("model")),
+                "prompt": excerpt(run.get("prompt")),
                 "tokens": _int(run.get("n_response_tokens")),
                 "GM confidence": _float(sequence.get("geometric_mean_confidence")),
                 "mean entropy": _float(sequence.get("mean_entropy")),

@@ -8,17 +8,20 @@ and every string from the data escaped with ``html.escape(..., quote=True)``.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterable
 from typing import Any
 
-from tokenprism.backend.audit import report
-from tokenprism.backend.audit.report import (
+from tokenprism.backend.display import (
     ColourScale,
     colour_scale,
+    number,
+    prose_html,
+    response_tokens,
     token_span_html,
     token_tooltip,
+    visible_html,
 )
+from tokenprism.backend.display import legend_html as scale_legend_html
 
 TOOLTIP_ALTERNATIVES = 5
 # Keys of a token that are identity, offsets or text, never a metric to colour by.
@@ -38,72 +41,50 @@ CORE_METRICS = (
 )
 
 
-def _ramp_css() -> str:
-    """The legend's gradient, taken from the scale itself so it cannot drift from the tokens."""
-    probe = ColourScale("ramp", "uncertain", 0.0, 1.0)
-    stops = ", ".join(probe.colour(x) for x in (0.0, 0.5, 1.0))
-    return f"linear-gradient(to right, {stops})"
-
-
 TOKENS_CSS = (
-    ".tp-tokens { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;"
-    " font-size: .9em; line-height: 1.95; overflow-wrap: anywhere; color: #000; }"
-    " .tp-tokens .tok { color: #000; padding: .1em .12em; margin: 0 1px 0 0;"
-    " border-radius: 3px; }"
-    " .tp-tokens .tok.tp-prompt { color: #8a8a8a; background: transparent;"
-    " border: 1px dotted #c8c8c8; }"
+    ".tp-tokens { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif;"
+    " font-size: 1em; line-height: 1.9; overflow-wrap: anywhere; white-space: pre-wrap; }"
+    " .tp-tokens.tp-ws { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;"
+    " font-size: .9em; }"
+    " .tp-tokens .tok { padding: .1em 0; border-radius: 2px; }"
+    " .tp-tokens .tok.tp-prompt { color: #6b6b6b; background: transparent;"
+    " border-bottom: 1px dotted #b0b0b0; }"
 )
 LEGEND_CSS = (
     ".tp-legend .legend { font-size: .9em; margin: .2em 0 .5em 0; }"
-    " .tp-legend .sw { padding: 0 .4em; color: #000; border-radius: 3px;"
-    " font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }"
-    " .tp-legend .ramp { display: inline-block; width: 8em; height: .9em;"
-    f" vertical-align: middle; background: {_ramp_css()}; }}"
+    " .tp-legend .sw { padding: 0 .4em; color: #000; border-radius: 3px; }"
 )
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def response_tokens(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    """The analysed (non-prompt) tokens, in order.
-
-    Args:
-        tokens: a run's tokens; None counts as none.
-
-    Returns:
-        The tokens whose ``is_prompt`` is falsy.
-    """
-    return [t for t in tokens or [] if not t.get("is_prompt")]
-
-
-def token_scale(metric: str, tokens: Iterable[dict[str, Any]]) -> ColourScale:
+def token_scale(metric: str, tokens: Iterable[dict[str, Any]], mode: str = "fixed") -> ColourScale:
     """The report's colour scale of ``metric`` over the response tokens of ``tokens``.
 
     Args:
         metric: token metric that sets the colours.
         tokens: a run's tokens (prompt tokens are left out of the scale).
+        mode: ``fixed`` (the registry's natural range) or ``run`` (1st–99th percentile).
 
     Returns:
-        ``backend.report.colour_scale`` of the response tokens.
+        ``display.colour_scale`` of the response tokens.
     """
-    return colour_scale(metric, response_tokens(tokens))
+    return colour_scale(metric, response_tokens(tokens), mode=mode)
 
 
-def _prompt_span(tok: dict[str, Any], metric: str) -> str:
+def _prompt_span(tok: dict[str, Any], metric: str, whitespace: bool) -> str:
     title = html.escape(
         token_tooltip(tok, metric, alternatives=TOOLTIP_ALTERNATIVES, token_id=True), quote=True
     )
-    return (
-        f'<span class="tok tp-prompt" title="{title}">{report.visible_html(tok.get("text"))}</span>'
-    )
+    text = visible_html(tok.get("text")) if whitespace else prose_html(tok.get("text"))
+    return f'<span class="tok tp-prompt" title="{title}">{text}</span>'
 
 
 def token_html(
-    tokens: Iterable[dict[str, Any]], metric: str, *, include_prompt: bool = False
+    tokens: Iterable[dict[str, Any]],
+    metric: str,
+    *,
+    include_prompt: bool = False,
+    mode: str = "fixed",
+    whitespace: bool = False,
 ) -> str:
     """A run's tokens inline, each a ``<span>`` coloured by ``metric`` with a value tooltip.
 
@@ -112,27 +93,34 @@ def token_html(
         metric: token metric that sets the colours (same scale as the HTML report, built over
             the response tokens).
         include_prompt: also show the prompt tokens, dimmed and uncoloured.
+        mode: the colour scale's domain (see ``display.colour_scale``).
+        whitespace: draw whitespace as · ↵ → in a monospace font (default: prose).
 
     Returns:
-        One ``<div class="tp-tokens">`` with its ``<style>``; whitespace is drawn as · ↵ →
-        (newlines also break the line), and each tooltip gives position, token id, exact
+        One ``<div class="tp-tokens">`` with its ``<style>``; newlines break the line, and
+        each tooltip gives position, token id, exact
         logprob / prob / rank / entropy, the metric's value and the top-5 alternatives.
     """
     tokens = list(tokens or [])
-    scale = token_scale(metric, tokens)
+    scale = token_scale(metric, tokens, mode)
     parts: list[str] = []
     for tok in tokens:
         if tok.get("is_prompt"):
             if include_prompt:
-                parts.append(_prompt_span(tok, metric))
+                parts.append(_prompt_span(tok, metric, whitespace))
             continue
-        parts.append(token_span_html(tok, scale, alternatives=TOOLTIP_ALTERNATIVES, token_id=True))
+        parts.append(
+            token_span_html(
+                tok, scale, alternatives=TOOLTIP_ALTERNATIVES, token_id=True, whitespace=whitespace
+            )
+        )
     # <wbr> lets lines wrap between tokens, not only inside them.
     body = "<wbr>".join(parts) if parts else '<span class="tp-empty">no tokens</span>'
-    return f'<div class="tp-tokens"><style>{TOKENS_CSS}</style>{body}</div>'
+    cls = "tp-tokens tp-ws" if whitespace else "tp-tokens"
+    return f'<div class="{cls}"><style>{TOKENS_CSS}</style>{body}</div>'
 
 
-def legend_html(metric: str, tokens: Iterable[dict[str, Any]]) -> str:
+def legend_html(metric: str, tokens: Iterable[dict[str, Any]], mode: str = "fixed") -> str:
     """The colour legend of ``metric`` for these tokens: which colour is uncertain, the ends.
 
     Args:
@@ -143,8 +131,8 @@ def legend_html(metric: str, tokens: Iterable[dict[str, Any]]) -> str:
     Returns:
         One ``<div class="tp-legend">`` with its ``<style>`` and the report's legend paragraph.
     """
-    scale = token_scale(metric, tokens)
-    return f'<div class="tp-legend"><style>{LEGEND_CSS}</style>{report.legend_html(scale)}</div>'
+    scale = token_scale(metric, tokens, mode)
+    return f'<div class="tp-legend"><style>{LEGEND_CSS}</style>{scale_legend_html(scale)}</div>'
 
 
 def available_token_metrics(tokens: Iterable[dict[str, Any]]) -> list[str]:
@@ -160,7 +148,7 @@ def available_token_metrics(tokens: Iterable[dict[str, Any]]) -> list[str]:
     present: set[str] = set()
     for tok in response_tokens(tokens):
         for name, value in tok.items():
-            if name not in NON_METRIC_KEYS and name not in present and _number(value) is not None:
+            if name not in NON_METRIC_KEYS and name not in present and number(value) is not None:
                 present.add(name)
     core = [name for name in CORE_METRICS if name in present]
     return core + sorted(present.difference(CORE_METRICS))

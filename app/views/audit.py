@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from tokenprism.app.client import BackendError
+from tokenprism.app.components.logprob_band import render_logprob_source
 from tokenprism.app.components.tables import turns_frame
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client
+from tokenprism.app.ui import (
+    CCP_PRESET_HELP,
+    CCP_PRESETS,
+    EXTRA_METRICS,
+    backend_errors,
+    client,
+    fetch_run,
+)
 
 TURN_METRICS = [
     "mean_entropy",
@@ -20,12 +30,15 @@ TURN_METRICS = [
     "mean_step_first_surprisal",
     "mean_kurtosis",
     "probe_max",
-    "ccp_uncertainty",
+    "ccp_mean_log",
+    "claim_ccp_mean",
     "claim_ccp_min",
+    "ccp_uncertainty",
     "token_sar",
 ]
 TOKEN_METRICS = [
     "entropy",
+    "entropy_upper",
     "surprisal_bits",
     "prob",
     "margin",
@@ -39,9 +52,63 @@ TERMINAL = ("done", "failed", "cancelled", "interrupted")
 
 st.title("Audit")
 st.caption(
-    "Upload a transcript (JSONL chats in OpenAI or ShareGPT form, JSONL or CSV with prompt and "
-    "response columns, or plain text). Every assistant turn is re-scored in its context."
+    "Upload a transcript: a JSON array export or JSONL of chats (ShareGPT, OpenAI messages, "
+    "LMSYS/WildChat, Alpaca), CSV with prompt and response columns, or plain text. Every "
+    "non-empty assistant turn is re-scored in its context; history too long for the model is "
+    "cut from the left."
 )
+
+
+def send(upload: Any, *, skip_invalid: bool = False) -> str | None:
+    """Upload the file; a validation failure with valid conversations left is kept in the
+    session so the page can offer to audit those."""
+    with backend_errors():
+        try:
+            reply = client().upload(
+                upload.name,
+                upload.getvalue(),
+                model=st.session_state.get("audit.model") or None,
+                metrics=st.session_state.get("audit.extras") or [],
+                engine=st.session_state.get("audit.engine") or "local",
+                skip_invalid=skip_invalid,
+                ccp_preset=st.session_state.get("audit.ccp_preset"),
+            )
+        except BackendError as err:
+            if err.code != "invalid_transcript" or not err.details.get("conversations_valid"):
+                raise
+            st.session_state["audit.invalid"] = {
+                "name": upload.name,
+                "message": err.message,
+                "problems": err.problems,
+                "valid": err.details["conversations_valid"],
+                "invalid": err.details.get("conversations_invalid", len(err.problems)),
+            }
+            return None
+    st.session_state.pop("audit.invalid", None)
+    if reply.get("duplicate"):
+        st.info(reply["message"])
+    st.session_state["audit.upload_id"] = reply["upload_id"]
+    return str(reply["upload_id"])
+
+
+def show_ingest(ingest: dict[str, Any]) -> None:
+    """What the upload held and what became of it, above the ranked turns."""
+    cols = st.columns(5)
+    cols[0].metric("Conversations", ingest["conversations"])
+    cols[1].metric("Assistant turns found", ingest["assistant_turns"])
+    cols[2].metric("Scored", ingest["scored"])
+    cols[3].metric("Skipped", ingest["skipped_count"])
+    cols[4].metric("Truncated", ingest["truncated"])
+    rendering = ", ".join(f"{n} {how}" for how, n in sorted(ingest["rendering"].items()))
+    st.caption(
+        f"Rendered: {rendering or 'none yet'} · {ingest['truncated_tokens']} tokens of history "
+        f"dropped to fit the context · {ingest['empty_messages']} empty messages skipped · "
+        f"{ingest['conversations_invalid']} invalid conversations skipped"
+    )
+    if ingest["skipped"]:
+        with st.expander(f"Skipped ({ingest['skipped_count']})"):
+            st.table(pd.DataFrame(ingest["skipped"][:200]))
+
 
 with st.form("audit.form", clear_on_submit=False):
     upload = st.file_uploader("Transcript", type=["jsonl", "json", "csv", "txt"], key="audit.file")
@@ -50,6 +117,7 @@ with st.form("audit.form", clear_on_submit=False):
     extras = form_cols[1].multiselect(
         "Uncertainty & hallucination metrics", EXTRA_METRICS, key="audit.extras"
     )
+    form_cols[1].selectbox("CCP preset", CCP_PRESETS, key="audit.ccp_preset", help=CCP_PRESET_HELP)
     engine = form_cols[2].selectbox(
         "Engine",
         ["local", "ray"],
@@ -61,16 +129,24 @@ with st.form("audit.form", clear_on_submit=False):
     sent = st.form_submit_button("Upload and audit", type="primary")
 fresh_upload: str | None = None
 if sent:
+    st.session_state.pop("audit.invalid", None)
     if upload is None:
         st.warning("Choose a file first.")
     else:
-        with backend_errors():
-            reply = client().upload(
-                upload.name, upload.getvalue(), model=model or None, metrics=extras, engine=engine
-            )
-        if reply.get("duplicate"):
-            st.info(reply["message"])
-        st.session_state["audit.upload_id"] = fresh_upload = reply["upload_id"]
+        fresh_upload = send(upload)
+failed = st.session_state.get("audit.invalid")
+if failed and upload is not None and upload.name == failed["name"]:
+    st.error(failed["message"])
+    st.dataframe(pd.DataFrame(failed["problems"]), hide_index=True)
+    st.warning(
+        f"{failed['valid']} conversations fine, {failed['invalid']} with problems: audit the "
+        f"{failed['valid']}? The skipped ones are listed with their line in the upload's summary."
+    )
+    agreed = st.checkbox(
+        f"Skip the {failed['invalid']} conversations with problems", key="audit.skip_invalid"
+    )
+    if st.button(f"Audit the {failed['valid']}", key="audit.lenient", disabled=not agreed):
+        fresh_upload = send(upload, skip_invalid=True)
 
 with backend_errors():
     uploads = client().uploads()
@@ -126,6 +202,8 @@ metric = cols[0].selectbox("Rank turns by", TURN_METRICS, key="audit.metric")
 token_metric = cols[1].selectbox("Rank tokens by", TOKEN_METRICS, key="audit.token_metric")
 with backend_errors():
     summary = client().upload_summary(chosen, metric=metric, token_metric=token_metric)
+if summary.get("ingest"):
+    show_ingest(summary["ingest"])
 if not summary["turns"]:
     st.info("No turn of this upload is scored yet.")
     st.stop()
@@ -164,8 +242,9 @@ if rows:
     run_id = frame.iloc[rows[0]]["run_id"]
     started = time.perf_counter()
     with backend_errors():
-        run = client().run(run_id)
+        run = fetch_run(run_id)
     st.subheader("Turn detail")
+    render_logprob_source(run, key="audit.detail")  # source, and the entropy band of API runs
     render_run(run, key="audit.detail")
     st.caption(f"loaded in {time.perf_counter() - started:.2f} s")
 else:

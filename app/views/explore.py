@@ -7,7 +7,14 @@ from typing import Any
 import streamlit as st
 
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import EXTRA_METRICS, backend_errors, client
+from tokenprism.app.ui import (
+    CCP_PRESET_HELP,
+    CCP_PRESETS,
+    EXTRA_METRICS,
+    backend_errors,
+    client,
+    fetch_run,
+)
 
 st.title("Explore")
 st.caption(
@@ -37,6 +44,9 @@ with st.form("explore.form"):
         help="CCP (NLI judge over alternatives), probe (hallucination probe), SAR "
         "(relevance-weighted surprisal), selfcheck (samples the model 5 more times).",
     )
+    ccp_preset = right.selectbox(
+        "CCP preset", CCP_PRESETS, key="explore.ccp_preset", help=CCP_PRESET_HELP
+    )
     submitted = st.form_submit_button("Run", type="primary")
 
 if submitted:
@@ -51,6 +61,7 @@ if submitted:
                     model=model or None,
                     template=template,
                     metrics=extras,
+                    ccp_preset=ccp_preset,
                 )
             else:
                 fresh = client().generate(
@@ -62,6 +73,7 @@ if submitted:
                     top_p=top_p,
                     seed=int(seed),
                     metrics=extras,
+                    ccp_preset=ccp_preset,
                 )[0]
         st.session_state["explore.run"] = fresh
         st.query_params["run"] = fresh["run_id"]
@@ -70,7 +82,7 @@ run: dict[str, Any] | None = st.session_state.get("explore.run")
 wanted = st.query_params.get("run")
 if wanted and (run is None or run["run_id"] != wanted):
     with backend_errors():
-        run = client().run(wanted)
+        run = fetch_run(wanted)
     st.session_state["explore.run"] = run
 
 if run is None:

@@ -25,7 +25,7 @@ from tokenprism.app.components.groups import (
     tree_figure,
 )
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import backend_errors, client, poll_job
+from tokenprism.app.ui import backend_errors, client, fetch_run, poll_job
 
 # session state of the three kinds of job: {"job_id", "group_id"?}
 GROUP_JOB, ROLLOUT_JOB, CDPO_JOB = "groups.job", "groups.rollout_job", "groups.cdpo_job"
@@ -91,10 +91,19 @@ with st.expander("Sample a new group", expanded=True):
         help="number:42 (number:42@0.5 with a tolerance), exact:Paris, regex:PATTERN, choice:B",
     )
     cols = st.columns(4)
-    n = cols[0].number_input("Responses (n)", 1, 64, 8, 1, key="groups.n")
+    n = cols[0].number_input("Responses (n)", 2, 64, 8, 1, key="groups.n")
     temperature = cols[1].number_input("Temperature", 0.05, 5.0, 1.0, 0.05, key="groups.temp")
     max_new = cols[2].number_input("Max new tokens", 1, 1024, 96, 8, key="groups.max_new")
     seed = cols[3].number_input("Seed", 0, 2**32 - 1, 0, 1, key="groups.seed")
+    thr_vocab = st.radio(
+        "THR vocabulary",
+        ["full", "group"],
+        horizontal=True,
+        key="groups.thr_vocab",
+        help="full: exact first-order influence over the whole vocabulary (default); group: "
+        "NTHR's cost shortcut over the tokens occurring in the group (V*), reported with its "
+        "agreement with the full value",
+    )
     if st.button("Sample group", type="primary", key="groups.sample"):
         if not prompt.strip() or not verifier.strip():
             st.warning("Give a prompt and a verifier (or pick a shipped prompt).")
@@ -107,6 +116,7 @@ with st.expander("Sample a new group", expanded=True):
                     temperature=float(temperature),
                     max_new_tokens=int(max_new),
                     seed=int(seed),
+                    thr_vocab=thr_vocab,
                 )
             start_job(GROUP_JOB, reply)
     if st.session_state.get(GROUP_JOB):
@@ -144,9 +154,21 @@ st.caption(
 cards = st.columns(4)
 cards[0].metric("responses", len(responses))
 cards[1].metric("correct", summary.get("n_correct", "—"))
-cards[2].metric("group vocabulary", summary.get("vocabulary_size", "—"))
+cards[2].metric(
+    f"THR vocabulary ({summary.get('thr_vocab', 'group')})",
+    summary.get("thr_vocab_size", summary.get("vocabulary_size", "—")),
+)
 tau = summary.get("thr_tau")
 cards[3].metric("THR τ", "—" if tau is None else f"{tau:.4g}")
+n_correct = summary.get("n_correct")
+if isinstance(n_correct, int) and responses and n_correct in (0, len(responses)):
+    which = "No response" if n_correct == 0 else "Every response"
+    st.warning(
+        f"{which} is correct, so the group has no contrast: THR and the advantages are "
+        "undefined (shown as —). Try a larger n, a lower temperature"
+        + (" (the model may not know the answer)" if n_correct == 0 else " or a harder prompt")
+        + ", or check the verifier."
+    )
 
 ok, status = thr_status(summary)
 (st.success if ok else st.warning)(status)
@@ -194,7 +216,7 @@ index = st.selectbox(
 response = responses[index]
 run_id = response["run_id"]
 with backend_errors():
-    run = client().run(run_id)
+    run = fetch_run(run_id)
 
 tokens_tab, rollouts_tab, cdpo_tab = st.tabs(
     ["Tokens", "Critical token (rollouts)", "Contrastive (cDPO)"]

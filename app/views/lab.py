@@ -32,7 +32,7 @@ from tokenprism.app.components.lab import (
 )
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import backend_errors, client, poll_job
+from tokenprism.app.ui import backend_errors, client, fetch_run, poll_job
 
 JOB = "lab.job"  # session state: {"job_id", "kind"}
 DEFAULT_PROMPTS = (
@@ -483,8 +483,8 @@ index_b = pick[1].selectbox(
     key=f"lab.b.{experiment_id}",
 )
 with backend_errors():
-    run_a = client().run(outputs[index_a]["run_id"])
-    run_b = client().run(outputs[index_b]["run_id"])
+    run_a = fetch_run(outputs[index_a]["run_id"])
+    run_b = fetch_run(outputs[index_b]["run_id"])
 metrics = available_token_metrics(run_a["tokens"])
 metrics += [m for m in available_token_metrics(run_b["tokens"]) if m not in metrics]
 if not metrics:

@@ -8,7 +8,7 @@ from tokenprism.app.components.compare import align_runs, compare_frame, compare
 from tokenprism.app.components.tables import runs_frame
 from tokenprism.app.components.token_view import available_token_metrics
 from tokenprism.app.run_view import render_run
-from tokenprism.app.ui import backend_errors, client
+from tokenprism.app.ui import backend_errors, client, fetch_run
 
 PAGE = 50
 
@@ -42,11 +42,11 @@ selected = [frame.iloc[r]["run_id"] for r in rows]
 
 if len(selected) == 1:
     with backend_errors():
-        run = client().run(selected[0])
+        run = fetch_run(selected[0])
     render_run(run, key="runs.one")
 elif len(selected) == 2:
     with backend_errors():
-        first, second = client().run(selected[0]), client().run(selected[1])
+        first, second = fetch_run(selected[0]), fetch_run(selected[1])
     shared = [
         m
         for m in available_token_metrics(first["tokens"])

@@ -1,4 +1,9 @@
-"""Request bodies of the HTTP API (responses are plain JSON documented in the routes)."""
+"""Request bodies of the HTTP API (responses are plain JSON documented in the routes).
+
+Every body refuses (422) non-finite floats (``NaN``/``Infinity``, which Python's JSON parser
+accepts) and strings that are not UTF-8 encodable (a lone surrogate such as ``"\\ud800"``,
+which a JSON escape can carry and which would make every later read of the row fail).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+CcpPreset = Literal["lm-polygraph", "tokenprism"]  # analysis.ccp.CCP_PRESETS
+CCP_PRESET_HELP = (
+    "CCP conventions: lm-polygraph (default; no shortcuts, NaN propagates, empty claim 1) or "
+    "tokenprism (stopword / same-word / empty-word shortcuts, NaN skipped)"
+)
+
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _utf8(cls, data: Any) -> Any:
+        from tokenprism.backend.api.security import unencodable
+
+        where = unencodable(data)
+        if where is not None:
+            raise ValueError(
+                f"{where} holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair); "
+                "text must be valid Unicode"
+            )
+        return data
 
 
 class RunRequest(_Body):
@@ -25,6 +49,7 @@ class RunRequest(_Body):
         None, description="extra metric families: ccp, probe, sar, selfcheck (or all)"
     )
     judge: str | None = Field(None, description="CCP judge: 'fallback' or an NLI model id/path")
+    ccp_preset: CcpPreset | None = Field(None, description=CCP_PRESET_HELP)
     probe: str | None = Field(None, description="probe name (default: newest for the model)")
     samples: int = Field(5, ge=2, le=20, description="samples for selfcheck / sentence SAR")
 
@@ -55,6 +80,7 @@ class GenerateRequest(_Body):
     metrics: list[str] | None = Field(
         None, description="extra metric families for the samples: ccp, probe, sar, selfcheck"
     )
+    ccp_preset: CcpPreset | None = Field(None, description=CCP_PRESET_HELP)
 
     @model_validator(mode="after")
     def _usable_temperature(self) -> GenerateRequest:
@@ -82,13 +108,20 @@ class GroupBody(_Body):
     )
     model: str | None = None
     system: str | None = None
-    n: int = Field(8, ge=1, le=64)
+    n: int = Field(8, ge=2, le=64, description="responses (at least 2: THR needs a group)")
     temperature: float = Field(1.0, ge=0.01, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1, le=1024)
     seed: int | None = Field(0, ge=0, le=2**32 - 1)
     thr_p: float = Field(0.1, ge=-1.0, le=1.0, description="THR reweighting knob p")
-    thr_beta: float = Field(1.0, description="beta of the dominant-token threshold")
+    thr_beta: float = Field(
+        1.0, ge=0.0, le=100.0, description="beta of the dominant-token threshold (0 to 100)"
+    )
+    thr_vocab: Literal["full", "group"] = Field(
+        "full",
+        description="THR vocabulary: full (exact, default) or group (NTHR's V* shortcut, "
+        "reported with its agreement with the full value)",
+    )
     latr_tau_abs: float = Field(0.25, ge=0.0, le=1.0)
     latr_tau_rel: float = Field(0.15, ge=0.0, le=1.0)
     cure_k: int = Field(20, ge=1, le=200)
@@ -151,3 +184,23 @@ class SqlRequest(_Body):
 
     query: str = Field(..., min_length=1, max_length=20_000)
     max_rows: int = Field(1000, ge=1, le=100_000)
+
+
+class DiffBody(_Body):
+    """Diff model B against model A on one input: ``text``, ``run_id`` or ``upload_id``."""
+
+    model: str | None = Field(
+        None, max_length=1000, description="model A (a run's own model for run_id; default)"
+    )
+    against: str = Field(
+        ..., min_length=1, max_length=1000, description="model B, e.g. default@int8"
+    )
+    text: str | None = Field(None, min_length=1, max_length=200_000)  # diff.service.MAX_TEXT_CHARS
+    run_id: str | None = Field(None, min_length=1, max_length=64)
+    upload_id: str | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> DiffBody:
+        if sum(x is not None for x in (self.text, self.run_id, self.upload_id)) != 1:
+            raise ValueError("give exactly one of 'text', 'run_id', 'upload_id'")
+        return self

@@ -46,6 +46,7 @@ from tokenprism.backend.store.records import finished_items
 from tokenprism.backend.store.tables import RUN_TABLES, model_record
 
 if TYPE_CHECKING:
+    from tokenprism.analysis.scoring import ScoringParams
     from tokenprism.backend.models.loader import LoadedModel
     from tokenprism.backend.scoring.extras import ExtraRequest
 
@@ -100,6 +101,9 @@ class RayReport:
     scored: list[int] = field(default_factory=list)
     worker_pids: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # turns scored from their conversation's single pass vs in a pass of their own
+    one_pass_turns: int = 0
+    fallback_turns: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,19 +127,35 @@ def check_engine(engine: str) -> str:
     return engine
 
 
-def plan_shards(lengths: dict[int, int], shard_items: int) -> list[ShardPlan]:
-    """Cut items (index -> token length) into shards of ``shard_items`` items of similar length.
+def plan_shards(
+    lengths: dict[int, int], shard_items: int, groups: dict[int, int] | None = None
+) -> list[ShardPlan]:
+    """Cut items (index -> token length) into shards of about ``shard_items`` items.
 
-    The order (length, then index) depends only on the items, so a resumed job finds the same
-    shards as the attempt before it.
+    With ``groups`` (index -> conversation), a conversation's items always share a shard (it
+    is scored in one forward pass): conversations are ordered by their longest item and
+    packed whole, so a shard may exceed ``shard_items`` by one conversation's turns. The order
+    (length, then index) depends only on the items, so a resumed job finds the same shards as
+    the attempt before it.
     """
     if shard_items < 1:
         raise UserError("shard_items must be at least 1")
-    order = sorted(lengths, key=lambda i: (lengths[i], i))
-    return [
-        ShardPlan(k, tuple(order[start : start + shard_items]))
-        for k, start in enumerate(range(0, len(order), shard_items))
-    ]
+    units: dict[int, list[int]] = {}
+    for i in lengths:
+        units.setdefault(groups[i] if groups is not None else -1 - i, []).append(i)
+    ordered = sorted(
+        (sorted(m) for m in units.values()), key=lambda m: (max(lengths[i] for i in m), m[0])
+    )
+    shards: list[ShardPlan] = []
+    current: list[int] = []
+    for members in ordered:
+        if current and len(current) + len(members) > shard_items:
+            shards.append(ShardPlan(len(shards), tuple(current)))
+            current = []
+        current += sorted(members, key=lambda i: (lengths[i], i))
+    if current:
+        shards.append(ShardPlan(len(shards), tuple(current)))
+    return shards
 
 
 def shard_path(shard_dir: Path, shard: int) -> Path:
@@ -195,6 +215,7 @@ class ShardScorer:
         job_id: str | None,
         batch_tokens: int,
         threads: int,
+        params: dict[str, Any] | None = None,
     ) -> None:
         import torch
 
@@ -208,6 +229,7 @@ class ShardScorer:
 
             self.plan = plan_extras(self.lm, request_from_dict(extras), settings)
         self.upload_id, self.job_id, self.batch_tokens = upload_id, job_id, batch_tokens
+        self.params = _params_from_dict(params)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {"shard": [], "table": [], "data": [], "pid": []}
@@ -221,26 +243,58 @@ class ShardScorer:
         return out
 
     def score_shard(self, items: Sequence[WorkItem]) -> dict[str, pa.Table]:
-        from tokenprism.backend.audit.upload import encode_items, length_batches
+        """The shard's store rows, made by the local engine's code (one pass per conversation).
+
+        With extras the turns are scored one by one, as the local engine does.
+        """
+        from tokenprism.backend.audit.conversation import concat_tables, scored_batches
+        from tokenprism.backend.audit.items import encode_items, length_batches
         from tokenprism.backend.scoring.runner import score_batch
         from tokenprism.backend.store.tables import run_tables
 
         encoded = encode_items(self.lm, items, "shard")
-        parts: dict[str, list[pa.Table]] = {name: [] for name in RUN_TABLES}
-        for batch in length_batches([e.n_tokens for e in encoded], self.batch_tokens):
-            scored = score_batch(self.lm, [encoded[i] for i in batch], extras=self.plan)
-            tables = run_tables(
+        if self.plan is None:
+            batches = scored_batches(
                 self.lm,
-                scored,
-                [uuid.uuid4().hex for _ in batch],
+                items,
+                encoded,
+                batch_tokens=self.batch_tokens,
                 upload_id=self.upload_id,
                 job_id=self.job_id,
-                turn_indices=[items[i].turn_index for i in batch],
-                item_indices=[items[i].index for i in batch],
+                params=self.params,
             )
-            for name, table in tables.items():
-                parts[name].append(table)
-        return {name: pa.concat_tables(found) for name, found in parts.items()}
+            return concat_tables([tables for _, tables in batches])
+        parts: list[dict[str, pa.Table]] = []
+        for batch in length_batches([e.n_tokens for e in encoded], self.batch_tokens):
+            scored = score_batch(
+                self.lm, [encoded[i] for i in batch], self.params, extras=self.plan
+            )
+            parts.append(
+                run_tables(
+                    self.lm,
+                    scored,
+                    [uuid.uuid4().hex for _ in batch],
+                    upload_id=self.upload_id,
+                    job_id=self.job_id,
+                    turn_indices=[items[i].turn_index for i in batch],
+                    item_indices=[items[i].index for i in batch],
+                )
+            )
+        return concat_tables(parts)
+
+
+def _params_from_dict(params: dict[str, Any] | None) -> Any:
+    """Scoring parameters sent to a worker as JSON-safe fields (None: the defaults)."""
+    from tokenprism.analysis.logits import LogitMetricParams
+    from tokenprism.analysis.scoring import ScoringParams
+
+    if not params:
+        return ScoringParams()
+    fields = dict(params)
+    logits = fields.pop("logits", None) or {}
+    if "gltr_edges" in logits:
+        logits["gltr_edges"] = tuple(logits["gltr_edges"])
+    return ScoringParams(logits=LogitMetricParams(**logits), **fields)
 
 
 def _init_ray(ray: Any, options: RayOptions) -> bool:
@@ -252,9 +306,17 @@ def _init_ray(ray: Any, options: RayOptions) -> bool:
         ray.init(address=options.address, **common)
     else:
         slots = options.workers or max(1, (os.cpu_count() or 1) // 2)
+        # A cluster of our own, on loopback: address="local" never joins a cluster named by a
+        # stray RAY_ADDRESS (only TOKENPRISM_RAY_ADDRESS / --address do), the node advertises
+        # 127.0.0.1 and the dashboard (an unauthenticated job API) is off. Ray's own gRPC
+        # servers still bind every interface in Ray 2.60 (no setting changes that), which is
+        # why the API refuses engine=ray unless the operator enabled it (TOKENPRISM_ALLOW_RAY).
         ray.init(
+            address="local",
             num_cpus=max(1, int(slots * options.cpus_per_worker)),
             include_dashboard=False,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
             object_store_memory=options.object_store_mb * 1024 * 1024,
             **common,
         )
@@ -268,6 +330,44 @@ def _pool_size(ray: Any, options: RayOptions) -> int:
     if options.gpus_per_worker > 0:
         return max(1, int(resources.get("GPU", 0) // options.gpus_per_worker))
     return max(1, int(resources.get("CPU", 1) // options.cpus_per_worker))
+
+
+def _count_turns(
+    report: RayReport, items: Sequence[WorkItem], encoded: Sequence[Any], *, one_pass: bool
+) -> None:
+    """How many turns the one-pass path takes and how many fall back to a pass of their own
+    (with extras every turn is scored alone, as the local engine does)."""
+    if not one_pass:
+        report.fallback_turns = len(items)
+        return
+    from tokenprism.backend.audit.conversation import plan_units
+
+    counts = plan_units(items, encoded)[1]
+    report.one_pass_turns, report.fallback_turns = counts.one_pass_turns, counts.fallback_turns
+
+
+def _resume_shards(
+    shards: Sequence[ShardPlan],
+    done: set[int],
+    shard_dir: Path,
+    job_id: str,
+    report: RayReport,
+    ingest: Callable[[ShardPlan, Path], None],
+) -> list[ShardPlan]:
+    """Skip stored shards, store shards a job left on disk, return the ones still to score."""
+    todo: list[ShardPlan] = []
+    for plan in shards:
+        if set(plan.items) <= done:
+            report.skipped.append(plan.shard)
+        elif set(plan.items) & done:
+            # a shard is stored in one transaction, so this means other items than planned
+            raise UserError(f"shard {plan.shard} of job {job_id} is partly stored; cannot resume")
+        elif (shard_path(shard_dir, plan.shard) / MANIFEST).is_file():
+            ingest(plan, shard_path(shard_dir, plan.shard))
+            report.from_disk.append(plan.shard)
+        else:
+            todo.append(plan)
+    return todo
 
 
 def score_items_ray(
@@ -285,6 +385,7 @@ def score_items_ray(
     on_progress: Callable[[int], None] | None = None,
     on_shard: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    params: ScoringParams | None = None,
 ) -> RayReport:
     """Score and store ``items`` on a Ray cluster, shard by shard; resume what a job left.
 
@@ -294,7 +395,8 @@ def score_items_ray(
     number of items stored so far, ``on_shard(shard, worker pid)`` each scored shard;
     ``should_stop`` is checked between shards (:class:`backend.audit.JobCancelled`).
     """
-    from tokenprism.backend.audit.upload import JobCancelled, encode_items
+    from tokenprism.backend.audit.items import encode_items
+    from tokenprism.backend.limits import JobCancelled
 
     ray = require_ray()
     options = options or RayOptions()
@@ -303,8 +405,11 @@ def score_items_ray(
     report = RayReport(shard_dir=str(shard_dir))
     encoded = encode_items(lm, items, source)
     by_index = {it.index: it for it in items}
+    _count_turns(report, items, encoded, one_pass=extras is None)
     shards = plan_shards(
-        {it.index: e.n_tokens for it, e in zip(items, encoded, strict=True)}, options.shard_items
+        {it.index: e.n_tokens for it, e in zip(items, encoded, strict=True)},
+        options.shard_items,
+        {it.index: it.conversation for it in items},
     )
     report.shards = len(shards)
     done = finished_items(store, job_id)
@@ -322,22 +427,13 @@ def score_items_ray(
         if on_progress:
             on_progress(stored)
 
-    todo: list[ShardPlan] = []
-    for plan in shards:
-        if set(plan.items) <= done:
-            report.skipped.append(plan.shard)
-        elif set(plan.items) & done:
-            # a shard is stored in one transaction, so this means other items than planned
-            raise UserError(f"shard {plan.shard} of job {job_id} is partly stored; cannot resume")
-        elif (shard_path(shard_dir, plan.shard) / MANIFEST).is_file():
-            ingest(plan, shard_path(shard_dir, plan.shard))
-            report.from_disk.append(plan.shard)
-        else:
-            todo.append(plan)
+    todo = _resume_shards(shards, done, shard_dir, job_id, report, ingest)
     if todo and should_stop and should_stop():
         raise JobCancelled
     record = model_record(lm)
-    scored = _scored_shards(ray, lm, todo, by_index, settings, options, extras, upload_id, job_id)
+    scored = _scored_shards(
+        ray, lm, todo, by_index, settings, options, extras, upload_id, job_id, params
+    )
     with closing(scored):  # a cancelled job shuts a cluster it started down at once
         for plan, parquet, pid in scored:
             manifest = {
@@ -372,6 +468,7 @@ def _scored_shards(
     extras: ExtraRequest | None,
     upload_id: str | None,
     job_id: str,
+    params: ScoringParams | None = None,
 ) -> Generator[tuple[ShardPlan, dict[str, bytes], int], None, None]:
     """Score ``todo`` on the cluster; yield each shard's Parquet tables as it completes.
 
@@ -412,6 +509,7 @@ def _scored_shards(
                 "job_id": job_id,
                 "batch_tokens": options.batch_tokens,
                 "threads": max(1, int(options.cpus_per_worker)),
+                "params": params.as_dict() if params is not None else None,
             },
         )
         plans = {plan.shard: plan for plan in todo}

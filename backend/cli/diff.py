@@ -8,13 +8,10 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tokenprism.backend.cli.common import load_model, load_settings, open_store, out
 from tokenprism.backend.errors import UserError
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 TOKEN_KEYS = (
     "position",
@@ -64,18 +61,13 @@ def diff(
         source_model,
         start_diff,
     )
-    from tokenprism.backend.models.variants import get_model
-    from tokenprism.backend.settings import get_settings
-    from tokenprism.backend.store import Store
-
     source = _source(run_id, text, upload)
-    settings = get_settings()
-    with Store(settings.db_path) as store:
+    with open_store() as store:
         owner = source_model(store, source)
         if owner is not None and model is not None and model != owner:
             raise UserError(f"run {run_id} was scored by {owner!r}; --model must be that model")
-        lm_a = get_model(owner or model or settings.default_model, settings)
-        lm_b = get_model(against, settings)
+        lm_a = load_model(owner or model or load_settings().default_model)
+        lm_b = load_model(against)
         diff_id = start_diff(store, lm_a, lm_b, source)
         with tqdm(desc="diff", file=sys.stderr, disable=source["kind"] != "upload") as bar:
 
@@ -123,6 +115,3 @@ def _print(result: dict[str, Any]) -> None:
         )
     out.print(table)
 
-
-def register(app: typer.Typer) -> None:
-    app.command("diff")(diff)

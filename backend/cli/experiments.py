@@ -7,17 +7,15 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tokenprism.backend.cli.common import out
 from tokenprism.backend.errors import UserError
 
 experiment_app = typer.Typer(
     no_args_is_help=True,
     help="Steering and decoding experiments (every output is stored as a run).",
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PromptOpt = typer.Option(None, "--prompt", "-p", help="a prompt (repeat; default: shipped set)")
 ModelOpt = typer.Option(None, "--model", "-m")

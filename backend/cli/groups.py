@@ -7,19 +7,10 @@ import sys
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tokenprism.backend.cli.common import load_settings, out
 from tokenprism.backend.errors import UserError
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _settings() -> Any:
-    from tokenprism.backend.settings import get_settings
-
-    return get_settings()
 
 
 def _stage_bars() -> tuple[Any, Any]:
@@ -41,6 +32,40 @@ def _stage_bars() -> tuple[Any, Any]:
     return progress, close
 
 
+def _print_group(group_id: str, result: dict[str, Any]) -> None:
+    """The responses as a table, then what THR was computed over and its top tokens."""
+    table = Table("#", "reward", "advantage", "answer", "response", title=f"group {group_id}")
+    for r in result["responses"]:
+        table.add_row(
+            str(r["index"]),
+            f"{r['reward']:.0f}",
+            f"{r['advantage']:+.2f}",
+            str(r["extracted"]),
+            r["text"][:80].replace("\n", " "),
+        )
+    out.print(table)
+    summary = result["summary"]
+    if summary["thr_reason"]:
+        out.print(f"THR: not available: {summary['thr_reason']}")
+    else:
+        out.print(
+            f"THR over the {summary['thr_vocab']} vocabulary ({summary['thr_vocab_size']} ids)"
+        )
+        agreement = summary.get("thr_group_agreement") or {}
+        if "spearman" in agreement:
+            out.print(
+                f"  vs the full vocabulary: Spearman {agreement['spearman']:.3f}, "
+                f"same sign {agreement['sign_agreement']:.1%} of {agreement['n_tokens']} tokens"
+            )
+        out.print(f"THR tau {summary['thr_tau']:.3g} ({summary['thr_tau_definition']})")
+        if summary.get("thr_tau_note"):
+            out.print(f"  {summary['thr_tau_note']}")
+        out.print("top positive THR tokens:")
+        for resp, pos, value in summary["top_positive_thr"][:5]:
+            token = result["responses"][resp]["tokens"][pos]
+            out.print(f"  response {resp} token {token['text']!r}: {value:+.3g}")
+
+
 def group(
     prompt: str | None = typer.Option(
         None, "--prompt", "-p", help="the prompt every response answers"
@@ -51,12 +76,17 @@ def group(
     shipped: str | None = typer.Option(
         None, "--shipped", help="id of a prompt in data/prompts/verifiable.jsonl (sets both)"
     ),
-    n: int = typer.Option(8, "--n", help="responses to sample"),
+    n: int = typer.Option(8, "--n", min=2, help="responses to sample (at least 2)"),
     temperature: float = typer.Option(1.0, help="sampling temperature"),
     top_p: float = typer.Option(1.0, help="nucleus sampling"),
     max_new_tokens: int = typer.Option(96, help="length limit of each response"),
     seed: int = typer.Option(0, help="sampling seed"),
     thr_p: float = typer.Option(0.1, help="THR reweighting knob p (>0 exploit, <0 explore)"),
+    thr_vocab: str = typer.Option(
+        "full",
+        "--thr-vocab",
+        help="THR vocabulary: full (exact, default) or group (NTHR's V* cost shortcut)",
+    ),
     sampler: str = typer.Option(
         "hf", "--sampler", help="hf (transformers generate) or vllm (pip install vllm; GPU)"
     ),
@@ -91,12 +121,13 @@ def group(
         max_new_tokens=max_new_tokens,
         seed=seed,
         thr_p=thr_p,
+        thr_vocab=thr_vocab,
         sampler=sampler,
     )
     from tokenprism.backend.groups.core import check_request
 
     check_request(request)
-    settings = _settings()
+    settings = load_settings()
     store = Store(settings.db_path)
     lm = get_model(model or settings.default_model, settings)
     progress, close = _stage_bars()
@@ -109,24 +140,7 @@ def group(
     if as_json:
         sys.stdout.write(json.dumps(json_safe(result), ensure_ascii=False) + "\n")
         return
-    table = Table("#", "reward", "advantage", "answer", "response", title=f"group {group_id}")
-    for r in result["responses"]:
-        table.add_row(
-            str(r["index"]),
-            f"{r['reward']:.0f}",
-            f"{r['advantage']:+.2f}",
-            str(r["extracted"]),
-            r["text"][:80].replace("\n", " "),
-        )
-    out.print(table)
-    summary = result["summary"]
-    if summary["thr_reason"]:
-        out.print(f"THR: not available: {summary['thr_reason']}")
-    else:
-        out.print(f"THR tau {summary['thr_tau']:.3g}; top positive THR tokens:")
-        for resp, pos, value in summary["top_positive_thr"][:5]:
-            token = result["responses"][resp]["tokens"][pos]
-            out.print(f"  response {resp} token {token['text']!r}: {value:+.3g}")
+    _print_group(group_id, result)
     out.print(f"prefix tree: {len(result['tree']['nodes'])} nodes")
 
 
@@ -147,7 +161,7 @@ def rollouts(
     from tokenprism.backend.models.variants import get_model
     from tokenprism.backend.store import Store
 
-    settings = _settings()
+    settings = load_settings()
     request = RolloutRequest(
         group_id=group_id,
         run_id=run,
@@ -198,7 +212,7 @@ def contrastive(
     from tokenprism.backend.models.variants import get_model
     from tokenprism.backend.store import Store
 
-    settings = _settings()
+    settings = load_settings()
     with Store(settings.db_path) as store:
         lm = get_model(get_group(store, group_id, tokens=False)["model"]["id"], settings)
         progress, close = _stage_bars()
@@ -219,9 +233,3 @@ def contrastive(
         f"adapters saved to {summary['directory']}; final loss positive "
         f"{summary['final_loss']['positive']:.3f}, negative {summary['final_loss']['negative']:.3f}"
     )
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(group)
-    app.command()(rollouts)
-    app.command()(contrastive)

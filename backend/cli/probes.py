@@ -8,29 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tokenprism.backend.cli.common import err, load_model, load_settings, out
 from tokenprism.backend.errors import UserError
 
 probe_app = typer.Typer(
     no_args_is_help=True, help="Hallucination probes: build data, train, list, apply."
 )
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _settings() -> Any:
-    from tokenprism.backend.settings import get_settings
-
-    return get_settings()
-
-
-def _load(model: str | None) -> Any:
-    from tokenprism.backend.models.variants import get_model
-
-    settings = _settings()
-    return get_model(model or settings.default_model, settings)
 
 
 @probe_app.command("build-facts")
@@ -45,7 +30,7 @@ def build_facts(
 
     from tokenprism.backend.probes.factbank import build_examples, questions
 
-    lm = _load(model)
+    lm = load_model(model)
     qs = questions()[:limit] if limit else questions()
     with tqdm(total=len(qs), desc="answering", unit="question", file=sys.stderr) as bar:
         rows, summary = build_examples(
@@ -87,8 +72,8 @@ def train(
     if not data.is_file():
         raise UserError(f"no such file: {data}")
     text = decode_text(data.read_bytes(), str(data))
-    lm = _load(model)
-    settings = _settings()
+    lm = load_model(model)
+    settings = load_settings()
     chosen: int | str | None = None
     if layer is not None:
         chosen = layer if layer == "auto" else _int(layer, "--layer")
@@ -163,7 +148,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
     """Probes this installation knows (shipped and trained)."""
     from tokenprism.backend.probes.storage import list_probes
 
-    probes = [p.summary() for p in list_probes(_settings())]
+    probes = [p.summary() for p in list_probes(load_settings())]
     if as_json:
         sys.stdout.write(json.dumps(probes) + "\n")
         return
@@ -184,7 +169,7 @@ def apply(
     from tokenprism.backend.probes.apply import apply_probe_to_run
     from tokenprism.backend.store import Store
 
-    settings = _settings()
+    settings = load_settings()
     with Store(settings.db_path) as store:
         summary = apply_probe_to_run(store, run_id, probe, settings)
     if as_json:

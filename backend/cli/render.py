@@ -9,7 +9,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from tokenprism.backend.scoring.encoding import visible_whitespace
+from tokenprism.backend.display import visible_whitespace
 
 ENTROPY_SCALE_NATS = 4.0  # entropies at or above this get the full "uncertain" colour
 
@@ -77,9 +77,11 @@ def sequence_table(run: dict[str, Any]) -> Table:
 
 
 def layer_line(run: dict[str, Any]) -> Text:
+    """Effective rank of the layers that have one (the default scores the final layer only)."""
     ranks = [
-        f"{layer['layer']}:{layer.get('effective_rank', float('nan')):.1f}"
+        f"{layer['layer']}:{layer['effective_rank']:.1f}"
         for layer in run["layers"]
+        if layer.get("effective_rank") is not None
     ]
     return Text("effective rank by layer  " + "  ".join(ranks), style="cyan")
 

@@ -64,11 +64,17 @@ class RunDiff:
         return int(np.isfinite(self.values["kl"]).sum())
 
 
+def logits_width(model: Any) -> int:
+    """Entries of the model's logits: its LM head's outputs (an int8 head has no ``.weight``
+    tensor, only ``out_features``)."""
+    head = model.get_output_embeddings()
+    width = getattr(head, "out_features", None)
+    return int(width) if width is not None else int(head.weight.shape[0])
+
+
 def same_vocabulary(a: LoadedModel, b: LoadedModel) -> bool:
     """True when B can read A's token ids (same tokenizer vocabulary and logits width)."""
-    width_a = int(a.model.get_output_embeddings().weight.shape[0])
-    width_b = int(b.model.get_output_embeddings().weight.shape[0])
-    if width_a != width_b:
+    if logits_width(a.model) != logits_width(b.model):
         return False
     return a.tokenizer is b.tokenizer or a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
 

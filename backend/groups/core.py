@@ -7,8 +7,11 @@ the group metrics need:
 
 * GRPO advantages (group-normalised rewards) and the P2T / TEMPO prefix tree: values V(s),
   TD terms at branch points, entropy at the branching position;
-* THR (Token Hidden Reward) via its efficient exact form over the group's vocabulary, the
-  dominant-token threshold tau and the THR-reweighted advantage for a chosen p;
+* THR (Token Hidden Reward): by default exact over the full vocabulary (the distributions are
+  recomputed in float32 from the final hidden states through the LM head, after checking that
+  this reproduces the forward pass's logits); ``thr_vocab="group"`` selects NTHR's V* shortcut,
+  and the summary then reports its agreement with the full value (Spearman, sign agreement).
+  Also the dominant-token threshold tau and the THR-reweighted advantage for a chosen p;
 * LATR's branching indicator and CURE's top-entropy critical-token candidates.
 
 Token metrics stored per run: ``thr``, ``thr_advantage``, ``tempo_td``, ``tempo_advantage``,
@@ -38,9 +41,14 @@ from tokenprism.analysis.prefix_tree import (
     token_td,
 )
 from tokenprism.analysis.thr import (
+    NEGATIVE_TAU_NOTE,
+    TAU_DEFINITION,
+    THR_VOCABULARIES,
     ResponseFeatures,
     group_vocabulary,
     reweighted_advantages,
+    thr_agreement,
+    thr_full_vocab,
     thr_scores,
     thr_threshold,
     top_thr_tokens,
@@ -69,7 +77,9 @@ class GroupRequest:
         temperature, top_p, max_new_tokens, seed: sampling parameters.
         system: optional system prompt.
         thr_p: the THR reweighting knob p (> 0 exploitation, < 0 exploration).
-        thr_beta: beta of the dominant-token threshold tau.
+        thr_beta: beta of the dominant-token threshold tau (>= 0).
+        thr_vocab: ``full`` (exact, the default) or ``group`` (NTHR's V* shortcut), see
+            :data:`analysis.thr.THR_VOCABULARIES`.
         latr_tau_abs, latr_tau_rel: LATR branching thresholds (the paper's Countdown values).
         cure_k: how many top-entropy candidates CURE keeps per response.
         sampler: ``hf`` (transformers ``generate``) or ``vllm`` (optional package, for large
@@ -86,6 +96,7 @@ class GroupRequest:
     system: str | None = None
     thr_p: float = 0.1
     thr_beta: float = 1.0
+    thr_vocab: str = "full"
     latr_tau_abs: float = 0.25
     latr_tau_rel: float = 0.15
     cure_k: int = 20
@@ -111,14 +122,51 @@ def check_request(request: GroupRequest) -> None:
     if not 1 <= request.n <= 64:
         raise UserError("n must be between 1 and 64")
     check_sampler(request.sampler)
+    if request.thr_vocab not in THR_VOCABULARIES:
+        raise UserError(
+            f"unknown THR vocabulary {request.thr_vocab!r}; choose from "
+            f"{', '.join(THR_VOCABULARIES)}"
+        )
+    if not math.isfinite(request.thr_beta) or request.thr_beta < 0:
+        raise UserError(
+            f"thr_beta must be a finite number >= 0, got {request.thr_beta!r} (NTHR's "
+            "'keep every token' ablation is beta = 0)"
+        )
 
 
 @dataclass
 class _Captured:
-    """What THR needs from the forward pass of each response, gathered while scoring."""
+    """What THR needs from the forward pass of each response, gathered while scoring.
+
+    ``probs`` (over V*) are only kept for ``thr_vocab="group"``; the full-vocabulary THR
+    recomputes the distributions from ``hidden`` and keeps ``lse``, the logsumexp of the
+    recomputed logits, which the head check computes anyway. ``head_error`` is the largest
+    relative gap between the logits of the forward pass and the LM head applied to ``hidden``.
+    """
 
     probs: list[torch.Tensor]
     hidden: list[torch.Tensor]
+    lse: list[torch.Tensor]
+    head_error: float = 0.0
+
+
+def lm_head(lm: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's ``[V, d]`` weight and ``[V]`` bias (or None), as used by the model."""
+    head = lm.model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise UserError(
+            f"{lm.name} has no linear LM head to recompute the full-vocabulary THR from; "
+            "use thr_vocab='group'"
+        )
+    bias = getattr(head, "bias", None)
+    return weight.detach(), bias.detach() if isinstance(bias, torch.Tensor) else None
+
+
+def head_tolerance(lm: LoadedModel) -> float:
+    """How far (relative to the largest logit) the recomputed logits may be from the forward's:
+    float32 rounding in float32, the half-precision rounding of the forward otherwise."""
+    return 1e-4 if lm.compute_dtype == torch.float32 else 3e-2
 
 
 def _response_positions(enc: EncodedText) -> list[int]:
@@ -127,23 +175,38 @@ def _response_positions(enc: EncodedText) -> list[int]:
 
 
 def _capture(
-    encoded: Sequence[EncodedText], rows: Sequence[int], vocab: torch.Tensor, into: _Captured
+    lm: LoadedModel,
+    encoded: Sequence[EncodedText],
+    rows: Sequence[int],
+    vocab: torch.Tensor | None,
+    into: _Captured,
 ) -> Callable[[Any, torch.Tensor, torch.Tensor], None]:
+    weight, bias = lm_head(lm)
+
     def hook(out: Any, _ids: torch.Tensor, _mask: torch.Tensor) -> None:
         final = out.hidden_states[-1]  # post final norm, as THR's derivation uses
         device = out.logits.device
-        columns = vocab.to(device)
-        probs, hidden = [], []
+        probs, hidden, lse = [], [], []
         for row, i in enumerate(rows):
             pos = torch.tensor(_response_positions(encoded[i]), dtype=torch.long)
             predicting = (pos - 1).to(device)
             logits = out.logits[row, predicting].float()  # float32 whatever the model dtype
-            # the probabilities over the group vocabulary, not renormalised (NTHR App. 7.4)
-            probs.append(torch.softmax(logits, dim=-1)[:, columns])
-            hidden.append(final[row, predicting].float())
+            h = final[row, predicting].float()
+            again = h @ weight.float().T + (bias.float() if bias is not None else 0.0)
+            if len(pos):
+                gap = float((again - logits).abs().max()) / max(1.0, float(logits.abs().max()))
+                into.head_error = max(into.head_error, gap)
+            lse.append(torch.logsumexp(again, dim=-1))
+            if vocab is not None:
+                # over the group vocabulary, not renormalised (NTHR App. 7.4)
+                probs.append(torch.softmax(logits, dim=-1)[:, vocab.to(device)])
+            hidden.append(h)
         # one device-to-host copy per batch for each of the two, not one per response
-        for i, p, h in zip(rows, _to_host(probs), _to_host(hidden), strict=True):
-            into.probs[i], into.hidden[i] = p, h
+        for i, h, z in zip(rows, _to_host(hidden), _to_host(lse), strict=True):
+            into.hidden[i], into.lse[i] = h, z
+        if vocab is not None:
+            for i, p in zip(rows, _to_host(probs), strict=True):
+                into.probs[i] = p
 
     return hook
 
@@ -194,7 +257,8 @@ def run_group(
         [e.input_ids[p] for p in _response_positions(e)] for e in encoded
     ]  # aligned: the template renders the same prompt for every response
     vocab = group_vocabulary([torch.tensor(r, dtype=torch.long) for r in responses if r])
-    captured = _Captured([torch.zeros(0)] * len(encoded), [torch.zeros(0)] * len(encoded))
+    empty = [torch.zeros(0)] * len(encoded)
+    captured = _Captured(list(empty), list(empty), list(empty))
     scored: list[ScoredText] = []
     batch = 4
     for start in range(0, len(encoded), batch):
@@ -202,7 +266,9 @@ def run_group(
         scored += score_batch(
             lm,
             [encoded[i] for i in rows],
-            on_forward=_capture(encoded, rows, vocab, captured),
+            on_forward=_capture(
+                lm, encoded, rows, vocab if request.thr_vocab == "group" else None, captured
+            ),
         )
         report("scoring", rows[-1] + 1, len(encoded))
     summary = _group_metrics(lm, request, encoded, scored, responses, rewards, vocab, captured)
@@ -215,6 +281,7 @@ def run_group(
             "verifier": request.verifier,
             "verdict": asdict(verdict),
             "sampler": request.sampler,
+            "thr_vocab": request.thr_vocab,
         }
     run_ids = store.save_runs(lm, scored, group_id=group_id, item_indices=list(range(len(scored))))
     tree = _tree_json(lm, responses, rewards, scored)
@@ -251,16 +318,7 @@ def _group_metrics(
     advantages = grpo_advantages(rewards)
     tempo = tempo_advantages(responses, rewards)
     td = token_td(responses, rewards)
-    features = [
-        ResponseFeatures(
-            token_ids=torch.tensor(responses[i], dtype=torch.long),
-            probs=captured.probs[i],
-            hidden=captured.hidden[i],
-            reward=rewards[i],
-        )
-        for i in range(len(scored))
-    ]
-    thr, reason = thr_scores(features, vocab)
+    thr, reason, thr_info = _thr(lm, request, responses, rewards, vocab, captured)
     tau = thr_threshold(thr, rewards, beta=request.thr_beta) if reason is None else math.nan
     reweighted = reweighted_advantages(thr, advantages, tau, request.thr_p)
     for i, st in enumerate(scored):
@@ -307,11 +365,59 @@ def _group_metrics(
         "n_correct": int(sum(1 for r in rewards if r > 0)),
         "thr_reason": reason,
         "thr_tau": None if math.isnan(tau) else tau,
+        "thr_tau_definition": TAU_DEFINITION,
+        "thr_tau_note": NEGATIVE_TAU_NOTE if tau < 0 else None,
         "thr_p": request.thr_p,
+        **thr_info,
         "vocabulary_size": int(vocab.numel()),
         "top_positive_thr": [list(t) for t in positive],
         "top_negative_thr": [list(t) for t in negative],
     }
+
+
+def _thr(
+    lm: LoadedModel,
+    request: GroupRequest,
+    responses: Sequence[Sequence[int]],
+    rewards: Sequence[float],
+    vocab: torch.Tensor,
+    captured: _Captured,
+) -> tuple[list[torch.Tensor], str | None, dict[str, Any]]:
+    """THR on the requested vocabulary; with ``group``, its agreement with the full value."""
+    ids = [torch.tensor(r, dtype=torch.long) for r in responses]
+    head_ok = captured.head_error <= head_tolerance(lm)
+    full: list[torch.Tensor] | None = None
+    reason: str | None = None
+    if head_ok:
+        weight, bias = lm_head(lm)
+        scores, reason = thr_full_vocab(
+            ids, captured.hidden, rewards, weight, bias, log_normaliser=captured.lse
+        )
+        full = [t.float().cpu() for t in scores]
+    elif request.thr_vocab == "full":
+        raise UserError(
+            f"{lm.name}: the LM head applied to the final hidden states does not reproduce the "
+            f"model's logits (relative gap {captured.head_error:.2g}; a logit soft-cap or "
+            "scale?), so the full-vocabulary THR cannot be computed; use thr_vocab='group'"
+        )
+    info: dict[str, Any] = {
+        "thr_vocab": request.thr_vocab,
+        "thr_vocab_size": int(vocab.numel()),
+        "thr_group_agreement": None,
+    }
+    if request.thr_vocab == "full" and full is not None:
+        info["thr_vocab_size"] = int(lm_head(lm)[0].shape[0])
+        return full, reason, info
+    features = [
+        ResponseFeatures(ids[i], captured.probs[i], captured.hidden[i], rewards[i])
+        for i in range(len(ids))
+    ]
+    thr, reason = thr_scores(features, vocab)
+    if full is not None and reason is None:
+        info["thr_group_agreement"] = thr_agreement(full, thr)
+    else:
+        info["thr_group_agreement"] = {"unavailable": "no full-vocabulary value to compare with"}
+    return thr, reason, info
 
 
 def _tree_json(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from tokenprism.analysis.critical import budget_positions, critical_position
 from tokenprism.analysis.verifiers import Verifier, parse_verifier
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.groups.core import get_group, update_group_json
+from tokenprism.backend.limits import check_context, stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.store import Store
 
@@ -62,6 +63,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
     ids = torch.tensor([prefix], device=lm.device)
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    check_context(lm, len(prefix), request.max_new_tokens)
     with torch.inference_mode(), lm.autocast_context():
         out = lm.model.generate(
             ids,
@@ -73,6 +75,7 @@ def _sample(lm: LoadedModel, prefix: list[int], k: int, request: RolloutRequest)
             num_return_sequences=k,
             max_new_tokens=request.max_new_tokens,
             pad_token_id=pad,
+            stopping_criteria=stopping_criteria(),
         )
     return out[:, len(prefix) :].cpu().tolist()  # one copy for the k continuations
 
@@ -96,6 +99,98 @@ def _correct_rate(
     return rate, texts
 
 
+@dataclass
+class _Ticker:
+    """Counts finished rollout evaluations for ``progress`` (capped at the planned total)."""
+
+    total: int
+    progress: Callable[[int, int], None] | None
+    done: int = 0
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(min(self.done, self.total), self.total)
+
+
+@dataclass
+class _Curve:
+    """The correctness curve c(t) of one response, filled in position by position."""
+
+    lm: LoadedModel
+    verifier: Verifier
+    ids: list[int]
+    start: int
+    request: RolloutRequest
+    tick: _Ticker
+    rates: dict[int, float] = field(default_factory=dict)
+    samples: dict[int, list[str]] = field(default_factory=dict)
+
+    def evaluate(self, positions: list[int]) -> None:
+        """c at each position: continuations of the prefix that ends with that token."""
+        for pos in positions:
+            self.rates[pos], self.samples[pos] = _correct_rate(
+                self.lm, self.verifier, self.ids, self.start, pos + 1, self.request.k, self.request
+            )
+            self.tick()
+
+    def critical(self) -> int | None:
+        """The critical position of the curve so far (Lin et al.'s rule), or None."""
+        ordered = sorted(self.rates)
+        index = critical_position([self.rates[p] for p in ordered])
+        return None if index is None else ordered[index]
+
+
+def _response_to_analyse(group: dict[str, Any], request: RolloutRequest) -> str:
+    """The requested response, or the group's first incorrect one."""
+    run_id = request.run_id
+    if run_id is None:
+        wrong = [r for r in group["responses"] if not r["reward"]]
+        if not wrong:
+            raise UserError("every response of this group is correct: no critical token to find")
+        return wrong[0]["run_id"]
+    if run_id not in {r["run_id"] for r in group["responses"]}:
+        raise UserError(f"run {run_id} is not a response of group {request.group_id}")
+    return run_id
+
+
+def _refine(curve: _Curve, eligible: list[int], found: int) -> int:
+    """Evaluate (up to ``refine``) the positions between the last evaluated one before
+    ``found`` and ``found``; return how many were added."""
+    earlier = [p for p in sorted(curve.rates) if p < found]
+    low = earlier[-1] if earlier else curve.start - 1
+    gap = [p for p in eligible if low < p < found][: curve.request.refine]
+    curve.evaluate(gap)
+    return len(gap)
+
+
+def _counterfactuals(curve: _Curve, found: int) -> list[dict[str, Any]]:
+    """Roll out the most probable alternatives to the critical token (the original excluded)."""
+    lm, ids, request = curve.lm, curve.ids, curve.request
+    with torch.inference_mode(), lm.autocast_context():
+        logits = lm.model(torch.tensor([ids[:found]], device=lm.device)).logits[0, -1]
+    probs = torch.softmax(logits.float(), -1)
+    probs[ids[found]] = 0.0  # the original token is excluded, as in the paper's check
+    top = torch.topk(probs, request.counterfactuals)
+    rows = []
+    for p, alt in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+        swapped = ids[:found] + [int(alt)]
+        rate, texts = _correct_rate(
+            lm, curve.verifier, swapped, curve.start, len(swapped), request.k, request
+        )
+        rows.append(
+            {
+                "token_id": int(alt),
+                "text": lm.tokenizer.decode([int(alt)]),
+                "prob": p,
+                "correct_rate": rate,
+                "samples": texts[:3],
+            }
+        )
+        curve.tick()
+    return rows
+
+
 def run_rollouts(
     lm: LoadedModel,
     store: Store,
@@ -108,14 +203,7 @@ def run_rollouts(
     if group["model"]["revision"] != lm.revision:
         raise UserError("the group was sampled with another model revision than the one loaded")
     verifier = parse_verifier(group["verifier"])
-    run_id = request.run_id
-    if run_id is None:
-        wrong = [r for r in group["responses"] if not r["reward"]]
-        if not wrong:
-            raise UserError("every response of this group is correct: no critical token to find")
-        run_id = wrong[0]["run_id"]
-    elif run_id not in {r["run_id"] for r in group["responses"]}:
-        raise UserError(f"run {run_id} is not a response of group {request.group_id}")
+    run_id = _response_to_analyse(group, request)
     if request.seed is not None:
         torch.manual_seed(request.seed)
     run = store.get_run(run_id, metrics=[])
@@ -127,68 +215,20 @@ def run_rollouts(
     if not eligible:
         raise UserError("the response has no tokens to roll out from")
     chosen = [eligible[j] for j in budget_positions(len(eligible), request.budget)]
-    total = len(chosen) + request.refine + request.counterfactuals + 1
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(min(done, total), total)
-
-    rates: dict[int, float] = {}
-    samples: dict[int, list[str]] = {}
+    tick = _Ticker(len(chosen) + request.refine + request.counterfactuals + 1, progress)
+    curve = _Curve(lm, verifier, ids, start, request, tick)
     baseline, _ = _correct_rate(lm, verifier, ids, start, start, request.k, request)
     tick()
-    for pos in chosen:
-        rates[pos], samples[pos] = _correct_rate(
-            lm, verifier, ids, start, pos + 1, request.k, request
-        )
-        tick()
-
-    def critical() -> int | None:
-        ordered = sorted(rates)
-        index = critical_position([rates[p] for p in ordered])
-        return None if index is None else ordered[index]
-
-    found = critical()
+    curve.evaluate(chosen)
+    found = curve.critical()
     extra = 0
     if found is not None:
-        earlier = [p for p in sorted(rates) if p < found]
-        low = earlier[-1] if earlier else start - 1
-        gap = [p for p in eligible if low < p < found]
-        for pos in gap[: request.refine]:
-            rates[pos], samples[pos] = _correct_rate(
-                lm, verifier, ids, start, pos + 1, request.k, request
-            )
-            extra += 1
-            tick()
-        found = critical()
+        extra = _refine(curve, eligible, found)
+        found = curve.critical()
     counterfactuals = []
     if found is not None and request.counterfactuals > 0:
-        with torch.inference_mode(), lm.autocast_context():
-            logits = lm.model(torch.tensor([ids[:found]], device=lm.device)).logits[0, -1]
-        probs = torch.softmax(logits.float(), -1)
-        probs[ids[found]] = 0.0  # the original token is excluded, as in the paper's check
-        top = torch.topk(probs, request.counterfactuals)
-        for p, alt in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            swapped = ids[:found] + [int(alt)]
-            rate, texts = _correct_rate(
-                lm, verifier, swapped, start, len(swapped), request.k, request
-            )
-            counterfactuals.append(
-                {
-                    "token_id": int(alt),
-                    "text": lm.tokenizer.decode([int(alt)]),
-                    "prob": p,
-                    "correct_rate": rate,
-                    "samples": texts[:3],
-                }
-            )
-            tick()
-    curve = [math.nan] * len(ids)
-    for pos, rate in rates.items():
-        curve[pos] = rate
+        counterfactuals = _counterfactuals(curve, found)
+    rates, samples = curve.rates, curve.samples
     result = {
         "run_id": run_id,
         "params": request.as_dict(),
@@ -201,9 +241,12 @@ def run_rollouts(
         "counterfactuals": counterfactuals,
         "samples": {str(p): samples[p][:2] for p in sorted(samples)},
     }
+    curve_values = [math.nan] * len(ids)
+    for pos, rate in rates.items():
+        curve_values[pos] = rate
     store.replace_metrics(
         run_id,
-        token={"rollout_correct": torch.tensor(curve, dtype=torch.float64).numpy()},
+        token={"rollout_correct": torch.tensor(curve_values, dtype=torch.float64).numpy()},
         sequence={
             "rollout_baseline": baseline,
             "critical_position": math.nan if found is None else float(found),

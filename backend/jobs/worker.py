@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from tokenprism.backend.audit.upload import JobCancelled, eta_seconds, score_upload, upload_items
-from tokenprism.backend.errors import UserError
+from tokenprism.backend.audit.ingest import WorkItem
+from tokenprism.backend.audit.logprob_jobs import items_of, run_logprob_audit
+from tokenprism.backend.audit.upload import (
+    JobCancelled,
+    eta_seconds,
+    score_items,
+    score_upload,
+    upload_items,
+)
+from tokenprism.backend.errors import QueueFull, UserError
+from tokenprism.backend.limits import cancel_scope
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
@@ -26,7 +35,9 @@ from tokenprism.backend.store.records import (
     TERMINAL,
     create_job,
     get_job,
+    get_upload,
     interrupt_unfinished,
+    repair_job_text,
     update_job,
 )
 
@@ -75,6 +86,10 @@ class JobManager:
         # landing between the worker's read and its write is lost and the job runs anyway.
         self._transition = threading.Lock()
         self._thread: threading.Thread | None = None
+        # set by stop(): every generation of the running job raises at its next token, and the
+        # job is recorded "interrupted" (resumable), not "cancelled"
+        self.stopping = threading.Event()
+        self.repaired = repair_job_text(store)
         self.interrupted = interrupt_unfinished(store)
         self.handlers: dict[str, Callable[[dict[str, Any], LiveJob], dict[str, Any]]] = {
             "audit": self._run_audit,
@@ -92,12 +107,13 @@ class JobManager:
         self._thread = threading.Thread(target=self._drain, name="tokenprism-jobs", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
-        for live in list(self._live.values()):
-            live.cancel.set()
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the worker: the running job stops at its next token and is left
+        ``interrupted`` (resumable); waits at most ``timeout`` (default: the shutdown grace)."""
+        self.stopping.set()
         self._queue.put(None)
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(self.settings.shutdown_grace_s if timeout is None else timeout)
 
     @property
     def queue_length(self) -> int:
@@ -108,6 +124,12 @@ class JobManager:
     def submit(self, kind: str, params: dict[str, Any], total: int) -> str:
         if kind not in self.handlers:
             raise UserError(f"unknown job kind {kind!r}")
+        limit = self.settings.max_queued_jobs
+        if self._queue.qsize() >= limit:
+            raise QueueFull(
+                f"the job queue is full ({limit} jobs waiting); try again later "
+                "(TOKENPRISM_MAX_QUEUED_JOBS sets the limit)"
+            )
         job_id = create_job(self.store, kind, params, total)
         self._queue.put(job_id)
         return job_id
@@ -156,7 +178,7 @@ class JobManager:
     def _drain(self) -> None:
         while True:
             job_id = self._queue.get()
-            if job_id is None:
+            if job_id is None or self.stopping.is_set():
                 return
             try:
                 self._run(job_id)
@@ -172,12 +194,14 @@ class JobManager:
             self._live[job_id] = live
             update_job(self.store, job_id, status="running", started_at=datetime.now(UTC))
         try:
-            result = self.handlers[job["kind"]](job, live)
+            with cancel_scope(live.cancel, self.stopping):
+                result = self.handlers[job["kind"]](job, live)
         except JobCancelled:
             update_job(
                 self.store,
                 job_id,
-                status="cancelled",
+                # the server stopping leaves the job resumable, as a crash would
+                status="interrupted" if self.stopping.is_set() else "cancelled",
                 done=live.done,
                 finished_at=datetime.now(UTC),
             )
@@ -226,6 +250,8 @@ class JobManager:
 
     def _run_audit(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
         params = job["params"]
+        if params.get("source") in ("logprobs", "both"):
+            return self._run_logprob_audit(job, live)
         upload, items = upload_items(self.store, params["upload_id"])
         live.total = len(items)
         lm = self.get_model(params["model"])
@@ -246,10 +272,42 @@ class JobManager:
             ray_options=params.get("ray"),
             extras=plan,
             on_progress=self._progress(live),
-            should_stop=live.cancel.is_set,
+            should_stop=lambda: live.cancel.is_set() or self.stopping.is_set(),
             model_lock=self.model_lock,
         )
         return {"upload_id": upload["upload_id"], "items": len(items), **done}
+
+    def _run_logprob_audit(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        """An audit from the file's own logprobs (no model unless source=both)."""
+        params, store = job["params"], self.store
+        upload = get_upload(store, params["upload_id"], content=True)
+        if upload is None:
+            raise UserError(f"the upload {params['upload_id']} is gone")
+        items = items_of(upload["content"], upload["format"], upload["filename"])
+        live.total = len(items)
+
+        def rescore(work: list[WorkItem]) -> list[str]:
+            lm = self.get_model(params["model"])
+            return score_items(
+                lm,
+                store,
+                work,
+                source=upload["filename"],
+                job_id=job["job_id"],
+                batch_tokens=self.settings.batch_tokens,
+                model_lock=self.model_lock,
+            )
+
+        return run_logprob_audit(
+            store,
+            items,
+            source=params["source"],
+            upload_id=upload["upload_id"],
+            job_id=job["job_id"],
+            vocab_size=params.get("vocab_size"),
+            rescore=rescore,
+            on_progress=self._progress(live),
+        )
 
     # stages of a probe-training job and their share of its 1000 progress units
     _PROBE_STAGES = {"features": (0, 300), "training": (300, 850), "ccp baseline": (850, 1000)}
@@ -269,7 +327,7 @@ class JobManager:
         live.total = 1000
 
         def progress(stage: str, done: int, total: int) -> None:
-            if live.cancel.is_set():
+            if live.cancel.is_set() or self.stopping.is_set():
                 raise JobCancelled
             low, high = self._PROBE_STAGES.get(stage, (0, 1000))
             live.done = low + int((high - low) * done / max(total, 1))
@@ -309,7 +367,7 @@ class JobManager:
         """A progress callback mapping (stage, done, total) onto the job's 1000 units."""
 
         def progress(stage: str, done: int, total: int) -> None:
-            if live.cancel.is_set():
+            if live.cancel.is_set() or self.stopping.is_set():
                 raise JobCancelled
             low, high = stages.get(stage, (0, 1000))
             live.done = low + int((high - low) * done / max(total, 1))

@@ -32,7 +32,10 @@ Implementation choices (the sections leave them open):
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,6 +51,7 @@ from tokenprism.analysis.decoding import (
     rolling_mean,
 )
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import check_cancelled
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.models.variants import Variant, build_variant
 from tokenprism.backend.models.variants import get_model as get_variant_model
@@ -112,6 +116,7 @@ def _generator(lm: LoadedModel, seed: int) -> torch.Generator:
 def _forward(model: Any, ids: Tensor, cache: Any) -> tuple[Tensor, Any]:
     """Feed ``ids [1, n]`` after ``cache``; return the last position's float32 logits and the
     (updated in place) cache."""
+    check_cancelled()  # every token of every rule passes here
     out = model(input_ids=ids, past_key_values=cache, use_cache=True)
     return out.logits[0, -1].float(), out.past_key_values
 
@@ -316,17 +321,17 @@ def cntp_decode(
     token). ``debug["chunks"]`` lists every chunk with its trials' PPLs and the chosen index.
     """
     ids, budget = _check_prompt(lm, prompt_ids, max_new_tokens)
-    if not temperature > 0:
-        raise UserError("CNTP samples its trials: temperature must be > 0")
-    if max_trial_tokens < 1:
-        raise UserError("max_trial_tokens must be >= 1")
-    try:
-        cntp_trials(torch.zeros(1), max_trials=max_trials, h_low=h_low, h_high=h_high)
-    except ValueError as err:
-        raise UserError(f"bad CNTP parameters: {err}") from None
-    top_p_filter(torch.zeros(1), top_p)
+    _check_cntp_params(temperature, top_p, max_trials, h_low, h_high, max_trial_tokens)
     eos, stop_ids = eos_ids(lm), punctuation_ids(lm)
-    gen = _generator(lm, seed)
+    run_trial = functools.partial(
+        _cntp_trial,
+        lm,
+        stop_ids=stop_ids,
+        eos=eos,
+        temperature=temperature,
+        top_p=top_p,
+        gen=_generator(lm, seed),
+    )
     tokens: list[int] = []
     sig: dict[str, list[float]] = {"cntp_trials": [], "cntp_entropy": [], "cntp_ppl": []}
     chunks: list[dict[str, Any]] = []
@@ -334,51 +339,23 @@ def cntp_decode(
     with torch.inference_mode():
         logits, cache = _forward(lm.model, ids, None)
         while len(tokens) < budget:
-            remaining = budget - len(tokens)
             logp = torch.log_softmax(_warped_logits(logits, temperature, top_p), -1)
             h = _warped_entropy(logp)
             n = int(cntp_trials(torch.tensor(h), max_trials=max_trials, h_low=h_low, h_high=h_high))
-
-            def trial(
-                state: Any, limit: int, remaining: int = remaining, start: Tensor = logits
-            ) -> _Trial:
-                return _cntp_trial(
-                    lm,
-                    start,
-                    state,
-                    limit=limit,
-                    remaining=remaining,
-                    stop_ids=stop_ids,
-                    eos=eos,
-                    temperature=temperature,
-                    top_p=top_p,
-                    gen=gen,
-                )
-
-            if n <= 1:  # one ordinary sampling step, on the main cache
-                trials = [trial(cache, 1)]
-            else:  # N trials, each on its own copy of the cache
-                limit = min(max_trial_tokens, remaining)
-                trials = [trial(copy.deepcopy(cache), limit) for _ in range(n)]
-            ppls = [t.ppl for t in trials]
-            chosen = min(range(len(trials)), key=lambda i: ppls[i])
-            best = trials[chosen]
+            best, chunk = _cntp_chunk(
+                run_trial,
+                logits,
+                cache,
+                n=n,
+                remaining=budget - len(tokens),
+                max_trial_tokens=max_trial_tokens,
+            )
             chunks.append(
-                {
-                    "start": len(tokens),
-                    "length": len(best.tokens),
-                    "trials": n,
-                    "entropy": h,
-                    "trial_ppls": ppls,
-                    "trial_lengths": [len(t.tokens) for t in trials],
-                    "chosen": chosen,
-                    "eos": best.eos,
-                }
+                {"start": len(tokens), "length": len(best.tokens), "trials": n, "entropy": h}
+                | chunk
             )
             tokens += best.tokens
-            sig["cntp_trials"] += [float(n)] + [math.nan] * (len(best.tokens) - 1)
-            sig["cntp_entropy"] += best.entropies
-            sig["cntp_ppl"] += [ppls[chosen]] + [math.nan] * (len(best.tokens) - 1)
+            _append_cntp_signals(sig, n, best, chunk["trial_ppls"][chunk["chosen"]])
             if best.eos:
                 stop = "eos"
                 break
@@ -398,6 +375,65 @@ def cntp_decode(
         debug={"chunks": chunks, "punctuation_ids": sorted(stop_ids)},
         stop_reason=stop,
     )
+
+
+def _check_cntp_params(
+    temperature: float,
+    top_p: float,
+    max_trials: int,
+    h_low: float,
+    h_high: float,
+    max_trial_tokens: int,
+) -> None:
+    """Refuse bad CNTP parameters before any forward pass."""
+    if not temperature > 0:
+        raise UserError("CNTP samples its trials: temperature must be > 0")
+    if max_trial_tokens < 1:
+        raise UserError("max_trial_tokens must be >= 1")
+    try:
+        cntp_trials(torch.zeros(1), max_trials=max_trials, h_low=h_low, h_high=h_high)
+    except ValueError as err:
+        raise UserError(f"bad CNTP parameters: {err}") from None
+    top_p_filter(torch.zeros(1), top_p)
+
+
+def _cntp_chunk(
+    run_trial: Callable[..., _Trial],
+    logits: Tensor,
+    cache: Any,
+    *,
+    n: int,
+    remaining: int,
+    max_trial_tokens: int,
+) -> tuple[_Trial, dict[str, Any]]:
+    """Run the ``n`` trials of one chunk from ``(logits, cache)``; return the kept trial (lowest
+    PPL, first on ties) and the chunk's record (the trials' PPLs and lengths, the choice)."""
+    if n <= 1:  # one ordinary sampling step, on the main cache
+        trials = [run_trial(logits, cache, limit=1, remaining=remaining)]
+    else:  # N trials, each on its own copy of the cache
+        limit = min(max_trial_tokens, remaining)
+        trials = [
+            run_trial(logits, copy.deepcopy(cache), limit=limit, remaining=remaining)
+            for _ in range(n)
+        ]
+    ppls = [t.ppl for t in trials]
+    chosen = min(range(len(trials)), key=lambda i: ppls[i])
+    best = trials[chosen]
+    record = {
+        "trial_ppls": ppls,
+        "trial_lengths": [len(t.tokens) for t in trials],
+        "chosen": chosen,
+        "eos": best.eos,
+    }
+    return best, record
+
+
+def _append_cntp_signals(sig: dict[str, list[float]], n: int, best: _Trial, ppl: float) -> None:
+    """A chunk's signals: N and the kept PPL at its first token (NaN after), entropy on all."""
+    pad = [math.nan] * (len(best.tokens) - 1)
+    sig["cntp_trials"] += [float(n), *pad]
+    sig["cntp_entropy"] += best.entropies
+    sig["cntp_ppl"] += [ppl, *pad]
 
 
 # ---- Entropy Adaptive Decoding ----------------------------------------------------------------
@@ -470,6 +506,7 @@ def switch_decode(
     with torch.inference_mode():
         seq = ids
         for _ in range(budget):
+            check_cancelled()
             logits = models[in_use].model(input_ids=seq, use_cache=False).logits[0, -1].float()
             entropies.append(float(entropy_bits(logits)))
             mean = float(rolling_mean(torch.tensor(entropies), window)[-1])
@@ -603,50 +640,73 @@ def latr_decode(
     ids, budget = _check_prompt(lm, prompt_ids, max_new_tokens)
     if max_branches < 0 or lookahead < 1:
         raise UserError("max_branches must be >= 0 and lookahead >= 1")
-    eos = eos_ids(lm)
+    grow = _LatrGrowth(lm, eos_ids(lm), budget, tau_abs, tau_rel, max_branches)
     with torch.inference_mode():
         logits, cache = _forward(lm.model, ids, None)
         branches = [_Branch(0, None, None, [], logits, cache, [], [])]
-        spawned = 0
-
-        def advance(br: _Branch, token: int, is_branch: bool, fired: bool) -> None:
-            br.tokens.append(token)
-            br.branch.append(1.0 if is_branch else 0.0)
-            br.fired.append(1.0 if fired else 0.0)
-            if token in eos:
-                br.finished, br.stop_reason, br.logits, br.cache = True, "eos", None, None
-            elif len(br.tokens) >= budget:
-                br.finished, br.logits, br.cache = True, None, None
-            else:
-                br.logits, br.cache = _forward(lm.model, _token(token, lm.device), br.cache)
-
         for _ in range(budget):
             active = [b for b in branches if not b.finished and not b.pruned]
             if not active:
                 break
-            for br in active:
-                assert br.logits is not None
-                top = torch.topk(torch.softmax(br.logits, -1), 2)
-                fired = bool(latr_branching(top.values, tau_abs=tau_abs, tau_rel=tau_rel))
-                if fired and spawned < max_branches:
-                    spawned += 1
-                    child = _Branch(
-                        len(branches),
-                        br.branch_id,
-                        len(br.tokens),
-                        list(br.tokens),
-                        br.logits,
-                        copy.deepcopy(br.cache),
-                        list(br.branch),
-                        list(br.fired),
-                    )
-                    branches.append(child)
-                    advance(child, int(top.indices[1]), True, fired)
-                advance(br, int(top.indices[0]), False, fired)
+            grow.step(branches, active)
             _latr_prune(branches, lookahead, tau_ed)
         for br in branches:
             br.finished, br.logits, br.cache = True, None, None
         _latr_prune(branches, lookahead, tau_ed)
+    return _latr_outputs(lm, branches, grow.spawned)
+
+
+@dataclass
+class _LatrGrowth:
+    """LATR's generation step: every live branch takes its argmax token, and where the rule
+    fires (while the spawn budget lasts) a child takes the runner-up."""
+
+    lm: LoadedModel
+    eos: set[int]
+    budget: int
+    tau_abs: float
+    tau_rel: float
+    max_branches: int
+    spawned: int = 0
+
+    def step(self, branches: list[_Branch], active: list[_Branch]) -> None:
+        """Advance ``active`` (the live branches at the start of the step) by one token each;
+        children spawned here join ``branches`` with their first token and wait a step."""
+        for br in active:
+            assert br.logits is not None
+            top = torch.topk(torch.softmax(br.logits, -1), 2)
+            fired = bool(latr_branching(top.values, tau_abs=self.tau_abs, tau_rel=self.tau_rel))
+            if fired and self.spawned < self.max_branches:
+                self.spawned += 1
+                child = _Branch(
+                    len(branches),
+                    br.branch_id,
+                    len(br.tokens),
+                    list(br.tokens),
+                    br.logits,
+                    copy.deepcopy(br.cache),
+                    list(br.branch),
+                    list(br.fired),
+                )
+                branches.append(child)
+                self.advance(child, int(top.indices[1]), True, fired)
+            self.advance(br, int(top.indices[0]), False, fired)
+
+    def advance(self, br: _Branch, token: int, is_branch: bool, fired: bool) -> None:
+        """Append ``token`` to ``br``; feed it to the model unless it ends the branch."""
+        br.tokens.append(token)
+        br.branch.append(1.0 if is_branch else 0.0)
+        br.fired.append(1.0 if fired else 0.0)
+        if token in self.eos:
+            br.finished, br.stop_reason, br.logits, br.cache = True, "eos", None, None
+        elif len(br.tokens) >= self.budget:
+            br.finished, br.logits, br.cache = True, None, None
+        else:
+            br.logits, br.cache = _forward(self.lm.model, _token(token, self.lm.device), br.cache)
+
+
+def _latr_outputs(lm: LoadedModel, branches: list[_Branch], spawned: int) -> list[DecodedOutput]:
+    """The surviving branches as outputs, main first; the main one carries the whole tree."""
     tree = [
         {
             "branch_id": b.branch_id,
@@ -665,22 +725,20 @@ def latr_decode(
         "branches_pruned": sum(1 for b in branches if b.pruned),
         "branches_returned": len(survivors),
     }
-    outputs = []
-    for b in survivors:
-        outputs.append(
-            DecodedOutput(
-                text=_decode(lm, b.tokens),
-                token_ids=list(b.tokens),
-                signals={"latr_branch": b.branch, "latr_fired": b.fired},
-                info={**counts, "distance": b.distance} if b.branch_id else dict(counts),
-                debug={"tree": tree} if b.branch_id == 0 else {},
-                stop_reason=b.stop_reason,
-                branch_id=b.branch_id,
-                branch_of=b.parent,
-                branch_position=b.position,
-            )
+    return [
+        DecodedOutput(
+            text=_decode(lm, b.tokens),
+            token_ids=list(b.tokens),
+            signals={"latr_branch": b.branch, "latr_fired": b.fired},
+            info={**counts, "distance": b.distance} if b.branch_id else dict(counts),
+            debug={"tree": tree} if b.branch_id == 0 else {},
+            stop_reason=b.stop_reason,
+            branch_id=b.branch_id,
+            branch_of=b.parent,
+            branch_position=b.position,
         )
-    return outputs
+        for b in survivors
+    ]
 
 
 def _latr_prune(branches: list[_Branch], lookahead: int, tau_ed: float) -> None:
@@ -710,3 +768,121 @@ def _prune(branches: list[_Branch], branch_id: int, step: int) -> None:
     for b in branches:
         if b.parent == branch_id and not b.pruned:
             _prune(branches, b.branch_id, step)
+
+
+# ---- the rules by name ------------------------------------------------------------------------
+
+_LATR_COUNTS = ("branches_spawned", "branches_pruned", "branches_returned")
+_CNTP_COUNTS = ("chunks", "mean_trials", "multi_trial_chunks")
+PromptSummary = Callable[[DecodedOutput], dict[str, Any]]
+RuleTotals = Callable[[Sequence[dict[str, Any]], dict[str, list[float]]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DecodingRule:
+    """A decoding rule as a ``decode`` experiment runs and summarises it.
+
+    Attributes:
+        name: the rule's name (``DecodeExperiment.rule``, the CLI's ``--rule``).
+        decode: the rule function; its keyword-only parameters, ``seed`` excepted, are the
+            parameters a user may set.
+        pair: ``decode`` takes a ``(small, large)`` pair of models instead of one.
+        seeded: ``decode`` samples and takes ``seed`` (LATR is greedy and does not).
+        branching: ``decode`` returns every surviving branch (a list), not one output.
+        prompt_summary: the rule's facts of one prompt, read from its main output.
+        totals: the rule's experiment-level facts, from the per-prompt rows and every signal
+            value of the experiment.
+    """
+
+    name: str
+    decode: Callable[..., Any]
+    prompt_summary: PromptSummary
+    totals: RuleTotals
+    pair: bool = False
+    seeded: bool = True
+    branching: bool = False
+
+    def parameters(self) -> set[str]:
+        """The keyword parameters a user may pass (``seed`` is set per prompt instead)."""
+        return {
+            name
+            for name, p in inspect.signature(self.decode).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "seed"
+        }
+
+    def run(
+        self,
+        models: Sequence[LoadedModel],
+        prompt_ids: Tensor,
+        *,
+        seed: int,
+        params: dict[str, Any],
+    ) -> list[DecodedOutput]:
+        """Decode ``prompt_ids`` with ``models`` (one, or ``(small, large)`` for a pair rule)."""
+        kwargs = {**params, "seed": seed} if self.seeded else dict(params)
+        result = self.decode(*models, prompt_ids, **kwargs)
+        return list(result) if self.branching else [result]
+
+
+def _ead_totals(_rows: Sequence[dict[str, Any]], signals: dict[str, list[float]]) -> dict[str, Any]:
+    # the temperatures are a schedule, never NaN: the NaN-skipping mean is the plain mean
+    return {"mean_temperature": _mean(signals.get("ead_temperature", []))}
+
+
+def _cntp_totals(rows: Sequence[dict[str, Any]], signals: dict[str, list[float]]) -> dict[str, Any]:
+    return {
+        "mean_trials": _mean(signals.get("cntp_trials", [])),  # NaN after a chunk's first token
+        "chunks": sum(int(p["chunks"]) for p in rows),
+        "multi_trial_chunks": sum(int(p["multi_trial_chunks"]) for p in rows),
+    }
+
+
+def _switch_prompt(out: DecodedOutput) -> dict[str, Any]:
+    return {
+        "large_share": out.info["large_share"],
+        "large_tokens": int(sum(out.signals["large_model"])),
+    }
+
+
+def _switch_totals(
+    rows: Sequence[dict[str, Any]], signals: dict[str, list[float]]
+) -> dict[str, Any]:
+    # large_model is 1/0 on every token, never NaN: the NaN-skipping mean is the plain mean
+    return {
+        "large_share": _mean(signals.get("large_model", [])),
+        "large_share_per_prompt": [p["large_share"] for p in rows],
+    }
+
+
+def _latr_totals(
+    rows: Sequence[dict[str, Any]], _signals: dict[str, list[float]]
+) -> dict[str, Any]:
+    return {k: sum(int(p[k]) for p in rows) for k in _LATR_COUNTS}
+
+
+def _info(keys: tuple[str, ...]) -> PromptSummary:
+    """A prompt summary that copies ``keys`` from the main output's ``info``."""
+    return lambda out: {k: out.info[k] for k in keys}
+
+
+DECODING_RULES: dict[str, DecodingRule] = {
+    rule.name: rule
+    for rule in (
+        DecodingRule("ead", ead_decode, _info(("mean_temperature",)), _ead_totals),
+        DecodingRule("cntp", cntp_decode, _info(_CNTP_COUNTS), _cntp_totals),
+        DecodingRule("switch", switch_decode, _switch_prompt, _switch_totals, pair=True),
+        DecodingRule(
+            "latr", latr_decode, _info(_LATR_COUNTS), _latr_totals, seeded=False, branching=True
+        ),
+    )
+}
+
+
+def get_rule(name: str) -> DecodingRule:
+    """The rule registered under ``name``; UserError names the known rules."""
+    try:
+        return DECODING_RULES[name]
+    except KeyError:
+        raise UserError(
+            f"unknown decoding rule {name!r}; use {', '.join(DECODING_RULES)}"
+        ) from None

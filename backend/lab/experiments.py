@@ -38,9 +38,10 @@ from tokenprism.backend.lab.steering import (
     save_vector,
     steer,
 )
+from tokenprism.backend.limits import check_cancelled, check_context, stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.resources import shipped
-from tokenprism.backend.sampling.types import eos_ids
+from tokenprism.backend.sampling.types import cut_at_eos, eos_ids
 from tokenprism.backend.scoring.encoding import encode_pair
 from tokenprism.backend.scoring.runner import ScoredText, score_batch
 from tokenprism.backend.settings import Settings
@@ -59,7 +60,6 @@ REFUSAL_PHRASES = (
     "I am not able",
     "I won't",
 )
-EXPERIMENT_KINDS = ("refusal-sweep", "east-sweep", "decode")
 Progress = Callable[[int, int], None]
 
 
@@ -171,7 +171,7 @@ def _store_outputs(
     )
 
 
-def _generate(
+def _generate_output(
     lm: LoadedModel,
     ids: torch.Tensor,
     *,
@@ -179,7 +179,8 @@ def _generate(
     processors: list[Any] | None = None,
     temperature: float = 0.0,
     seed: int | None = 0,
-) -> str:
+) -> tuple[str, bool]:
+    """The generated text (stripped) and whether the model itself ended it with an EOS."""
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if seed is not None:
@@ -187,6 +188,7 @@ def _generate(
     from transformers import LogitsProcessorList
 
     sampling = temperature > 0
+    check_context(lm, int(ids.shape[1]), max_new_tokens)
     with torch.inference_mode():
         out = lm.model.generate(
             ids,
@@ -198,11 +200,35 @@ def _generate(
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
             logits_processor=LogitsProcessorList(processors or []),
+            stopping_criteria=stopping_criteria(),
         )
-    return str(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)).strip()
+    eos = eos_ids(lm)
+    generated = cut_at_eos(out[0, ids.shape[1] :].tolist(), eos)
+    ended = bool(generated) and generated[-1] in eos
+    return str(tok.decode(generated, skip_special_tokens=True)).strip(), ended
 
 
-def _encode_output(lm: LoadedModel, prompt: str, response: str) -> Any:
+def _generate(
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    processors: list[Any] | None = None,
+    temperature: float = 0.0,
+    seed: int | None = 0,
+) -> str:
+    return _generate_output(
+        lm,
+        ids,
+        max_new_tokens=max_new_tokens,
+        processors=processors,
+        temperature=temperature,
+        seed=seed,
+    )[0]
+
+
+def _encode_output(lm: LoadedModel, prompt: str, response: str, ended: bool = True) -> Any:
+    """Encode a lab output; a cut-off one (``ended=False``) gets no fabricated end token."""
     template = bool(getattr(lm.tokenizer, "chat_template", None))
     return encode_pair(
         lm.tokenizer,
@@ -210,6 +236,7 @@ def _encode_output(lm: LoadedModel, prompt: str, response: str) -> Any:
         response if response.strip() else "(empty)",
         context_length=lm.context_length,
         template=template,
+        end_of_turn=ended,
     )
 
 
@@ -278,18 +305,15 @@ def refusal_detector(spec: str, phrases: Sequence[str]) -> Callable[[str], bool]
 
         return marker
     if spec.startswith("regex:"):
-        import regex
+        from tokenprism.analysis.verifiers import compile_user_regex
 
-        try:
-            pattern = regex.compile(spec[len("regex:") :])
-        except regex.error as err:
+        try:  # RE2: linear time, bounded memory, limits named (see analysis.verifiers)
+            pattern = compile_user_regex(spec[len("regex:") :], "refusal detector regex")
+        except ValueError as err:
             raise UserError(f"bad refusal detector regex: {err}") from None
 
         def matcher(text: str) -> bool:
-            try:
-                return pattern.search(text, timeout=0.5) is not None
-            except TimeoutError:
-                return False
+            return pattern.search(text) is not None
 
         return matcher
     raise UserError(f"unknown refusal detector {spec!r}; use 'marker' or 'regex:PATTERN'")
@@ -342,6 +366,95 @@ class _ForceFirst:
         return forced
 
 
+@dataclass(frozen=True)
+class _RefusalSteering:
+    """How a refusal sweep steers the first response position, in its resolved mode.
+
+    Attributes:
+        mode: ``tokens`` (force ``[refuse]`` / ``[respond]`` by the threshold rule) or ``marker``
+            (bias the marker phrases).
+        vocab: the tokenizer's vocabulary (token mode reads the two ids from it).
+        markers: first token of every marker phrase (:func:`marker_token_ids`).
+        phrase_ids: every marker phrase's token ids (``prefix`` bias scope).
+        bias_scope: ``first`` or ``prefix`` (see :class:`RefusalSweep`).
+    """
+
+    mode: str
+    vocab: dict[str, int]
+    markers: list[int]
+    phrase_ids: list[list[int]]
+    bias_scope: str
+
+    def at_first(
+        self, ids: torch.Tensor, probs: torch.Tensor, value: float
+    ) -> tuple[float, list[Any]]:
+        """P(refusal) at the first response position under ``value`` (a threshold or a bias)
+        and the logits processors that steer generation accordingly."""
+        if self.mode == "tokens":
+            refuse_id, respond_id = self.vocab["[refuse]"], self.vocab["[respond]"]
+            p_ref = float(probs[refuse_id])
+            decide = bool(
+                refusal_decision(torch.tensor(p_ref), torch.tensor(float(probs[respond_id])), value)
+            )
+            return p_ref, [_ForceFirst(ids.shape[1], refuse_id if decide else respond_id)]
+        mass = marker_mass(probs, torch.tensor(self.markers))
+        p_ref = float(biased_probability(mass, value))
+        if self.bias_scope == "first":
+            return p_ref, [_FirstStepBias(ids.shape[1], self.markers, value)]
+        return p_ref, [_PrefixBias(ids.shape[1], self.phrase_ids, value)]
+
+
+def _refusal_steering(lm: LoadedModel, sweep: RefusalSweep) -> _RefusalSteering:
+    """Resolve ``auto`` mode and check the sweep's mode and bias scope fit ``lm``."""
+    vocab = lm.tokenizer.get_vocab()
+    has_tokens = "[refuse]" in vocab and "[respond]" in vocab
+    mode = ("tokens" if has_tokens else "marker") if sweep.mode == "auto" else sweep.mode
+    if mode == "tokens" and not has_tokens:
+        raise UserError("this model has no [refuse] / [respond] tokens; use mode 'marker'")
+    if sweep.bias_scope not in ("first", "prefix"):
+        raise UserError("bias_scope must be 'first' or 'prefix'")
+    phrase_ids = [
+        lm.tokenizer(phrase, add_special_tokens=False)["input_ids"] for phrase in sweep.phrases
+    ]
+    return _RefusalSteering(
+        mode, vocab, marker_token_ids(lm, sweep.phrases), phrase_ids, sweep.bias_scope
+    )
+
+
+def _first_position(
+    lm: LoadedModel, prompt: str, max_new_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The templated prompt's ids and the unsteered next-token distribution after it.
+
+    The prompt and the sweep's generations must fit the context (checked before the model
+    runs), and a cancelled job stops here between prompts.
+    """
+    ids = prompt_tensor(lm, prompt)
+    check_context(lm, int(ids.shape[1]), max_new_tokens)
+    check_cancelled()
+    with torch.inference_mode():
+        logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
+    return ids, torch.softmax(logits, -1)
+
+
+def _refusal_curves(
+    curves: dict[str, list[Any]],
+    by_group: dict[str, list[float]],
+    value: float,
+    rows: Sequence[dict[str, Any]],
+) -> None:
+    """Add one value's point (all prompts of ``rows``) to the sweep's curves."""
+    refusals = [float(r["refused"]) for r in rows]
+    probabilities = [r["p_refusal"] for r in rows]
+    curves["value"].append(value)
+    curves["refusal_rate"].append(sum(refusals) / len(refusals))
+    curves["p_refusal"].append(sum(probabilities) / len(probabilities))
+    by_group["should_refuse"].append(
+        _mean([float(r["refused"]) for r in rows if r["should_refuse"]])
+    )
+    by_group["benign"].append(_mean([float(r["refused"]) for r in rows if not r["should_refuse"]]))
+
+
 def run_refusal_sweep(
     lm: LoadedModel,
     store: Store,
@@ -353,63 +466,29 @@ def run_refusal_sweep(
     prompts = list(sweep.prompts) or shipped_refusal_prompts()
     if not sweep.values:
         raise UserError("give at least one bias / threshold value")
-    vocab = lm.tokenizer.get_vocab()
-    has_tokens = "[refuse]" in vocab and "[respond]" in vocab
-    mode = ("tokens" if has_tokens else "marker") if sweep.mode == "auto" else sweep.mode
-    if mode == "tokens" and not has_tokens:
-        raise UserError("this model has no [refuse] / [respond] tokens; use mode 'marker'")
-    if sweep.bias_scope not in ("first", "prefix"):
-        raise UserError("bias_scope must be 'first' or 'prefix'")
-    phrase_ids = [
-        lm.tokenizer(phrase, add_special_tokens=False)["input_ids"] for phrase in sweep.phrases
-    ]
+    steering = _refusal_steering(lm, sweep)
+    mode = steering.mode
     detect = refusal_detector(sweep.detector, sweep.phrases)
-    markers = marker_token_ids(lm, sweep.phrases)
     experiment_id = create_experiment(
         store, "refusal-sweep", lm, {**sweep.as_dict(), "resolved_mode": mode}, job_id
     )
-    first_probs = []
-    for p in prompts:
-        ids = prompt_tensor(lm, str(p["prompt"]))
-        with torch.inference_mode():
-            logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
-        first_probs.append((ids, torch.softmax(logits, -1)))
+    first_probs = [_first_position(lm, str(p["prompt"]), sweep.max_new_tokens) for p in prompts]
     total = len(prompts) * len(sweep.values)
     curves: dict[str, list[Any]] = {"value": [], "refusal_rate": [], "p_refusal": []}
     by_group: dict[str, list[float]] = {"should_refuse": [], "benign": []}
     per_prompt: list[dict[str, Any]] = []
     done = 0
     for value in sweep.values:
-        refusals, probabilities = [], []
-        group_rates: dict[bool, list[float]] = {True: [], False: []}
+        rows: list[dict[str, Any]] = []
         scored_all, conditions = [], []
         for index, (p, (ids, probs)) in enumerate(zip(prompts, first_probs, strict=True)):
             should = bool(p.get("should_refuse", False))
-            if mode == "tokens":
-                refuse_id, respond_id = vocab["[refuse]"], vocab["[respond]"]
-                p_ref = float(probs[refuse_id])
-                decide = bool(
-                    refusal_decision(
-                        torch.tensor(p_ref), torch.tensor(float(probs[respond_id])), value
-                    )
-                )
-                processors: list[Any] = [
-                    _ForceFirst(ids.shape[1], refuse_id if decide else respond_id)
-                ]
-            else:
-                mass = marker_mass(probs, torch.tensor(markers))
-                p_ref = float(biased_probability(mass, value))
-                processors = [
-                    _FirstStepBias(ids.shape[1], markers, value)
-                    if sweep.bias_scope == "first"
-                    else _PrefixBias(ids.shape[1], phrase_ids, value)
-                ]
-            output = _generate(lm, ids, max_new_tokens=sweep.max_new_tokens, processors=processors)
+            p_ref, processors = steering.at_first(ids, probs, value)
+            output, ended = _generate_output(
+                lm, ids, max_new_tokens=sweep.max_new_tokens, processors=processors
+            )
             refused = detect(output)
-            refusals.append(float(refused))
-            probabilities.append(p_ref)
-            group_rates[should].append(float(refused))
-            per_prompt.append(
+            rows.append(
                 {
                     "value": value,
                     "id": p.get("id"),
@@ -418,7 +497,7 @@ def run_refusal_sweep(
                     "refused": refused,
                 }
             )
-            scored_all += score_batch(lm, [_encode_output(lm, str(p["prompt"]), output)])
+            scored_all += score_batch(lm, [_encode_output(lm, str(p["prompt"]), output, ended)])
             conditions.append(
                 {
                     "kind": "refusal-sweep",
@@ -435,17 +514,14 @@ def run_refusal_sweep(
             if progress:
                 progress(done, total)
         _store_outputs(store, lm, experiment_id, scored_all, conditions, done - len(prompts))
-        curves["value"].append(value)
-        curves["refusal_rate"].append(sum(refusals) / len(refusals))
-        curves["p_refusal"].append(sum(probabilities) / len(probabilities))
-        by_group["should_refuse"].append(_mean(group_rates[True]))
-        by_group["benign"].append(_mean(group_rates[False]))
+        per_prompt += rows
+        _refusal_curves(curves, by_group, value, rows)
     finish_experiment(
         store,
         experiment_id,
         {
             "mode": mode,
-            "marker_token_ids": markers,
+            "marker_token_ids": steering.markers,
             "curves": curves,
             "refusal_rate_by_group": by_group,
             "per_prompt": per_prompt,
@@ -508,6 +584,8 @@ class EastSweep:
 
 
 def _entropy_at_first(lm: LoadedModel, ids: torch.Tensor) -> float:
+    check_context(lm, int(ids.shape[1]))
+    check_cancelled()
     with torch.inference_mode():
         logits = lm.model(input_ids=ids, use_cache=False).logits[0, -1].float()
     logp = torch.log_softmax(logits, -1)
@@ -557,14 +635,14 @@ def run_east_sweep(
             with steer(lm.model, layer, vec.vector, beta, start=start):
                 entropy = _entropy_at_first(lm, ids)
             with steer(lm.model, layer, vec.vector, beta, start=start):
-                output = _generate(
+                output, ended = _generate_output(
                     lm,
                     ids,
                     max_new_tokens=sweep.max_new_tokens,
                     temperature=sweep.temperature,
                     seed=None if sweep.seed is None else sweep.seed + i,
                 )
-            enc = _encode_output(lm, prompt, output)
+            enc = _encode_output(lm, prompt, output, ended)
             resp_start = next(j for j, p in enumerate(enc.is_prompt) if not p)
             with steer(
                 lm.model,
@@ -614,13 +692,8 @@ from typing import Literal  # noqa: E402
 
 from tokenprism.backend.lab import decoding as rules  # noqa: E402
 
+# the names of ``rules.DECODING_RULES``, for the type checker (a test keeps the two equal)
 DecodeRule = Literal["ead", "cntp", "switch", "latr"]
-DECODE_RULES: dict[str, Callable[..., Any]] = {
-    "ead": rules.ead_decode,
-    "cntp": rules.cntp_decode,
-    "switch": rules.switch_decode,
-    "latr": rules.latr_decode,
-}
 DEFAULT_DECODE_TOKENS = 48
 
 
@@ -660,16 +733,7 @@ class DecodeExperiment:
 
 def _decode_params(experiment: DecodeExperiment) -> dict[str, Any]:
     """The rule's keyword parameters with ``max_new_tokens`` filled in; unknown keys refused."""
-    import inspect
-
-    if experiment.rule not in DECODE_RULES:
-        raise UserError(f"unknown decoding rule {experiment.rule!r}; use {', '.join(DECODE_RULES)}")
-    signature = inspect.signature(DECODE_RULES[experiment.rule])
-    allowed = {
-        name
-        for name, p in signature.parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "seed"
-    }
+    allowed = rules.get_rule(experiment.rule).parameters()
     unknown = sorted(set(experiment.params) - allowed)
     if unknown:
         raise UserError(
@@ -723,7 +787,8 @@ def _attach_signals(
 def _decode_models(
     lm: LoadedModel, settings: Settings, experiment: DecodeExperiment
 ) -> tuple[LoadedModel, LoadedModel] | None:
-    if experiment.rule != "switch":
+    """The ``(small, large)`` pair of a pair rule (``switch``); None for one-model rules."""
+    if not rules.get_rule(experiment.rule).pair:
         if experiment.large_model or experiment.small_model:
             raise UserError("large_model / small_model apply to the 'switch' rule only")
         return None
@@ -736,6 +801,50 @@ def _decode_models(
             raise UserError("the large model has one decoder layer; name a small_model")
         small = rules.early_exit_model(large, n_layers // 2)
     return small, large
+
+
+def _decode_prompt(
+    rule: rules.DecodingRule,
+    models: Sequence[LoadedModel],
+    prompt: str,
+    seed: int,
+    params: dict[str, Any],
+) -> list[rules.DecodedOutput]:
+    """The rule's outputs for one prompt, templated for the model that generates (the large
+    one of a pair); a parameter the rule rejects is the user's error."""
+    try:
+        return rule.run(models, prompt_tensor(models[-1], prompt), seed=seed, params=params)
+    except TypeError as err:
+        raise UserError(f"bad parameters for rule {rule.name!r}: {err}") from None
+
+
+def _decode_condition(
+    rule: rules.DecodingRule,
+    index: int,
+    seed: int,
+    out: rules.DecodedOutput,
+    mapping: list[int | None] | None,
+) -> dict[str, Any]:
+    """The ``experiment`` provenance of one decoded output's run."""
+    return {
+        "kind": "decode",
+        "rule": rule.name,
+        "prompt_index": index,
+        "seed": seed if rule.seeded else None,
+        "branch_id": out.branch_id,
+        "branch_of": out.branch_of,
+        "branch_position": out.branch_position,
+        "stop_reason": out.stop_reason,
+        "n_generated": len(out.token_ids),
+        "generated_token_ids": list(out.token_ids),
+        "signals": sorted(out.signals),
+        "signal_alignment": "token" if mapping is not None else "sequence",
+        "signal_alignment_note": None
+        if mapping is not None
+        else "the re-encoded response differs from the generated token ids, so the "
+        "signals are stored only as <signal>_mean sequence metrics",
+        "info": json_safe(out.info),
+    }
 
 
 def run_decode(
@@ -758,75 +867,46 @@ def run_decode(
     if not experiment.prompts:
         raise UserError("give at least one prompt")
     params = _decode_params(experiment)
-    models = _decode_models(lm, settings, experiment)
+    rule = rules.get_rule(experiment.rule)
+    pair = _decode_models(lm, settings, experiment)
     resolved: dict[str, Any] = {**experiment.as_dict(), "resolved_params": params}
-    if models is not None:
-        resolved["resolved_models"] = {"small": models[0].name, "large": models[1].name}
+    if pair is not None:
+        resolved["resolved_models"] = {"small": pair[0].name, "large": pair[1].name}
     experiment_id = create_experiment(store, "decode", lm, resolved, job_id)
-    rule = experiment.rule
     per_prompt: list[dict[str, Any]] = []
     all_signals: dict[str, list[float]] = {}
     offset = 0
     n_unaligned = 0
     for i, prompt in enumerate(experiment.prompts):
         seed = experiment.seed + i
-        try:
-            if models is not None:
-                small, large = models
-                ids = prompt_tensor(large, prompt)
-                outputs = [rules.switch_decode(small, large, ids, seed=seed, **params)]
-            elif rule == "latr":
-                outputs = rules.latr_decode(lm, prompt_tensor(lm, prompt), **params)
-            else:
-                outputs = [DECODE_RULES[rule](lm, prompt_tensor(lm, prompt), seed=seed, **params)]
-        except TypeError as err:
-            raise UserError(f"bad parameters for rule {rule!r}: {err}") from None
+        outputs = _decode_prompt(rule, pair or (lm,), prompt, seed, params)
         scored_all, conditions = [], []
         for out in outputs:
-            st = score_batch(lm, [_encode_output(lm, prompt, out.text)])[0]
+            enc = _encode_output(lm, prompt, out.text, out.stop_reason == "eos")
+            st = score_batch(lm, [enc])[0]
             mapping = _align_decoded(lm, st.encoded, out)
             _attach_signals(st, out, mapping)
             n_unaligned += mapping is None
             for name, values in out.signals.items():
                 all_signals.setdefault(name, []).extend(values)
             scored_all.append(st)
-            conditions.append(
-                {
-                    "kind": "decode",
-                    "rule": rule,
-                    "prompt_index": i,
-                    "seed": None if rule == "latr" else seed,
-                    "branch_id": out.branch_id,
-                    "branch_of": out.branch_of,
-                    "branch_position": out.branch_position,
-                    "stop_reason": out.stop_reason,
-                    "n_generated": len(out.token_ids),
-                    "generated_token_ids": list(out.token_ids),
-                    "signals": sorted(out.signals),
-                    "signal_alignment": "token" if mapping is not None else "sequence",
-                    "signal_alignment_note": None
-                    if mapping is not None
-                    else "the re-encoded response differs from the generated token ids, so the "
-                    "signals are stored only as <signal>_mean sequence metrics",
-                    "info": json_safe(out.info),
-                }
-            )
+            conditions.append(_decode_condition(rule, i, seed, out, mapping))
         _store_outputs(store, lm, experiment_id, scored_all, conditions, offset)
         offset += len(scored_all)
         per_prompt.append(_decode_prompt_summary(rule, i, outputs))
         if progress:
             progress(i + 1, len(experiment.prompts))
     summary: dict[str, Any] = {
-        "rule": rule,
+        "rule": rule.name,
         "n_prompts": len(experiment.prompts),
         "n_outputs": offset,
         "n_signals_sequence_only": n_unaligned,
         "signal_means": {name: _mean(_finite_values(v)) for name, v in all_signals.items()},
         "per_prompt": per_prompt,
-        **_decode_rule_summary(rule, per_prompt, all_signals),
+        **rule.totals(per_prompt, all_signals),
     }
-    if models is not None:
-        summary["small_model"], summary["large_model"] = models[0].name, models[1].name
+    if pair is not None:
+        summary["small_model"], summary["large_model"] = pair[0].name, pair[1].name
     finish_experiment(store, experiment_id, summary)
     return experiment_id
 
@@ -836,49 +916,13 @@ def _finite_values(values: Sequence[float]) -> list[float]:
 
 
 def _decode_prompt_summary(
-    rule: str, index: int, outputs: Sequence[rules.DecodedOutput]
+    rule: rules.DecodingRule, index: int, outputs: Sequence[rules.DecodedOutput]
 ) -> dict[str, Any]:
+    """One prompt's row of the summary: its main output's length and stop, and the rule's."""
     main = outputs[0]
-    row: dict[str, Any] = {
+    return {
         "prompt_index": index,
         "n_tokens": len(main.token_ids),
         "stop_reason": main.stop_reason,
+        **rule.prompt_summary(main),
     }
-    if rule == "ead":
-        row["mean_temperature"] = main.info["mean_temperature"]
-    elif rule == "cntp":
-        row.update({k: main.info[k] for k in ("chunks", "mean_trials", "multi_trial_chunks")})
-    elif rule == "switch":
-        row["large_share"] = main.info["large_share"]
-        row["large_tokens"] = int(sum(main.signals["large_model"]))
-    elif rule == "latr":
-        row.update(
-            {k: main.info[k] for k in ("branches_spawned", "branches_pruned", "branches_returned")}
-        )
-    return row
-
-
-def _decode_rule_summary(
-    rule: str, per_prompt: Sequence[dict[str, Any]], signals: dict[str, list[float]]
-) -> dict[str, Any]:
-    if rule == "ead":
-        return {"mean_temperature": _mean(signals.get("ead_temperature", []))}
-    if rule == "cntp":
-        trials = _finite_values(signals.get("cntp_trials", []))
-        return {
-            "mean_trials": _mean(trials),
-            "chunks": sum(int(p["chunks"]) for p in per_prompt),
-            "multi_trial_chunks": sum(int(p["multi_trial_chunks"]) for p in per_prompt),
-        }
-    if rule == "switch":
-        large = signals.get("large_model", [])
-        return {
-            "large_share": _mean(large),
-            "large_share_per_prompt": [p["large_share"] for p in per_prompt],
-        }
-    if rule == "latr":
-        return {
-            k: sum(int(p[k]) for p in per_prompt)
-            for k in ("branches_spawned", "branches_pruned", "branches_returned")
-        }
-    return {}

@@ -38,6 +38,7 @@ from tokenprism.analysis.steering import (
     entropy_weighted_vector,
 )
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import check_cancelled, check_context
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.sampling.types import prompt_ids
 from tokenprism.backend.settings import Settings
@@ -119,6 +120,8 @@ def _last_prompt_states(
     reps, entropies = [], []
     for prompt in prompts:
         ids = prompt_tensor(lm, prompt)
+        check_context(lm, int(ids.shape[1]))
+        check_cancelled()
         with torch.inference_mode():
             out = lm.model(input_ids=ids, output_hidden_states=True, use_cache=False)
         reps.append(out.hidden_states[layer + 1][0, -1].float().cpu())

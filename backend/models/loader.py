@@ -17,7 +17,9 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -444,7 +446,17 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-_LOADED: dict[tuple[str, str, str, str], LoadedModel] = {}
+_LOADED: OrderedDict[tuple[str, str, str, str], LoadedModel] = OrderedDict()
+_LOADED_LOCK = threading.Lock()
+
+
+def remember(cache: OrderedDict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    """Put ``value`` in an LRU ``cache`` holding at most ``limit`` entries (the least recently
+    used dropped first; a job still holding a dropped model keeps it until it finishes)."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > max(limit, 1):
+        cache.popitem(last=False)
 
 
 def loaded_model_names() -> list[str]:
@@ -453,8 +465,15 @@ def loaded_model_names() -> list[str]:
 
 
 def get_model(name: str, settings: Settings) -> LoadedModel:
-    """Load ``name`` once per process and keep it."""
+    """Load ``name`` once per process and keep it, at most ``settings.max_loaded_models``
+    models at a time (least recently used dropped first)."""
     key = (name, settings.device, settings.dtype, settings.autocast)
-    if key not in _LOADED:
-        _LOADED[key] = load_model(name, settings)
-    return _LOADED[key]
+    with _LOADED_LOCK:
+        found = _LOADED.get(key)
+        if found is not None:
+            _LOADED.move_to_end(key)
+            return found
+    lm = load_model(name, settings)
+    with _LOADED_LOCK:
+        remember(_LOADED, key, lm, settings.max_loaded_models)
+    return lm

@@ -3,15 +3,10 @@
 A registry maps each suffix kind to a builder that turns a loaded model into a variant:
 
 ==================  =============================================================================
-``@int8``           int8 linear layers: torchao ``Int8DynamicActivationInt8WeightConfig`` (int8
-                    weights, activations quantised per token at run time; the maintained
-                    successor of ``torch.ao.quantization.quantize_dynamic``, deprecated in torch
-                    2.x). Chosen because torchao 0.18 installs and runs on CPU with torch 2.13
-                    (checked: the quantised tiny and default models run a forward pass); tied
-                    embeddings are untied first so the input embedding stays float. Speed: on
-                    2 CPU cores without fast int8 kernels a W8A8 linear measured ~15x slower
-                    than float32 (weight-only int8 ~1.6x); the variant is for measuring what
-                    the quantisation changes, not for speed on CPU.
+``@int8``           int8 linear layers with torch's own dynamic quantisation (int8 weights per
+                    output channel, activations quantised at run time; fbgemm / x86 CPU
+                    kernels), see :mod:`.quantize` for the choice over torchao. Runs on the
+                    CPU; tied embeddings are untied first so the input embedding stays float.
 ``@bf16``/``@fp16`` the weights cast to bfloat16 / float16 (no autocast: they run in their own
                     precision).
 ``@layers=K``       early exit: the first K decoder blocks with the final norm and LM head.
@@ -24,8 +19,12 @@ A registry maps each suffix kind to a builder that turns a loaded model into a v
 Variants chain left to right (``default@int8@steer=east:4``). A variant's ``name`` is the exact
 spec, its ``revision`` the base revision plus every suffix with the fingerprints of the files
 it read (adapter weights, vector), and ``variants`` lists what each step did: run provenance
-records all three. Variants are cached per process, at most :data:`MAX_CACHED_VARIANTS`
-(least recently used dropped), besides the base models :func:`loader.get_model` keeps.
+records all three. Variants are cached per process like base models, at most
+``settings.max_loaded_models`` of them (least recently used dropped first, as
+:func:`loader.get_model` does).
+
+Through the API every spec passes :func:`backend.api.security.gate_model_name` first (the base
+gated like any model name, adapter paths confined to the allowed directories).
 
 The steering builder imports ``backend.lab.steering`` lazily (the hook lives there); nothing in
 ``lab.steering`` imports this module, so there is no cycle.
@@ -51,7 +50,6 @@ from tokenprism.backend.models import loader
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.settings import Settings
 
-MAX_CACHED_VARIANTS = 4
 _STEER = re.compile(
     r"^(?P<vector>[A-Za-z0-9][A-Za-z0-9_.-]{0,63}):(?P<beta>[-+0-9.eE]+)(?::(?P<layer>\d+))?$"
 )
@@ -124,12 +122,19 @@ def split_spec(spec: str) -> tuple[str, list[Variant]]:
     Raises:
         UserError: an unknown suffix or a malformed argument.
     """
-    if "@" not in spec or Path(spec).expanduser().exists():
+    if "@" not in spec or _exists(spec):
         return spec, []
     base, *parts = spec.split("@")
     if not base:
         raise UserError(f"model {spec!r} names a variant but no model before '@'")
     return base, [_parse_one(p) for p in parts]
+
+
+def _exists(name: str) -> bool:
+    try:
+        return Path(name).expanduser().exists()
+    except (OSError, ValueError):  # too long for the file system, a NUL byte
+        return False
 
 
 def join_spec(base: str, variants: list[Variant]) -> str:
@@ -163,10 +168,8 @@ def get_model(spec: str, settings: Settings, *, base: LoadedModel | None = None)
                 _CACHE.move_to_end(key)
         if hit is None:
             hit = build_variant(lm, variant, settings)
-            with _CACHE_LOCK:
-                _CACHE[key] = hit
-                while len(_CACHE) > MAX_CACHED_VARIANTS:
-                    _CACHE.popitem(last=False)
+            with _CACHE_LOCK:  # bounded like loaded models: each variant holds its own weights
+                loader.remember(_CACHE, key, hit, settings.max_loaded_models)
         lm = hit
     return lm
 
@@ -206,35 +209,20 @@ def _cast(dtype: torch.dtype) -> Builder:
     return build
 
 
-def _untie(model: Any) -> None:
-    """Give the LM head its own weight: quantising a tied head would quantise the embedding."""
-    head = model.get_output_embeddings()
-    emb = model.get_input_embeddings()
-    if head is not None and emb is not None and head.weight is emb.weight:
-        head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
-        model.config.tie_word_embeddings = False
-
-
 def _int8(lm: LoadedModel, _arg: str | None, _s: Settings) -> tuple[Any, dict[str, Any]]:
-    try:
-        import torchao
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-    except ImportError as err:
-        raise UserError(f"@int8 needs torchao (pip install torchao): {err}") from None
-    model = _copy(lm).to(dtype=torch.float32)  # int8 quantisation starts from float weights
-    _untie(model)
-    quantize_(model, Int8DynamicActivationInt8WeightConfig())
-    model.eval()
-    info = {
-        "quantization": "torchao Int8DynamicActivationInt8WeightConfig (W8A8 dynamic, linear)",
-        "torchao_version": torchao.__version__,
-    }
-    return {"model": model, "dtype": torch.float32, "autocast": None}, info
+    from tokenprism.backend.models.quantize import quantize_int8
+
+    # the int8 kernels are CPU ones and start from float weights
+    cpu = torch.device("cpu")
+    model = _copy(lm).to(device=cpu, dtype=torch.float32)
+    info = quantize_int8(model)
+    fields = {"model": model.eval(), "dtype": torch.float32, "autocast": None, "device": cpu}
+    return fields, info
 
 
 def _int_arg(name: str) -> Callable[[str | None], None]:
     def check(arg: str | None) -> None:
-        if arg is None or not arg.isdigit() or int(arg) < 1:
+        if arg is None or not arg.isdigit() or len(arg) > 6 or int(arg) < 1:
             raise UserError(f"@{name}= needs a positive integer, got {arg!r}")
 
     return check
@@ -282,20 +270,23 @@ def _check_adapter(arg: str | None) -> None:
 
 
 def _adapter(lm: LoadedModel, arg: str | None, _s: Settings) -> tuple[Any, dict[str, Any]]:
+    # Errors name the adapter as it was written, never the resolved path.
+    shown = repr((arg or "")[:200])
     path = _adapter_dir(arg or "")
     if not (path / "adapter_config.json").is_file():
-        raise ModelNotFound(f"{path} is not a peft adapter directory (no adapter_config.json)")
+        raise ModelNotFound(f"adapter {shown} is not a peft adapter directory")
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         if any(path.glob("adapter_model.*")):
-            raise UnsafeWeights(f"{path} has no adapter_model.safetensors (pickle refused)")
-        raise ModelNotFound(f"{path} holds no adapter_model.safetensors")
+            raise UnsafeWeights(f"adapter {shown} has no adapter_model.safetensors (no pickle)")
+        raise ModelNotFound(f"adapter {shown} holds no adapter_model.safetensors")
     from peft import PeftModel
 
     try:
         peft_model = PeftModel.from_pretrained(_copy(lm), str(path), is_trainable=False)
     except (ValueError, KeyError, RuntimeError) as err:
-        raise UserError(f"cannot apply the adapter {path} to {lm.name!r}: {err}") from None
+        first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise UserError(f"cannot apply adapter {shown} to {lm.name!r}: {first}") from None
     model = peft_model.merge_and_unload().eval()  # a plain model again: same forward cost
     digest = _sha256(weights)
     info = {
@@ -373,7 +364,7 @@ def _steer(lm: LoadedModel, arg: str | None, settings: Settings) -> tuple[Any, d
 
 
 for _kind in (
-    VariantKind("int8", _int8, _no_arg, False, "int8 linear layers (torchao W8A8 dynamic)"),
+    VariantKind("int8", _int8, _no_arg, False, "int8 linear layers (torch dynamic quantisation)"),
     VariantKind("bf16", _cast(torch.bfloat16), _no_arg, False, "weights cast to bfloat16"),
     VariantKind("fp16", _cast(torch.float16), _no_arg, False, "weights cast to float16"),
     VariantKind("layers", _layers, _int_arg("layers"), True, "early exit after K decoder blocks"),

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from tokenprism.backend.limits import stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.resources import shipped
 
@@ -61,24 +62,36 @@ def _find_name(response: str, q: Question, pool: set[str]) -> tuple[int, int, in
     m = re.search(rf"(?<!\w){re.escape(_fold(q.answer))}(?!\w)", folded, flags=re.IGNORECASE)
     if m:
         return m.start(), m.end(), 0
+    return _other_table_name(response, q, pool) or _capitalised_phrase(response, q)
+
+
+def _other_table_name(response: str, q: Question, pool: set[str]) -> tuple[int, int, int] | None:
+    """The earliest table name other than the answer (a wrong entity of the right kind)."""
     hits = []
     for name in pool:
         if name.casefold() == q.answer.casefold():
             continue
         for m in re.finditer(rf"(?<!\w){re.escape(name)}(?!\w)", response):
             hits.append((m.start(), m.end()))
-    if hits:
-        start, end = min(hits)
-        return start, end, 1
+    if not hits:
+        return None
+    start, end = min(hits)
+    return start, end, 1
+
+
+def _capitalised_phrase(response: str, q: Question) -> tuple[int, int, int] | None:
+    """The first capitalised phrase not made of the question's own words or filler."""
     skip = {w.casefold() for phrase in q.exclude for w in phrase.split()}
     skip |= {"the", "i", "it", "this", "yes", "no", "a", "an", "in", "of", "answer"}
     for m in _NAME.finditer(response):
         words = m.group(0).split()
-        if m.start() == 0 or response[m.start() - 2 : m.start()].strip() in (".", "!", "?"):
-            # sentence-initial capitals are mostly ordinary words; keep only multi-word names
-            if len(words) < 2 and words[0].casefold() in skip | {"the", "it"}:
-                continue
-        if all(w.casefold() in skip for w in words):
+        sentence_start = m.start() == 0 or response[m.start() - 2 : m.start()].strip() in (
+            ".",
+            "!",
+            "?",
+        )
+        # sentence-initial capitals are mostly ordinary words; keep only multi-word names
+        if sentence_start and len(words) < 2 and words[0].casefold() in skip | {"the", "it"}:
             continue
         kept = [w for w in words if w.casefold() not in skip]
         if not kept:
@@ -221,6 +234,7 @@ def greedy_answers(
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                stopping_criteria=stopping_criteria(),
             )
         yield from (t.strip() for t in tok.batch_decode(out[:, width:], skip_special_tokens=True))
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from tokenprism.analysis.probe import LinearProbe
-from tokenprism.backend.errors import UserError
+from tokenprism.backend.errors import NameTaken, UserError
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.resources import shipped
 from tokenprism.backend.settings import Settings
@@ -93,7 +93,19 @@ class StoredProbe:
 
 
 def probe_dirs(settings: Settings) -> list[Path]:
-    return [settings.probes_dir, SHIPPED_PROBES, *settings.probe_dirs]
+    """Where probes are looked up, first match wins: shipped and operator-configured probes come
+    before the home's trained ones, so a trained probe can never stand in for them."""
+    return [SHIPPED_PROBES, *settings.probe_dirs, settings.probes_dir]
+
+
+def check_not_shipped(name: str, settings: Settings) -> None:
+    """Refuse (409) to train a probe under the name of a shipped or operator-provided one."""
+    for base in [SHIPPED_PROBES, *settings.probe_dirs]:
+        if (base / name).exists():
+            raise NameTaken(
+                f"probe name {name!r} belongs to a shipped probe and cannot be replaced; "
+                "choose another name"
+            )
 
 
 def check_probe_name(name: str) -> str:
@@ -117,7 +129,7 @@ def _read(path: Path) -> StoredProbe:
 
 
 def list_probes(settings: Settings) -> list[StoredProbe]:
-    """Every readable probe; a user's probe shadows a shipped one of the same name."""
+    """Every readable probe; a shipped one hides a trained one of the same name."""
     seen: dict[str, StoredProbe] = {}
     for base in probe_dirs(settings):
         if not base.is_dir():
@@ -172,6 +184,8 @@ def save_probe(
 ) -> Path:
     """Write a probe atomically (a crash leaves the old probe or none, never half of one)."""
     check_probe_name(name)
+    if directory.resolve() != SHIPPED_PROBES.resolve() and (SHIPPED_PROBES / name).exists():
+        raise NameTaken(f"probe name {name!r} belongs to a shipped probe; choose another name")
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=directory))
     try:

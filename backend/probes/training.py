@@ -372,6 +372,30 @@ def dataset_sha256(data: str) -> str:
     return hashlib.sha256(data.encode()).hexdigest()
 
 
+def _candidate_layers(lm: LoadedModel, layer: int | str | None) -> list[int]:
+    """Blocks to try: every third for ``auto``, else the one asked for (default: second-last)."""
+    n_layers = int(lm.model.config.num_hidden_layers)
+    if isinstance(layer, int) and not 0 <= layer < n_layers:
+        raise UserError(f"layer {layer} is out of range: the model has blocks 0..{n_layers - 1}")
+    if layer == "auto":
+        return sorted({*range(n_layers - 1, -1, -3)})
+    return [default_layer(lm) if layer is None else int(layer)]
+
+
+def _split(collected: list[Any], splits: list[str]) -> tuple[list[Any], list[Any]]:
+    """Train and test examples; both must be non-empty and training must have a positive."""
+    train = [c for c, s in zip(collected, splits, strict=True) if s == "train"]
+    test = [c for c, s in zip(collected, splits, strict=True) if s == "test"]
+    if not train or not test:
+        raise UserError(
+            f"need examples in both splits (train {len(train)}, test {len(test)}); "
+            'add more data or set "split" on some lines'
+        )
+    if not any(bool((c.labels.labels == 1).any()) for c in train):
+        raise UserError("the training split has no hallucinated token; nothing to learn")
+    return train, test
+
+
 def train_and_evaluate(
     lm: LoadedModel,
     data: str,
@@ -396,14 +420,7 @@ def train_and_evaluate(
     params = params or ProbeTrainParams()
     items = parse_labelled(data, source)
     encoded = encode_labelled(lm, items, source)
-    n_layers = int(lm.model.config.num_hidden_layers)
-    if isinstance(layer, int) and not 0 <= layer < n_layers:
-        raise UserError(f"layer {layer} is out of range: the model has blocks 0..{n_layers - 1}")
-    candidates = (
-        sorted({*range(n_layers - 1, -1, -3)})
-        if layer == "auto"
-        else [default_layer(lm) if layer is None else int(layer)]
-    )
+    candidates = _candidate_layers(lm, layer)
     splits = [
         it.split or split_of(f"{it.prompt or ''}\x00{it.response}", test_fraction) for it in items
     ]
@@ -413,15 +430,7 @@ def train_and_evaluate(
 
     with lock:
         collected = collect(lm, encoded, candidates, progress=report_progress("features"))
-    train = [c for c, s in zip(collected, splits, strict=True) if s == "train"]
-    test = [c for c, s in zip(collected, splits, strict=True) if s == "test"]
-    if not train or not test:
-        raise UserError(
-            f"need examples in both splits (train {len(train)}, test {len(test)}); "
-            'add more data or set "split" on some lines'
-        )
-    if not any(bool((c.labels.labels == 1).any()) for c in train):
-        raise UserError("the training split has no hallucinated token; nothing to learn")
+    train, test = _split(collected, splits)
     layer_scores: dict[int, float | None] = {}
     chosen = candidates[0]
     if len(candidates) > 1:

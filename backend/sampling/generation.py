@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Literal
 
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.limits import check_context
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.sampling.hf import sample_hf
-from tokenprism.backend.sampling.types import Samples, prompt_ids
+from tokenprism.backend.sampling.types import Samples, eos_ids, prompt_ids
 from tokenprism.backend.sampling.vllm import import_vllm, sample_vllm
 from tokenprism.backend.scoring.encoding import EncodedText, encode_pair
 
@@ -57,6 +58,7 @@ def sample_responses(
         raise UserError("temperature must be 0 (greedy) or at least 0.01")
     check_sampler(sampler)
     ids, template = prompt_ids(lm, prompt, system)
+    check_context(lm, len(ids), max_new_tokens)  # before any sampler touches the model
     samples = SAMPLER_FUNCTIONS[sampler](
         lm,
         ids,
@@ -66,10 +68,16 @@ def sample_responses(
         top_p=top_p,
         seed=seed,
     )
-    texts = samples.texts
+    eos = eos_ids(lm)
+    # Only an end-of-turn token the model sampled is scored: a generation cut at
+    # max_new_tokens is encoded without one and flagged truncated.
+    pairs = [
+        (text, bool(row) and row[-1] in eos)
+        for text, row in zip(samples.texts, samples.token_ids, strict=True)
+    ]
     if skip_empty:
         # a model that stops at once leaves nothing to score; groups record how many
-        texts = [t for t in texts if t.strip()]
+        pairs = [(t, ended) for t, ended in pairs if t.strip()]
     return [
         encode_pair(
             lm.tokenizer,
@@ -78,6 +86,7 @@ def sample_responses(
             context_length=lm.context_length,
             template=template,
             system_prompt=system,
+            end_of_turn=ended,
         )
-        for text in texts
+        for text, ended in pairs
     ]

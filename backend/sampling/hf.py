@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from tokenprism.backend.limits import check_context, stopping_criteria
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.sampling.types import Samples, cut_at_eos, eos_ids
 
@@ -25,6 +26,7 @@ def sample_hf(
         torch.manual_seed(seed)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     sampling = temperature > 0
+    check_context(lm, len(ids), max_new_tokens)
     with torch.inference_mode(), lm.autocast_context():
         out = lm.model.generate(
             prompt,
@@ -36,6 +38,7 @@ def sample_hf(
             num_return_sequences=n,
             max_new_tokens=max_new_tokens,
             pad_token_id=pad,
+            stopping_criteria=stopping_criteria(),
         )
     generated = out[:, prompt.shape[1] :]
     texts = tok.batch_decode(generated, skip_special_tokens=True)

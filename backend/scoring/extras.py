@@ -25,10 +25,14 @@ import torch
 from torch import Tensor
 
 from tokenprism.analysis.ccp import (
+    DEFAULT_CCP_PRESET,
     CcpParams,
     alternatives_with_target,
+    ccp_params,
+    ccp_preset_name,
     claim_ccp,
     label_alternatives,
+    sequence_ccp,
 )
 from tokenprism.analysis.ccp import token_ccp as compute_token_ccp
 from tokenprism.analysis.claims import Claim, claim_token_positions, get_splitter
@@ -86,7 +90,8 @@ class ExtraRequest:
         metrics: families from :data:`EXTRA_METRICS`.
         judge: CCP's NLI judge (``fallback`` or an NLI model id / path); None = the setting.
         probe: probe name; None = the newest probe trained for the model.
-        ccp: CCP parameters (alternatives, short-circuits, context mode).
+        ccp: CCP parameters (alternatives, short-circuits, context mode); the default is the
+            ``lm-polygraph`` preset, :func:`extra_request` builds one from a preset name.
         claim_splitter: how responses are cut into claims (``sentences`` or ``lines``).
         sar_scope: what TokenSAR removes a token from: the question + whole response (the
             paper), or only the token's sentence; ``auto`` uses the response while it fits the
@@ -115,11 +120,26 @@ class ExtraRequest:
         return out
 
 
+def extra_request(
+    metrics: tuple[str, ...], *, ccp_preset: str | None = None, **fields: Any
+) -> ExtraRequest:
+    """An :class:`ExtraRequest` with CCP parameters from a preset name (None: the default,
+    ``lm-polygraph``); an unknown preset is a :class:`UserError` naming the known ones."""
+    try:
+        params = ccp_params(ccp_preset or DEFAULT_CCP_PRESET)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    return ExtraRequest(metrics=metrics, ccp=params, **fields)
+
+
 def request_from_dict(raw: dict[str, Any]) -> ExtraRequest:
     """Rebuild a stored :meth:`ExtraRequest.as_dict` (job parameters)."""
     values = dict(raw)
     values["metrics"] = parse_metrics(values.get("metrics") or [])
-    values["ccp"] = CcpParams(**values.get("ccp", {}))
+    stored = dict(values.get("ccp", {}))
+    if stored and "aggregation" not in stored:  # stored before the presets: our conventions
+        stored.update(strip="tokenprism", aggregation="tokenprism")
+    values["ccp"] = CcpParams(**stored)
     return ExtraRequest(**values)
 
 
@@ -149,7 +169,11 @@ class ExtraPlan:
     def provenance(self) -> dict[str, Any]:
         out: dict[str, Any] = {"request": self.request.as_dict()}
         if self.judge is not None:
-            out["ccp"] = {**self.judge.provenance(), "params": self.request.ccp.as_dict()}
+            out["ccp"] = {
+                **self.judge.provenance(),
+                "preset": ccp_preset_name(self.request.ccp),
+                "params": self.request.ccp.as_dict(),
+            }
         if self.probe is not None:
             out["probe"] = self.probe.provenance()
         if self.encoder is not None:
@@ -187,7 +211,7 @@ class ExtraPlan:
                 extras["sar"] = _add_token_sar(enc, sc, claims, self.encoder, self.request)
             if self.encoder is not None and "selfcheck" in self.metrics:
                 extras["samples"] = _add_sampling(lm, enc, sc, claims, self.encoder, self, rescore)
-            claim_scores = claim_metrics(sc, claims)
+            claim_scores = claim_metrics(sc, claims, self.request.ccp)
             out.append((claim_scores, extras))
         return out
 
@@ -225,20 +249,31 @@ def claims_of(
     return list(zip(claims, positions, strict=True))
 
 
-def claim_metrics(sc: ScoredSequence, claims: Sequence[tuple[Claim, Tensor]]) -> list[ClaimScore]:
+def claim_metrics(
+    sc: ScoredSequence,
+    claims: Sequence[tuple[Claim, Tensor]],
+    ccp: CcpParams | None = None,
+) -> list[ClaimScore]:
     """Claim-level values of every token metric present: CCP multiplies, the probe and
-    1 - prob take the maximum (the weakest token decides), SAR sums, the rest average."""
+    1 - prob take the maximum (the weakest token decides), SAR sums, the rest average.
+
+    CCP follows ``ccp.aggregation`` (default: the ``lm-polygraph`` preset's), under which a
+    claim without tokens has CCP 1, the empty product; every other metric is absent there.
+    """
     out = []
     prob = sc.token["prob"]
+    aggregation = (ccp or CcpParams()).aggregation
     for claim, pos in claims:
         values: dict[str, float] = {}
+        if not len(pos) and "ccp" in sc.token and aggregation == "lm-polygraph":
+            values["ccp"] = 1.0
         if len(pos):
             values["entropy"] = _nanmean(sc.token["entropy"][pos])
             values["one_minus_prob"] = _nanmax(1.0 - prob[pos])
             if "probe" in sc.token:
                 values["probe"] = _nanmax(sc.token["probe"][pos])
             if "ccp" in sc.token:
-                values["ccp"] = float(claim_ccp(sc.token["ccp"], [pos])[0])
+                values["ccp"] = float(claim_ccp(sc.token["ccp"], [pos], aggregation)[0])
             if "sar" in sc.token:
                 values["sar"] = float(torch.nansum(sc.token["sar"][pos]))
             for name in ("selfcheck_embed", "selfcheck_ngram"):
@@ -295,20 +330,28 @@ def _add_ccp(
         vocab = lm.vocab_array
         ids_np = ids.numpy()
         alt_texts = [[str(t) for t in vocab[np.clip(r, 0, None)]] for r in ids_np]
+        # decoded text, as LM-Polygraph's tokenizer.decode([alt]) gives it
         original = [str(vocab[int(t)]) for t in targets.tolist()]
         prefixes = _claim_prefixes(enc, claims, rows) if params.context == "prefix" else None
         labels = label_alternatives(original, alt_texts, judge, params, prefixes)
         valid = (ids >= 0).all(-1) | (ids[:, 0] >= 0)
         ccp[rows] = compute_token_ccp(logprobs, labels, valid)
     sc.token["ccp"] = ccp
+    # LM-Polygraph's sequence CCP is the product over every response token (NaN propagates,
+    # no token gives 1); the tokenprism preset skips NaN tokens (no scored token: NaN)
+    sc.sequence["ccp_uncertainty"] = 1.0 - sequence_ccp(ccp[sc.response_mask], params.aggregation)
+    positions = [pos for _, pos in claims]
+    per_claim = claim_ccp(ccp, positions, params.aggregation) if claims else torch.tensor([])
+    # length-normalised form: 1 - prod CCP tends to 1 with length, the mean log does not
     counted = ccp[sc.response_mask]
     counted = counted[~torch.isnan(counted)]
-    sc.sequence["ccp_uncertainty"] = (
-        1.0 - float(counted.double().log().sum().exp()) if len(counted) else math.nan
+    sc.sequence["ccp_mean_log"] = (
+        float(counted.double().clamp_min(1e-30).log().mean()) if len(counted) else math.nan
     )
-    per_claim = claim_ccp(ccp, [pos for _, pos in claims]) if claims else torch.tensor([])
+    # the minimum over claims is ours (no LM-Polygraph counterpart): undefined claims are skipped
     per_claim = per_claim[~torch.isnan(per_claim)]
     sc.sequence["claim_ccp_min"] = float(per_claim.min()) if len(per_claim) else math.nan
+    sc.sequence["claim_ccp_mean"] = float(per_claim.mean()) if len(per_claim) else math.nan
 
 
 def _claim_prefixes(

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 import tokenprism.backend.store.schema as schema
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.store.store import Store
+from tokenprism.backend.store.store import CONTEXT_KIND, Store
 
 
 class DiffNotFound(UserError):
@@ -124,6 +124,26 @@ def diff_run_rows(
     return [dict(r._mapping) for r in rows]
 
 
+def _members(conn: sa.Connection, run_id: str) -> tuple[list[str], int]:
+    """The runs holding ``run_id``'s token rows, and how many tokens it has.
+
+    A turn an audit scored in its conversation's one pass stores only its response tokens; the
+    rest are the rows below its length of the context run and of the conversation's other turns
+    (disjoint positions, same values: the model is causal). See ``Store._tokens_json``.
+    """
+    r = schema.runs
+    link = conn.execute(
+        sa.select(r.c.context_run_id, r.c.n_tokens).where(r.c.run_id == run_id)
+    ).first()
+    if link is None or link[0] is None:
+        return [run_id], 2**31 - 1
+    ctx = link[0]
+    others = conn.execute(
+        sa.select(r.c.run_id).where(sa.or_(r.c.run_id == ctx, r.c.context_run_id == ctx))
+    ).all()
+    return [run_id, *(str(o[0]) for o in others if o[0] != run_id)], int(link[1])
+
+
 _TOKENS = """
 WITH m AS (
     SELECT position,
@@ -135,21 +155,25 @@ WITH m AS (
            max(value) FILTER (WHERE metric = 'rank_b') AS rank_b,
            max(value) FILTER (WHERE metric = 'logprob_b') AS logprob_b
     FROM diff_token_metrics WHERE diff_id = :did AND run_id = :rid GROUP BY position)
-SELECT t.position, t.text, t.is_prompt, t.logprob AS logprob_a, m.kl, m.kl_rev, m.js,
+SELECT t.position, t.text, t.is_prompt OR t.run_id <> :rid AS is_prompt,
+       t.logprob AS logprob_a, m.kl, m.kl_rev, m.js,
        m.delta_logprob, m.top1_agree, m.rank_b, m.logprob_b, n.reason
 FROM tokens t
 LEFT JOIN m ON m.position = t.position
 LEFT JOIN diff_token_notes n
     ON n.diff_id = :did AND n.run_id = :rid AND n.position = t.position
-WHERE t.run_id = :rid
+WHERE t.run_id IN :members AND t.position < :n
 ORDER BY t.position
 """
 
 
 def diff_tokens(store: Store, diff_id: str, run_id: str) -> list[dict[str, Any]]:
     """A run's tokens with this diff's values (null where not compared, with the reason)."""
+    query = sa.text(_TOKENS).bindparams(sa.bindparam("members", expanding=True))
     with store.engine.connect() as conn:
-        rows = conn.execute(sa.text(_TOKENS), {"did": diff_id, "rid": run_id}).all()
+        members, n = _members(conn, run_id)
+        params = {"did": diff_id, "rid": run_id, "members": members, "n": n}
+        rows = conn.execute(query, params).all()
     return [dict(r._mapping) for r in rows]
 
 
@@ -194,7 +218,7 @@ def upload_run_ids(store: Store, upload_id: str, model_name: str | None = None) 
     query = (
         sa.select(r.c.run_id)
         .join(m, m.c.model_key == r.c.model_key)
-        .where(r.c.upload_id == upload_id)
+        .where(r.c.upload_id == upload_id, r.c.kind != CONTEXT_KIND)
         .order_by(r.c.item_index, r.c.turn_index, r.c.run_id)
     )
     if model_name is not None:
@@ -214,9 +238,15 @@ def run_tokens(store: Store, run_id: str) -> dict[str, Any]:
         ).first()
         if head is None:
             raise UserError(f"no run with id {run_id!r}")
+        members, n = _members(conn, run_id)
         rows = conn.execute(
-            sa.select(t.c.token_id, t.c.char_start, t.c.char_end, t.c.is_prompt)
-            .where(t.c.run_id == run_id)
+            sa.select(
+                t.c.token_id,
+                t.c.char_start,
+                t.c.char_end,
+                sa.or_(t.c.is_prompt, t.c.run_id != run_id),
+            )
+            .where(t.c.run_id.in_(members), t.c.position < n)
             .order_by(t.c.position)
         ).all()
     return {
@@ -252,3 +282,15 @@ def set_diff_job(store: Store, diff_id: str, job_id: str) -> None:
         conn.execute(
             schema.diffs.update().where(schema.diffs.c.diff_id == diff_id).values(job_id=job_id)
         )
+
+
+def delete_diff(store: Store, diff_id: str) -> None:
+    """Remove a diff and its rows (a diff whose job could not be queued)."""
+    with store.writing() as conn:
+        for table in (
+            schema.diff_token_metrics,
+            schema.diff_token_notes,
+            schema.diff_runs,
+            schema.diffs,
+        ):
+            conn.execute(table.delete().where(table.c.diff_id == diff_id))

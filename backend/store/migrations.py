@@ -92,9 +92,13 @@ CREATE TABLE IF NOT EXISTS experiments (
     summary VARCHAR, created_at TIMESTAMP NOT NULL);
 """
 
-# Version 8 (6 and 7 are reserved for work on other branches): model diffs. A diff's token rows
-# carry the diff id in their key, so they never collide with the run's own token_metrics.
-_V8 = """
+_V6 = """
+ALTER TABLE runs ADD COLUMN context_run_id VARCHAR;
+"""
+
+# Version 7: model diffs. A diff's token rows carry the diff id in their key, so they never
+# collide with the run's own token_metrics.
+_V7 = """
 CREATE TABLE IF NOT EXISTS diffs (
     diff_id VARCHAR NOT NULL PRIMARY KEY, job_id VARCHAR, model_a VARCHAR NOT NULL,
     model_a_revision VARCHAR NOT NULL, model_b VARCHAR NOT NULL,
@@ -117,7 +121,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (3, "claims (sentences of a response) and claim-level metrics", _V3),
     (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
     (5, "steering and decoding experiments (their runs carry group_id = experiment_id)", _V5),
-    (8, "model diffs: diffs, diff_runs, diff_token_metrics, diff_token_notes", _V8),
+    (6, "runs.context_run_id: context tokens stored once per conversation", _V6),
+    (7, "model diffs: diffs, diff_runs, diff_token_metrics, diff_token_notes", _V7),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -62,8 +62,11 @@ def get_job(store: Store, job_id: str) -> dict[str, Any] | None:
             conn.execute(sa.select(schema.jobs).where(schema.jobs.c.job_id == job_id)).first()
         )
     if job is not None:
-        job["params"] = json.loads(job["params"])
-        job["result"] = json.loads(job["result"]) if job.get("result") else None
+        from tokenprism.backend.store.text import repair_text
+
+        # repair_text: a row written before the API refused lone surrogates still reads
+        job["params"] = repair_text(json.loads(job["params"]))
+        job["result"] = repair_text(json.loads(job["result"])) if job.get("result") else None
     return job
 
 
@@ -74,6 +77,41 @@ def list_jobs(store: Store, *, limit: int = 50, status: str | None = None) -> li
     with store.engine.connect() as conn:
         ids = [r[0] for r in conn.execute(query)]
     return [job for job in (get_job(store, i) for i in ids) if job is not None]
+
+
+def repair_job_text(store: Store) -> int:
+    """Replace lone surrogates (``\\ud800`` escapes stored before the API refused them) in
+    job parameters, results and errors with U+FFFD; return how many jobs were repaired.
+
+    Such a row made every read of the job answer 500 (its JSON cannot be encoded as UTF-8).
+    Idempotent and cheap: only rows whose text holds a ``\\u`` escape of the surrogate range
+    (or a raw surrogate) are decoded.
+    """
+    from tokenprism.backend.store.text import repair_text, unencodable
+
+    j = schema.jobs
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(j.c.job_id, j.c.params, j.c.result, j.c.error).where(
+                # json.dumps writes a lone surrogate as a lower-case \\udXXX escape
+                sa.or_(j.c.params.like("%\\ud%"), j.c.result.like("%\\ud%"))
+            )
+        ).all()
+    repaired = 0
+    for job_id, params, result, error in rows:
+        values: dict[str, Any] = {}
+        for column, text in (("params", params), ("result", result)):
+            if text:
+                decoded = json.loads(text)
+                if unencodable(decoded) is not None:
+                    values[column] = json.dumps(repair_text(decoded))
+        if error and unencodable(error) is not None:
+            values["error"] = repair_text(error)
+        if values:
+            with store.writing() as conn:
+                conn.execute(j.update().where(j.c.job_id == job_id).values(**values))
+            repaired += 1
+    return repaired
 
 
 def interrupt_unfinished(store: Store) -> list[str]:

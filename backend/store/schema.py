@@ -65,6 +65,9 @@ runs = sa.Table(
     sa.Column("provenance", sa.String, nullable=False),
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.Column("item_index", sa.Integer),  # v2: position of the run's item within its job
+    # v6: a turn scored in its conversation's single pass stores only its response tokens; the
+    # context run (kind "context") holds the conversation's other tokens once, see store.py
+    sa.Column("context_run_id", sa.String),
 )
 
 tokens = sa.Table(
@@ -208,7 +211,7 @@ experiments = sa.Table(  # v5: steering / decoding experiments; runs carry group
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
-diffs = sa.Table(  # v8: a model diff (B against A on A's tokens)
+diffs = sa.Table(  # v7: a model diff (B against A on A's tokens)
     "diffs",
     metadata,
     sa.Column("diff_id", sa.String, primary_key=True),
@@ -224,7 +227,7 @@ diffs = sa.Table(  # v8: a model diff (B against A on A's tokens)
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
-diff_runs = sa.Table(  # v8: the runs of a diff (one row per compared run, written with its rows)
+diff_runs = sa.Table(  # v7: the runs of a diff (one row per compared run, written with its rows)
     "diff_runs",
     metadata,
     sa.Column("diff_id", sa.String, nullable=False),
@@ -235,7 +238,7 @@ diff_runs = sa.Table(  # v8: the runs of a diff (one row per compared run, writt
     sa.Column("n_compared", sa.Integer, nullable=False),
 )
 
-diff_token_metrics = sa.Table(  # v8: long form, keyed by the diff (so by model B too)
+diff_token_metrics = sa.Table(  # v7: long form, keyed by the diff (so by model B too)
     "diff_token_metrics",
     metadata,
     sa.Column("diff_id", sa.String, nullable=False),
@@ -245,7 +248,7 @@ diff_token_metrics = sa.Table(  # v8: long form, keyed by the diff (so by model 
     sa.Column("value", sa.Double),
 )
 
-diff_token_notes = sa.Table(  # v8: why a token could not be compared (different tokenizers)
+diff_token_notes = sa.Table(  # v7: why a token could not be compared (different tokenizers)
     "diff_token_notes",
     metadata,
     sa.Column("diff_id", sa.String, nullable=False),

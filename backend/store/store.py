@@ -16,6 +16,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 import tokenprism.backend.store.schema as schema
-from tokenprism.backend.errors import DatabaseLocked, ReadOnlyViolation, UserError
+from tokenprism.backend.errors import DatabaseLocked, QueryLimit, ReadOnlyViolation, UserError
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.scoring.runner import ScoredText
 from tokenprism.backend.store.migrations import migrate
@@ -43,7 +44,98 @@ __all__ = ["CORE_TOKEN_METRICS", "Store"]
 
 _READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 TOKEN_JSON_CACHE_CHARS = 256 * 1024 * 1024
+# Kind of the run holding a conversation's context tokens once (migration 6): turns scored in
+# the conversation's single pass store only their response tokens and point to it.
+CONTEXT_KIND = "context"
+# Token metrics defined over a run's response only (NaN on context): shown for a turn's own
+# rows only, never taken from sibling runs of the same conversation.
+RESPONSE_ONLY_TOKEN_METRICS = frozenset({"window_entropy", "step_first_surprisal"})
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+@dataclass(frozen=True)
+class SqlLimits:
+    """Bounds of one user SQL query (the read-only interface).
+
+    Attributes:
+        timeout_s: wall-clock limit; a timer calls DuckDB's ``interrupt()`` on the query's
+            cursor, which stops it between vectors (within milliseconds).
+        memory_mb: DuckDB ``memory_limit`` of the database instance (applies to everything the
+            instance does; DuckDB spills to its temp directory ``<db>.tmp`` before failing).
+        max_result_bytes: most bytes of result values returned; further rows are cut
+            (``truncated``), and a first row over the limit is refused.
+    """
+
+    timeout_s: float = 10.0
+    memory_mb: int = 2048
+    max_result_bytes: int = 16 * 1024 * 1024
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> SqlLimits:
+        return cls(settings.sql_timeout_s, settings.sql_memory_mb, settings.sql_max_result_bytes)
+
+
+def _value_bytes(value: Any) -> int:
+    """Rough size of a result value once sent as JSON."""
+    if value is None or isinstance(value, bool | int | float):
+        return 8
+    if isinstance(value, str | bytes):
+        return len(value) + 2
+    if isinstance(value, list | tuple):
+        return 2 + sum(_value_bytes(v) + 1 for v in value)
+    if isinstance(value, dict):
+        return 2 + sum(len(str(k)) + _value_bytes(v) + 4 for k, v in value.items())
+    return len(str(value)) + 2
+
+
+def _fetch_limited(
+    cur: Any, max_rows: int, limits: SqlLimits
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """At most ``max_rows`` rows and ``limits.max_result_bytes`` bytes; whether more existed."""
+    rows: list[tuple[Any, ...]] = []
+    size = 0
+    while len(rows) <= max_rows:
+        chunk = cur.fetchmany(min(1000, max_rows + 1 - len(rows)))
+        if not chunk:
+            return rows, False
+        for row in chunk:
+            size += sum(_value_bytes(v) for v in row)
+            if size > limits.max_result_bytes:
+                if not rows:
+                    raise UserError(
+                        f"a result row needs more than {limits.max_result_bytes:,} bytes; "
+                        "select less (e.g. substr() of long text)"
+                    )
+                return rows, True
+            rows.append(row)
+    return rows[:max_rows], True
+
+
+def _limited_error(err: duckdb.Error, limits: SqlLimits) -> UserError | None:
+    """The 4xx for a query stopped by a limit, or None for other errors."""
+    if isinstance(err, duckdb.InterruptException):
+        return QueryLimit(
+            f"query took longer than {limits.timeout_s:g} s and was stopped "
+            "(TOKENPRISM_SQL_TIMEOUT_S sets the limit)"
+        )
+    if isinstance(err, duckdb.OutOfMemoryException):
+        return QueryLimit(
+            f"query needs more than {limits.memory_mb:,} MB of memory and was stopped "
+            "(TOKENPRISM_SQL_MEMORY_MB sets the limit)"
+        )
+    return None
+
+
+@contextmanager
+def _deadline(cur: Any, timeout_s: float) -> Iterator[None]:
+    """Interrupt ``cur``'s query after ``timeout_s`` seconds."""
+    timer = threading.Timer(timeout_s, cur.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _lock_message(path: Path, err: BaseException) -> str:
@@ -72,8 +164,12 @@ def _clean(value: Any) -> Any:
 class Store:
     """A DuckDB token store in one file; the only writer of that file in its process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sql_limits: SqlLimits | None = None) -> None:
         self.path = Path(path)
+        self.sql_limits = sql_limits or SqlLimits()
+        # cursors of the user queries running now: stop_queries() interrupts them (SIGTERM)
+        self._queries: set[Any] = set()
+        self._queries_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # No file or network access from SQL: the read-only SQL endpoint runs user queries on
         # this engine, and nothing TokenPrism does needs it (Arrow tables are registered).
@@ -91,6 +187,10 @@ class Store:
         self._cache_lock = threading.Lock()
         try:
             self.schema_version = migrate(self.engine)
+            if sql_limits is not None:
+                # per database instance: the whole process's use of this file, SQL included
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql(f"SET memory_limit = '{int(sql_limits.memory_mb)}MB'")
         except UserError:
             self.engine.dispose()
             raise
@@ -103,7 +203,14 @@ class Store:
             ) from None
 
     def close(self) -> None:
+        self.stop_queries()
         self.engine.dispose()
+
+    def stop_queries(self) -> None:
+        """Interrupt every user SQL query running now (the server is stopping)."""
+        with self._queries_lock:
+            for cur in list(self._queries):
+                cur.interrupt()
 
     def __enter__(self) -> Store:
         return self
@@ -224,6 +331,8 @@ class Store:
             query = query.where(m.c.name == model)
         if kind:
             query = query.where(r.c.kind == kind)
+        else:  # a conversation's shared context is part of its turns, not a run of its own
+            query = query.where(r.c.kind != CONTEXT_KIND)
         if upload_id:
             query = query.where(r.c.upload_id == upload_id)
         if search:
@@ -294,26 +403,36 @@ class Store:
         """Run one read-only statement inside this process (the server owns the file).
 
         The DuckDB parser must classify it as SELECT or EXPLAIN, it runs in a transaction that
-        is rolled back, and the engine has no file or network access.
+        is rolled back, and the engine has no file or network access. It runs within
+        ``self.sql_limits`` (time, memory, result bytes; see :class:`SqlLimits`).
         """
         check_read_only(query)
+        limits = self.sql_limits
         with self._conn() as conn:
             raw: Any = conn.connection.dbapi_connection
             try:
                 cur = raw.cursor()
+                with self._queries_lock:
+                    self._queries.add(cur)
                 try:
                     # EXPLAIN ANALYZE runs the statement it explains (a DELETE or DROP too) and
                     # the parser only sees "EXPLAIN": a read-only transaction refuses any write.
                     cur.execute("BEGIN TRANSACTION READ ONLY")
                     try:
-                        cur.execute(query)
-                        columns: list[str] = [d[0] for d in cur.description or []]
-                        rows: list[tuple[Any, ...]] = list(cur.fetchmany(max_rows + 1))
+                        with _deadline(cur, limits.timeout_s):
+                            cur.execute(query)
+                            columns: list[str] = [d[0] for d in cur.description or []]
+                            rows, more = _fetch_limited(cur, max_rows, limits)
                     finally:
                         cur.execute("ROLLBACK")
                 finally:
+                    with self._queries_lock:
+                        self._queries.discard(cur)
                     cur.close()
             except duckdb.Error as err:
+                limited = _limited_error(err, limits)
+                if limited is not None:
+                    raise limited from None
                 if "read-only mode" in str(err):
                     raise ReadOnlyViolation(
                         "refused: this SQL interface is read-only; use SELECT (or EXPLAIN) queries"
@@ -321,7 +440,7 @@ class Store:
                 raise UserError(f"SQL error: {str(err).splitlines()[0]}") from None
             finally:
                 conn.rollback()
-        return columns, rows[:max_rows], len(rows) > max_rows
+        return columns, rows, more
 
     def _sequence(self, conn: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not run_ids:
@@ -410,34 +529,60 @@ class Store:
                 self._json_cache_chars -= len(self._json_cache.pop(key))
 
     def _tokens_json(self, conn: sa.Connection, run_id: str, metrics: Sequence[str] | None) -> str:
+        """One DuckDB query assembling a run's tokens.
+
+        A turn scored in its conversation's single pass (``context_run_id`` set) stores only
+        its response tokens; its other tokens are the rows, below its length, of the context
+        run and of the conversation's other turns (positions are disjoint and the values are
+        the same, the model being causal). They are read from there and marked as prompt.
+        """
+        r = schema.runs
+        link = conn.execute(
+            sa.select(r.c.context_run_id, r.c.n_tokens).where(r.c.run_id == run_id)
+        ).first()
+        ctx, n_tokens = (link[0], link[1]) if link is not None else (None, 0)
+        if ctx is None:
+            members = "SELECT CAST(:rid AS VARCHAR) AS run_id"
+        else:
+            members = "SELECT run_id FROM runs WHERE run_id = :ctx OR context_run_id = :ctx"
+        params = {"rid": run_id, "ctx": ctx, "n": n_tokens if ctx is not None else 2**31 - 1}
         names = [
             row[0]
             for row in conn.execute(
-                sa.text("SELECT DISTINCT metric FROM token_metrics WHERE run_id = :rid ORDER BY 1"),
-                {"rid": run_id},
+                sa.text(
+                    f"SELECT DISTINCT metric FROM token_metrics "
+                    f"WHERE run_id IN ({members}) ORDER BY 1"
+                ),
+                params,
             )
         ]
         if metrics is not None:
             names = [n for n in names if n in set(metrics)]
         # metric names become struct keys in SQL text: only plain identifiers are allowed
         names = [n for n in names if _METRIC_NAME.fullmatch(n)]
-        pivot = "".join(f", max(value) FILTER (WHERE metric = '{n}') AS m_{n}" for n in names)
+        own = {n: " AND run_id = :rid" if n in RESPONSE_ONLY_TOKEN_METRICS else "" for n in names}
+        pivot = "".join(
+            f", max(value) FILTER (WHERE metric = '{n}'{own[n]}) AS m_{n}" for n in names
+        )
         extra_keys = "".join(f", '{n}': e.m_{n}" for n in names)
         query = f"""
-            WITH extra AS (
-                SELECT position{pivot} FROM token_metrics WHERE run_id = :rid GROUP BY position)
+            WITH members AS ({members}),
+            extra AS (
+                SELECT position{pivot} FROM token_metrics
+                WHERE run_id IN (SELECT run_id FROM members) AND position < :n
+                GROUP BY position)
             SELECT coalesce(string_agg(to_json({{
                 'position': t.position, 'token_id': t.token_id, 'text': t.text,
                 'display': t.display, 'char_start': t.char_start, 'char_end': t.char_end,
-                'is_prompt': t.is_prompt, 'logprob': t.logprob, 'prob': t.prob,
-                'rank': t.rank, 'entropy': t.entropy,
+                'is_prompt': t.is_prompt OR t.run_id <> :rid, 'logprob': t.logprob,
+                'prob': t.prob, 'rank': t.rank, 'entropy': t.entropy,
                 'top_k': coalesce(t.top_k, [])
                 {extra_keys}}})::VARCHAR, ',' ORDER BY t.position), '')
             FROM tokens t
             LEFT JOIN extra e ON e.position = t.position
-            WHERE t.run_id = :rid
+            WHERE t.run_id IN (SELECT run_id FROM members) AND t.position < :n
         """
-        body = conn.execute(sa.text(query), {"rid": run_id}).scalar()
+        body = conn.execute(sa.text(query), params).scalar()
         return f"[{body or ''}]"
 
     def _claims(self, conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
@@ -581,12 +726,13 @@ def check_read_only(query: str) -> str:
 
 
 def run_read_only_sql(
-    path: Path, query: str, *, max_rows: int = 10_000
+    path: Path, query: str, *, max_rows: int = 10_000, limits: SqlLimits | None = None
 ) -> tuple[list[str], list[tuple[Any, ...]], bool]:
     """Run one read-only statement against the database file.
 
     The statement is checked by the DuckDB parser and then run on a read-only connection with
-    external access (files, network) disabled, so neither data nor the file system can change.
+    external access (files, network) disabled, so neither data nor the file system can change,
+    within ``limits`` (time, memory, result bytes; see :class:`SqlLimits`).
 
     Returns ``(column names, rows, truncated)``.
     """
@@ -599,12 +745,18 @@ def run_read_only_sql(
         if _is_lock_error(err):
             raise DatabaseLocked(_lock_message(Path(path), err)) from None
         raise UserError(f"cannot open the database {path}: {str(err).splitlines()[0]}") from None
+    limits = limits or SqlLimits()
     try:
-        cur = con.execute(query)
-        columns = [d[0] for d in cur.description or []]
-        rows = cur.fetchmany(max_rows + 1)
+        con.execute(f"SET memory_limit = '{int(limits.memory_mb)}MB'")
+        with _deadline(con, limits.timeout_s):
+            cur = con.execute(query)
+            columns = [d[0] for d in cur.description or []]
+            rows, more = _fetch_limited(cur, max_rows, limits)
     except duckdb.Error as err:
+        limited = _limited_error(err, limits)
+        if limited is not None:
+            raise limited from None
         raise UserError(f"SQL error: {str(err).splitlines()[0]}") from None
     finally:
         con.close()
-    return columns, rows[:max_rows], len(rows) > max_rows
+    return columns, rows, more

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import tokenprism.backend.store.schema as schema
+from tokenprism.backend.display import visible_whitespace
 from tokenprism.backend.models.loader import LoadedModel
-from tokenprism.backend.scoring.encoding import visible_whitespace
 from tokenprism.backend.scoring.runner import ScoredText
 
 # Token metrics with their own column in ``tokens``; all others go to ``token_metrics``.
@@ -57,6 +58,7 @@ def run_tables(
     turn_indices: Sequence[int | None] | None = None,
     item_indices: Sequence[int | None] | None = None,
     created_at: datetime | None = None,
+    context_run_ids: Sequence[str | None] | None = None,
 ) -> dict[str, pa.Table]:
     """Every row that storing ``scored`` under ``run_ids`` writes, one Arrow table per table.
 
@@ -99,22 +101,48 @@ def run_tables(
             ),
             "provenance": pa.array([json.dumps(s.provenance) for s in scored], pa.string()),
             "created_at": pa.array([created] * n, pa.timestamp("us")),
+            "context_run_id": pa.array(
+                list(context_run_ids) if context_run_ids is not None else [None] * n, pa.string()
+            ),
         }
     )
     parts: dict[str, list[pa.Table]] = {name: [] for name in schema.BULK_TABLES}
     for run_id, item in zip(run_ids, scored, strict=True):
         for name, table in _bulk_rows(run_id, item, lm).items():
+            if item.stored_positions is not None and "position" in table.column_names:
+                keep = pa.array(item.stored_positions, pa.int32())
+                table = table.filter(pc.is_in(table.column("position"), value_set=keep))
             parts[name].append(table)
     return {"runs": runs, **{name: pa.concat_tables(found) for name, found in parts.items()}}
 
 
 def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.Table]:
-    enc, sc = item.encoded, item.scores
-    n = enc.n_tokens
-    positions = np.arange(n, dtype=np.int32)
+    """One scored text's rows of every bulk table."""
+    sc = item.scores
+    positions = np.arange(item.encoded.n_tokens, dtype=np.int32)
     tok = {k: v.numpy() for k, v in sc.token.items()}
+    alternatives, top_k = _alternative_rows(run_id, item, lm, positions)
+    claims, claim_values = _claim_rows(run_id, item)
+    return {
+        # the alternatives nested per token too: reads of whole runs need no aggregation
+        "tokens": _token_rows(run_id, item, positions, tok).append_column("top_k", top_k),
+        "token_metrics": _token_metric_rows(run_id, positions, tok),
+        "alternatives": alternatives,
+        "sequence_metrics": _sequence_rows(run_id, item),
+        "layer_metrics": _layer_rows(run_id, item),
+        "claims": claims,
+        "claim_metrics": claim_values,
+    }
+
+
+def _token_rows(
+    run_id: str, item: ScoredText, positions: np.ndarray, tok: dict[str, np.ndarray]
+) -> pa.Table:
+    """``tokens`` without its ``top_k`` column: the text and the core metrics of each token."""
+    enc = item.encoded
+    n = enc.n_tokens
     rank = tok["rank"]
-    tokens = pa.table(
+    return pa.table(
         {
             "run_id": pa.array([run_id] * n),
             "position": positions,
@@ -130,6 +158,10 @@ def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.T
             "entropy": pa.array(tok["entropy"].astype(np.float64), from_pandas=True),
         }
     )
+
+
+def _token_metric_rows(run_id: str, positions: np.ndarray, tok: dict[str, np.ndarray]) -> pa.Table:
+    """``token_metrics``: every non-core token metric, one row per token that has a value."""
     names, values, pos = [], [], []
     for name, arr in tok.items():
         if name in CORE_TOKEN_METRICS:
@@ -142,7 +174,7 @@ def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.T
         values.append(vals[keep])
         pos.append(positions[keep])
     metric_names = np.concatenate(names) if names else np.array([], dtype=object)
-    token_metrics = pa.table(
+    return pa.table(
         {
             "run_id": pa.array([run_id] * len(metric_names), pa.string()),
             "position": pa.array(np.concatenate(pos) if pos else [], pa.int32()),
@@ -150,6 +182,15 @@ def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.T
             "value": pa.array(np.concatenate(values) if values else [], pa.float64()),
         }
     )
+
+
+def _alternative_rows(
+    run_id: str, item: ScoredText, lm: LoadedModel, positions: np.ndarray
+) -> tuple[pa.Table, pa.ListArray]:
+    """``alternatives`` (one row per top-k entry) and the same entries as the ``tokens`` table's
+    nested ``top_k`` column (one list per token)."""
+    sc = item.scores
+    n = item.encoded.n_tokens
     ids = sc.top_ids.numpy()
     probs = sc.top_probs.numpy().astype(np.float64)
     valid = ids >= 0
@@ -171,7 +212,6 @@ def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.T
             "prob": alt_prob_arr,
         }
     )
-    # the same alternatives nested per token: reads of whole runs need no aggregation
     offsets = np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32)
     top_k = pa.ListArray.from_arrays(
         pa.array(offsets, pa.int32()),
@@ -179,39 +219,38 @@ def _bulk_rows(run_id: str, item: ScoredText, lm: LoadedModel) -> dict[str, pa.T
             [alt_id_arr, alt_text_arr, alt_prob_arr], names=["token_id", "text", "prob"]
         ),
     )
-    tokens = tokens.append_column("top_k", top_k)
-    seq_names = list(sc.sequence)
-    sequence = pa.table(
+    return alternatives, top_k
+
+
+def _sequence_rows(run_id: str, item: ScoredText) -> pa.Table:
+    """``sequence_metrics``: one row per sequence metric."""
+    sequence = item.scores.sequence
+    names = list(sequence)
+    return pa.table(
         {
-            "run_id": pa.array([run_id] * len(seq_names), pa.string()),
-            "metric": pa.array(seq_names, pa.string()),
-            "value": pa.array([float(sc.sequence[s]) for s in seq_names], pa.float64()),
+            "run_id": pa.array([run_id] * len(names), pa.string()),
+            "metric": pa.array(names, pa.string()),
+            "value": pa.array([float(sequence[s]) for s in names], pa.float64()),
         }
     )
-    lay_rows: dict[str, list[Any]] = {"layer": [], "metric": [], "value": []}
-    for name, layer_values in sc.layers.items():
+
+
+def _layer_rows(run_id: str, item: ScoredText) -> pa.Table:
+    """``layer_metrics``: one row per layer of every layer metric."""
+    rows: dict[str, list[Any]] = {"layer": [], "metric": [], "value": []}
+    for name, layer_values in item.scores.layers.items():
         per_layer = layer_values.double().tolist()
-        lay_rows["layer"] += list(range(len(per_layer)))
-        lay_rows["metric"] += [name] * len(per_layer)
-        lay_rows["value"] += per_layer
-    layers = pa.table(
+        rows["layer"] += list(range(len(per_layer)))
+        rows["metric"] += [name] * len(per_layer)
+        rows["value"] += per_layer
+    return pa.table(
         {
-            "run_id": pa.array([run_id] * len(lay_rows["layer"]), pa.string()),
-            "layer": pa.array(lay_rows["layer"], pa.int32()),
-            "metric": pa.array(lay_rows["metric"], pa.string()),
-            "value": pa.array(lay_rows["value"], pa.float64()),
+            "run_id": pa.array([run_id] * len(rows["layer"]), pa.string()),
+            "layer": pa.array(rows["layer"], pa.int32()),
+            "metric": pa.array(rows["metric"], pa.string()),
+            "value": pa.array(rows["value"], pa.float64()),
         }
     )
-    claims, claim_values = _claim_rows(run_id, item)
-    return {
-        "tokens": tokens,
-        "token_metrics": token_metrics,
-        "alternatives": alternatives,
-        "sequence_metrics": sequence,
-        "layer_metrics": layers,
-        "claims": claims,
-        "claim_metrics": claim_values,
-    }
 
 
 def _claim_rows(run_id: str, item: ScoredText) -> tuple[pa.Table, pa.Table]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from tests.backend.api_helpers import wait_job
 from tests.conftest import REPO
 
 APP = str(REPO / "app" / "streamlit_app.py")
@@ -41,14 +41,6 @@ def _app(page: str | None = None) -> AppTest:
 
 def _html(at: AppTest) -> str:
     return "\n".join(str(getattr(el, "proto", "")) for el in at.get("html"))
-
-
-def _wait_for_job(url: str, job_id: str) -> None:
-    for _ in range(600):
-        if httpx.get(f"{url}/api/v1/jobs/{job_id}").json()["status"] == "done":
-            return
-        time.sleep(0.1)
-    raise AssertionError("job did not finish")
 
 
 def test_explore_empty_state_then_scoring(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
@@ -88,7 +80,7 @@ def test_audit_upload_summary_and_exports(backend: str) -> None:  # noqa: ARG001
     assert not at.exception, [e.value for e in at.exception]
     upload_id = at.session_state["audit.upload_id"]
     summary = httpx.get(f"{backend}/api/v1/uploads/{upload_id}").json()
-    _wait_for_job(backend, summary["job"]["job_id"])
+    _job_done(backend, summary["job"]["job_id"])
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     frames = at.dataframe
@@ -111,6 +103,32 @@ def test_audit_shows_validation_errors(backend: str) -> None:  # noqa: ARG001 - 
     assert not at.exception
 
 
+def test_audit_offers_to_skip_invalid_conversations(backend: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    good = {"prompt": f"Question {tag}?", "response": "Hello there! How can I help you today?"}
+    lines = [json.dumps(good), '{"messages": [{"role": "wizard", "content": "x"}]}']
+    lines += [json.dumps({"conversations": [{"from": "gpt", "value": f"Mid-chat {tag}."}]})]
+    at = _app("audit")
+    at.get("file_uploader")[0].set_value((f"mixed-{tag}.jsonl", "\n".join(lines).encode(), ""))
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("line 2" in e.value and "wizard" in e.value for e in at.error)
+    assert any("2 conversations fine, 1 with problems" in w.value for w in at.warning)
+    assert at.button(key="audit.lenient").disabled
+    at.checkbox(key="audit.skip_invalid").check().run()
+    at.button(key="audit.lenient").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    upload_id = at.session_state["audit.upload_id"]
+    summary = httpx.get(f"{backend}/api/v1/uploads/{upload_id}").json()
+    _job_done(backend, summary["job"]["job_id"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Conversations"] == "3" and shown["Scored"] == "2" and shown["Skipped"] == "1"
+    assert any("wizard" in str(t.value) for t in at.table)
+    assert len(at.dataframe[-2].value) == 2  # the ranked turns
+
+
 def test_runs_page_lists_and_filters(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
     httpx.post(f"{backend}/api/v1/runs", json={"text": "A unique zebra sentence."})
     at = _app("runs")
@@ -124,12 +142,16 @@ def test_runs_page_lists_and_filters(backend: str) -> None:  # noqa: ARG001 - fi
 def test_sql_page_runs_queries_and_refuses_writes(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
     httpx.post(f"{backend}/api/v1/runs", json={"text": "Counting rows."})
     at = _app("sql")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "runs" in [e.label for e in at.sidebar.expander]  # the schema sidebar
     at.button(key="sql.run").click().run()
     assert not at.exception
-    assert len(at.dataframe[0].value) >= 1
-    at.text_area(key=f"sql.query.{at.selectbox(key='sql.example').value}").set_value(
-        "DELETE FROM runs"
-    )
+    assert len(at.main.dataframe[0].value) >= 1
+    at.text_area(key="sql.query").set_value("DELETE FROM runs")
+    # another example does not overwrite the edited query
+    at.selectbox(key="sql.example").set_value(list(at.selectbox(key="sql.example").options)[1])
+    at.run()
+    assert at.text_area(key="sql.query").value == "DELETE FROM runs"
     at.button(key="sql.run").click().run()
     assert any("read-only" in e.value for e in at.error)
 
@@ -168,14 +190,10 @@ def _labelled_jsonl(n: int = 30) -> bytes:
 
 
 def _job_done(url: str, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = httpx.get(f"{url}/api/v1/jobs/{job_id}").json()
-        if job["status"] == "done":
-            return job
-        assert job["status"] in ("queued", "running"), job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+    """Wait for the job on the live backend at ``url``; it must end ``done``."""
+    job = wait_job(url, job_id, timeout=timeout, poll=0.1)
+    assert job["status"] == "done", job
+    return job
 
 
 @pytest.fixture(scope="module")
@@ -276,10 +294,14 @@ def test_metric_multiselects_offer_and_send_the_extra_families(backend: str) -> 
     at.text_area(key="explore.prompt").set_value("What is the capital of Italy?")
     at.text_area(key="explore.response").set_value("The capital of Italy is Rome.")
     at.multiselect(key="explore.extras").set_value(["ccp"])
+    assert at.selectbox(key="explore.ccp_preset").options == ["lm-polygraph", "tokenprism"]
+    assert at.selectbox(key="explore.ccp_preset").value == "lm-polygraph"
+    at.selectbox(key="explore.ccp_preset").set_value("tokenprism")
     at.button[0].click().run()
     assert not at.exception, [e.value for e in at.exception]
     run = at.session_state["explore.run"]
     assert run["provenance"]["extras"]["request"]["metrics"] == ["ccp"]
+    assert run["provenance"]["extras"]["ccp"]["preset"] == "tokenprism"
     assert any(t.get("ccp") is not None for t in run["tokens"] if not t["is_prompt"])
     at = _app("audit")
     assert at.multiselect(key="audit.extras").options == EXTRA_OPTIONS
@@ -301,6 +323,7 @@ def test_metric_multiselects_offer_and_send_the_extra_families(backend: str) -> 
     assert len(runs) == 1
     turn = httpx.get(f"{backend}/api/v1/runs/{runs[0]['run_id']}").json()
     assert any(t.get("ccp") is not None for t in turn["tokens"] if not t["is_prompt"])
+    assert turn["provenance"]["extras"]["ccp"]["preset"] == "lm-polygraph"  # the default
 
 
 def test_ccp_run_shows_claims_and_the_fallback_judge(backend: str) -> None:
@@ -315,6 +338,7 @@ def test_ccp_run_shows_claims_and_the_fallback_judge(backend: str) -> None:
     assert set(claims["claim"]) == {c["text"] for c in run["claims"]}
     judge = [c.value for c in at.caption if c.value.startswith("CCP judge:")]
     assert judge and "fallback" in judge[0]
+    assert "CCP preset: lm-polygraph" in judge[0]  # read from the run over HTTP
     metric.set_value("ccp").run()
     assert not at.exception, [e.value for e in at.exception]
     assert "\nccp " in _html_bodies(at)  # the tooltips give each token's CCP
@@ -406,7 +430,7 @@ def mixed_group(live_backend: str) -> dict[str, Any]:
     texts = [r["text"] for r in _make_group(live_backend, "regex:.")["responses"]]
     if len(set(texts)) == 1:
         pytest.skip("the tiny model sampled the same response three times")
-    group = _make_group(live_backend, r"regex:\A" + re.escape(texts[0]) + r"\Z")
+    group = _make_group(live_backend, r"regex:\A" + re.escape(texts[0]) + r"\z")
     assert [r["reward"] for r in group["responses"]] == [float(t == texts[0]) for t in texts]
     return group
 
@@ -776,3 +800,19 @@ def test_lab_with_the_backend_down_is_a_message(monkeypatch: pytest.MonkeyPatch)
         assert any("not reachable" in e.value for e in at.error)
     finally:
         st.cache_resource.clear()
+
+
+def test_explore_scale_modes_and_instant_view(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
+    at = _app()
+    at.text_area(key="explore.prompt").set_value("What is the capital of France?")
+    at.text_area(key="explore.response").set_value("It is Paris.")
+    at.button[0].click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "fixed natural range" in _html(at)
+    at.radio(key="explore.scale").set_value("run").run()
+    assert "this run (1st–99th percentile)" in _html(at)
+    at.toggle(key="explore.whitespace").set_value(True).run()
+    assert "tp-ws" in _html(at)
+    at.toggle(key="explore.instant").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "tp-tokens" not in _html(at)  # the server-rendered strip gave way to the page view

@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from tokenprism.backend.api.app import API
@@ -26,15 +27,41 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
-def wait_job(client: Any, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    """Poll a job (TestClient or httpx client) until it reaches a terminal status."""
+def wait_job(
+    client: Any,
+    job_id: str,
+    *,
+    until: tuple[str, ...] = TERMINAL,
+    timeout: float = 120,
+    poll: float = 0.05,
+) -> dict[str, Any]:
+    """Poll a job until its status is in ``until``; fail the test after ``timeout`` seconds.
+
+    Args:
+        client: a TestClient, an ``httpx.Client`` with a ``base_url``, or the base URL of a
+            live server as a string (polled with ``httpx.get``).
+        job_id: the job to poll.
+        until: the statuses that end the wait (any terminal one by default).
+        timeout: seconds before the test fails.
+        poll: seconds between two polls.
+
+    Returns:
+        The job as the API last returned it.
+    """
+    if isinstance(client, str):
+        base = client
+
+        def get(path: str) -> Any:
+            return httpx.get(base + path, timeout=10)
+    else:
+        get = client.get
     deadline = time.monotonic() + timeout
     while True:
-        resp = client.get(url(f"/jobs/{job_id}"))
+        resp = get(url(f"/jobs/{job_id}"))
         assert resp.status_code == 200, resp.text
         job: dict[str, Any] = resp.json()
-        if job["status"] in TERMINAL:
+        if job["status"] in until:
             return job
         if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id} still {job['status']!r} after {timeout} s")
-        time.sleep(0.05)
+            pytest.fail(f"job {job_id} did not reach {until} in {timeout} s: {job['status']!r}")
+        time.sleep(poll)

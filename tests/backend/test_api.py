@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.backend.api_helpers import url, wait_job
 from tokenprism.backend.api.app import API, create_app
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
@@ -23,7 +24,7 @@ from tokenprism.backend.store import Store
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "samples" / "chats.jsonl"
 TERMINAL = ("done", "failed", "cancelled", "interrupted")
-TOKEN = "s3cret"
+TOKEN = "s3cret-0123456789abcdef"
 
 ClientFactory = Callable[..., TestClient]
 Response = Any  # the TestClient's response class (httpx or httpx2, by Starlette version)
@@ -44,26 +45,6 @@ def _settings(tiny_model_dir: Path, home: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-def url(path: str) -> str:
-    return f"{API}{path}"
-
-
-def wait_job(
-    client: TestClient, job_id: str, *, until: tuple[str, ...] = TERMINAL
-) -> dict[str, Any]:
-    """Poll the job until its status is in ``until``; fail after ~10 s."""
-    status = None
-    for _ in range(200):
-        resp = client.get(url(f"/jobs/{job_id}"))
-        assert resp.status_code == 200, resp.text
-        job = resp.json()
-        status = job["status"]
-        if status in until:
-            return job
-        time.sleep(0.05)
-    pytest.fail(f"job {job_id} did not reach {until} (last status {status!r})")
-
-
 def sql(client: TestClient, query: str, **extra: Any) -> list[list[Any]]:
     resp = client.post(url("/sql"), json={"query": query, **extra})
     assert resp.status_code == 200, resp.text
@@ -72,10 +53,15 @@ def sql(client: TestClient, query: str, **extra: Any) -> list[list[Any]]:
 
 
 def counts(client: TestClient) -> tuple[int, int, int, int]:
-    """(uploads, runs, tokens, jobs) row counts."""
+    """(uploads, turn runs, tokens, jobs) row counts.
+
+    A multi-turn conversation's shared context is stored once, as a run of kind ``context``
+    (not a turn): it is not counted among the runs.
+    """
     row = sql(
         client,
-        "SELECT (SELECT count(*) FROM uploads), (SELECT count(*) FROM runs), "
+        "SELECT (SELECT count(*) FROM uploads), "
+        "(SELECT count(*) FROM runs WHERE kind <> 'context'), "
         "(SELECT count(*) FROM tokens), (SELECT count(*) FROM jobs)",
     )[0]
     return (row[0], row[1], row[2], row[3])
@@ -120,7 +106,7 @@ def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     """One app shared by the tests that only add their own rows and compare before/after."""
     home = tmp_path_factory.mktemp("api-home")
     app = create_app(_settings(tiny_model_dir, home / "home"))
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -139,7 +125,9 @@ def make_client(tiny_model_dir: Path, tmp_path: Path) -> Iterator[ClientFactory]
     def make(*, raise_server_exceptions: bool = True, **overrides: Any) -> TestClient:
         home = tmp_path / f"home{len(opened)}"
         app = create_app(_settings(tiny_model_dir, home, **overrides))
-        c = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+        c = TestClient(
+            app, raise_server_exceptions=raise_server_exceptions, base_url="http://127.0.0.1"
+        )
         c.__enter__()
         opened.append(c)
         return c
@@ -156,7 +144,9 @@ def test_health_needs_no_token(make_client: ClientFactory, tiny_model_dir: Path)
     c = make_client(api_token=TOKEN)
     resp = c.get(url("/health"))
     assert resp.status_code == 200
-    body = resp.json()
+    # without the token: status and version only, nothing about paths or models
+    assert resp.json() == {"status": "ok", "version": resp.json()["version"], "auth": True}
+    body = c.get(url("/health"), headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert body["status"] == "ok"
     assert body["auth"] is True
     assert body["default_model"] == str(tiny_model_dir)
@@ -432,11 +422,11 @@ def test_model_outside_allowed_dirs_is_403(client: TestClient, tmp_path: Path) -
     outside = REPO / "tests"  # exists, and is not under the pytest base temp directory
     for model in (str(outside), "/", "../..", "~"):
         resp = client.post(url("/runs"), json={"text": "hello there", "model": model})
-        assert_error(resp, 403, "model_path_not_allowed")
+        assert_error(resp, 403, "model_not_allowed")
     resp = upload(client, "t.txt", b"hello there", model=str(outside))
-    assert_error(resp, 403, "model_path_not_allowed")
+    assert_error(resp, 403, "model_not_allowed")
     resp = client.post(url("/generate"), json={"prompt": "hi", "model": str(outside)})
-    assert_error(resp, 403, "model_path_not_allowed")
+    assert_error(resp, 403, "model_not_allowed")
     assert counts(client) == before
     assert tmp_path.exists()
 
@@ -444,7 +434,7 @@ def test_model_outside_allowed_dirs_is_403(client: TestClient, tmp_path: Path) -
 def test_hub_model_is_403(client: TestClient) -> None:
     before = counts(client)
     resp = client.post(url("/runs"), json={"text": "hello", "model": "someorg/somemodel"})
-    err = assert_error(resp, 403, "hub_models_disabled")
+    err = assert_error(resp, 403, "model_not_allowed")
     assert "someorg/somemodel" in err["message"]
     assert counts(client) == before
 
@@ -860,21 +850,21 @@ BAD_UPLOADS: list[tuple[str, str, bytes, int, str, int | None, str]] = [
     (
         "no-assistant",
         "user-only.jsonl",
-        b'{"prompt": "a", "response": "b"}\n{"messages": [{"role": "user", "content": "hi"}]}\n',
-        422,
-        "invalid_transcript",
-        2,
-        "assistant",
+        b'{"messages": [{"role": "user", "content": "hi"}]}\n',
+        400,
+        "bad_request",
+        None,
+        "no non-empty assistant turn to score (1 × no assistant message)",
     ),
     (
         "empty-assistant",
         "blank.jsonl",
         b'{"messages": [{"role": "user", "content": "hi"}, '
         b'{"role": "assistant", "content": "  "}]}\n',
-        422,
-        "invalid_transcript",
-        1,
-        "assistant",
+        400,
+        "bad_request",
+        None,
+        "1 × empty assistant message",
     ),
     (
         "unknown-role",
@@ -893,17 +883,6 @@ BAD_UPLOADS: list[tuple[str, str, bytes, int, str, int | None, str]] = [
         "invalid_transcript",
         2,
         "object",
-    ),
-    (
-        "too-long",
-        "long.jsonl",
-        b'{"prompt": "a", "response": "b"}\n'
-        + json.dumps({"prompt": "Tell me.", "response": "Paris is nice. " * 80}).encode()
-        + b"\n",
-        422,
-        "invalid_transcript",
-        2,
-        "256",
     ),
     (
         "csv-no-header",
@@ -1107,11 +1086,11 @@ def test_cancel_then_resume_does_not_redo_work(make_client: ClientFactory) -> No
     assert done["result"]["runs_stored_by_this_attempt"] == total - stored
     rows = sql(
         c,
-        "SELECT item_index, count(*) FROM runs "
-        f"WHERE upload_id = '{body['upload_id']}' GROUP BY item_index ORDER BY item_index",
+        "SELECT item_index, count(*) FROM runs WHERE kind <> 'context' "
+        f"AND upload_id = '{body['upload_id']}' GROUP BY item_index ORDER BY item_index",
     )
     assert rows == [[i, 1] for i in range(total)]
-    assert sql(c, "SELECT count(*) FROM runs") == [[total]]
+    assert sql(c, "SELECT count(*) FROM runs WHERE kind <> 'context'") == [[total]]
 
 
 def test_cancel_of_a_queued_job(make_client: ClientFactory) -> None:

@@ -23,7 +23,7 @@ def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         device="cpu",
         allowed_model_dirs=[tiny_model_dir.parent],
     )
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -61,6 +61,9 @@ def test_text_and_run_diffs(client: TestClient, tiny_model_dir: Path) -> None:
         ({"text": "hi", "against": "default@int9"}, 400, "unknown model variant"),
         ({"text": "hi", "against": "/etc@int8"}, 403, "ALLOWED_MODEL_DIRS"),
         ({"text": "hi", "against": "default@adapter=/etc"}, 403, "ALLOWED_MODEL_DIRS"),
+        ({"text": "hi", "against": "default@adapter=/no/such/dir"}, 403, "ALLOWED_MODEL_DIRS"),
+        ({"text": "hi", "model": "/etc@bf16", "against": "default"}, 403, "ALLOWED_MODEL_DIRS"),
+        ({"text": "hi", "against": "default@layers=9999999"}, 400, "positive integer"),
         ({"run_id": "nope", "against": "default"}, 404, "no run"),
         ({"upload_id": "nope", "against": "default"}, 400, "no runs"),
         ({"text": "x" * 200_001, "against": "default"}, 422, "text"),
@@ -82,3 +85,23 @@ def test_bad_bodies_are_refused_without_a_job(
 def test_unknown_diff_is_404(client: TestClient) -> None:
     resp = client.get(url("/diffs/nope"))
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+
+
+def test_one_gate_for_every_variant(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Variants gate their base model and confine adapter paths; refusals say nothing about
+    whether a path exists; judges take no variants (a suffix must not skip the hub opt-in)."""
+    from tokenprism.backend.api.security import ModelNotAllowed, gate_judge, gate_model_name
+
+    s = Settings(home=tmp_path / "home", allowed_model_dirs=[tiny_model_dir.parent])
+    m = str(tiny_model_dir)
+    assert gate_model_name(m + "@int8@layers=1", s) == m + "@int8@layers=1"
+    saved = s.home / "adapters" / "group1" / "positive"  # where cDPO adapters are written
+    assert gate_model_name(f"default@adapter={saved}", s) == f"default@adapter={saved}"
+    messages = []
+    for name in ("hub/model@int8", "/etc@bf16", "default@adapter=/etc", "default@adapter=/no/x"):
+        with pytest.raises(ModelNotAllowed) as refused:
+            gate_model_name(name, s)
+        messages.append(str(refused.value).replace(name, "NAME"))
+    assert len(set(messages)) == 1
+    with pytest.raises(ModelNotAllowed):
+        gate_judge("fallback@int8", s)

@@ -84,7 +84,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(tiny_model_dir: Path, home: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(_settings(home, tiny_model_dir))) as c:
+    with TestClient(create_app(_settings(home, tiny_model_dir)), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -74,7 +74,7 @@ def client(tiny_model_dir: Path, home: Path) -> Iterator[TestClient]:
         allowed_model_dirs=[tiny_model_dir.parent],
         batch_tokens=4096,
     )
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -117,6 +117,7 @@ def test_a_group_job_stores_the_group_in_the_issue_json_shape(
     summary = mixed["summary"]
     assert summary["n_correct"] == len(correct) and summary["thr_reason"] is None
     assert summary["rewards"] == [r["reward"] for r in responses]
+    assert mixed["params"]["thr_vocab"] == "full" and summary["thr_vocab"] == "full"
 
     nodes = mixed["tree"]["nodes"]
     assert nodes and all(NODE_KEYS <= set(n) for n in nodes)
@@ -149,7 +150,7 @@ def test_a_group_job_stores_the_group_in_the_issue_json_shape(
 
 @pytest.mark.usefixtures("mixed")  # an older group exists
 def test_groups_listing_is_newest_first_and_limited(client: TestClient) -> None:
-    job = submit(client, "/groups", {**MIXED, "n": 1, "max_new_tokens": 2, "seed": 7})
+    job = submit(client, "/groups", {**MIXED, "n": 2, "max_new_tokens": 2, "seed": 7})
     assert job["status"] == "done", job
     newest = client.get(url("/groups"), params={"limit": 1})
     assert newest.status_code == 200, newest.text
@@ -198,6 +199,8 @@ def test_a_bad_verifier_is_refused_without_a_job(
         ({"prompt": ""}, 422, "prompt"),
         ({"prompt": "   "}, 400, "prompt is empty"),
         ({"shots": 3}, 422, "shots"),
+        ({"thr_vocab": "vstar"}, 422, "thr_vocab"),
+        ({"thr_beta": -1}, 422, "thr_beta"),
     ],
 )
 def test_invalid_group_bodies(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import string
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,7 +84,7 @@ def make_client(tiny_model_dir: Path, tmp_path: Path) -> Iterator[ClientFactory]
             allowed_model_dirs=[tiny_model_dir.parent],
             batch_tokens=4096,
         )
-        c = TestClient(create_app(settings))
+        c = TestClient(create_app(settings), base_url="http://127.0.0.1")
         c.__enter__()
         opened.append(c)
         return c
@@ -109,9 +110,9 @@ def _response_tokens(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_run_with_ccp_and_sar(make_client: ClientFactory) -> None:
     c = make_client()
-    resp = c.post(
-        url("/runs"), json={"prompt": PROMPT, "response": RESPONSE, "metrics": ["sar", "ccp"]}
-    )
+    body = {"prompt": PROMPT, "response": RESPONSE, "metrics": ["sar", "ccp"]}
+    # the stopword / empty-word expectations below are the tokenprism preset's shortcuts
+    resp = c.post(url("/runs"), json={**body, "ccp_preset": "tokenprism"})
     assert resp.status_code == 201, resp.text
     run = resp.json()
     toks = _response_tokens(run)
@@ -136,6 +137,8 @@ def test_run_with_ccp_and_sar(make_client: ClientFactory) -> None:
     assert extras["request"]["metrics"] == ["ccp", "sar"]  # canonical order
     assert extras["ccp"]["judge"].startswith("fallback:minilm-lexical(")
     assert extras["ccp"]["kind"] == "fallback"
+    assert extras["ccp"]["preset"] == "tokenprism"
+    assert extras["ccp"]["params"]["stopword_rule"] is True
     assert extras["ccp"]["encoder"].startswith("all-MiniLM-L6-v2")
     assert extras["encoder"]["encoder"].startswith("all-MiniLM-L6-v2")
     assert extras["sar"] == {"scope": "response"}
@@ -154,6 +157,31 @@ def test_run_with_ccp_and_sar(make_client: ClientFactory) -> None:
     again = c.get(url(f"/runs/{run['run_id']}")).json()
     assert again["claims"] == run["claims"]
     assert [t["ccp"] for t in again["tokens"]] == [t["ccp"] for t in run["tokens"]]
+
+
+def test_ccp_preset_defaults_to_lm_polygraph_and_is_stored(make_client: ClientFactory) -> None:
+    c = make_client()
+    resp = c.post(url("/runs"), json={"prompt": PROMPT, "response": RESPONSE, "metrics": ["ccp"]})
+    assert resp.status_code == 201, resp.text
+    run = resp.json()
+    ccp = run["provenance"]["extras"]["ccp"]
+    assert ccp["preset"] == "lm-polygraph"
+    assert ccp["params"]["stopword_rule"] is False and ccp["params"]["identity_casefold"] is False
+    toks = _response_tokens(run)
+    product = math.prod(t["ccp"] for t in toks)  # over every response token, none skipped
+    assert run["sequence"]["ccp_uncertainty"] == pytest.approx(1 - product, rel=1e-4, abs=1e-7)
+    before = counts(c)
+    bad = c.post(url("/runs"), json={"text": RESPONSE, "metrics": ["ccp"], "ccp_preset": "paper"})
+    assert_error(bad, 422, "invalid_request")
+    bad = c.post(
+        url("/uploads"),
+        files={"file": ("t.jsonl", json.dumps({"prompt": "Hi", "response": "Hello."}).encode())},
+        data={"metrics": "ccp", "ccp_preset": "paper"},
+    )
+    assert_error(bad, 422, "invalid_request")
+    bad = c.post(url("/runs"), json={"text": RESPONSE, "ccp_preset": "tokenprism"})
+    assert_error(bad, 422, "invalid_request")  # a preset without metrics
+    assert counts(c) == before
 
 
 def test_unknown_metric_family_is_422_and_stores_nothing(make_client: ClientFactory) -> None:

@@ -1,10 +1,14 @@
 """Property-based run of the API's own OpenAPI schema against a real loopback server.
 
-Every operation gets a bounded number of generated requests; none may answer 5xx.
+Every operation gets a bounded number of generated requests; none may answer 5xx. Each
+generated request is also replayed as a foreign web page would send it (another ``Host``: 421;
+a cross-site ``Origin`` on a state-changing method: 403), and with a lone surrogate in every
+string of its JSON body (422 wherever the body has a string).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from schemathesis.checks import not_a_server_error
 from tests.conftest import start_backend_thread
 from tokenprism.backend.settings import Settings
 
+_BASE: list[str] = []  # the server's URL, for requests built by hand
+
 
 @pytest.fixture(scope="module")
 def api_schema(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
@@ -28,8 +34,11 @@ def api_schema(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         device="cpu",
         upload_max_bytes=64 * 1024,
         upload_max_items=50,
+        sql_timeout_s=2,  # a generated query cannot hold the server
+        max_queued_jobs=8,
     )
     url, server, thread = start_backend_thread(settings)
+    _BASE[:] = [url]
     # one stored run so that id-taking routes also meet existing ids sometimes
     httpx.post(url + "/api/v1/runs", json={"text": "The capital of France is Paris."})
     try:
@@ -50,6 +59,43 @@ def _exercise_every_operation(schema: object, data: st.DataObject) -> None:
             case.body["n"] = min(int(case.body.get("n", 1) or 1), 2)
             case.body["max_new_tokens"] = min(int(case.body.get("max_new_tokens", 8) or 8), 8)
         case.call_and_validate(checks=[not_a_server_error], timeout=60)
+        _hostile_variants(case, operation.method.upper())
+
+
+def _with_surrogates(value: object) -> tuple[object, bool]:
+    """``value`` with a lone surrogate appended to every string; whether any was changed."""
+    if isinstance(value, str):
+        return value + "\ud800", True
+    if isinstance(value, dict):
+        pairs = [(k, _with_surrogates(v)) for k, v in value.items()]
+        return {k: v for k, (v, _) in pairs}, any(c for _, (_, c) in pairs)
+    if isinstance(value, list):
+        items = [_with_surrogates(v) for v in value]
+        return [v for v, _ in items], any(c for _, c in items)
+    return value, False
+
+
+def _hostile_variants(case: object, method: str) -> None:
+    """The same request from a rebinding page, a foreign origin, with lone surrogates."""
+    rebound = case.call(headers={"Host": "evil.example"}, timeout=60)  # type: ignore[attr-defined]
+    assert rebound.status_code == 421, rebound.text
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        foreign = case.call(headers={"Origin": "http://evil.example"}, timeout=60)  # type: ignore[attr-defined]
+        assert foreign.status_code == 403, foreign.text
+    body = getattr(case, "body", None)
+    media = str(getattr(case, "media_type", "") or "")
+    if method == "POST" and isinstance(body, dict) and "json" in media:
+        hostile, changed = _with_surrogates(body)
+        if changed:
+            raw = json.dumps(hostile)  # ensure_ascii: the surrogate travels as \ud800
+            reply = httpx.post(
+                _BASE[0] + case.formatted_path,  # type: ignore[attr-defined]
+                params=getattr(case, "query", None),
+                content=raw,
+                headers={"content-type": "application/json"},
+                timeout=60,
+            )
+            assert reply.status_code == 422, reply.text
 
 
 def test_no_operation_answers_5xx(api_schema: object) -> None:

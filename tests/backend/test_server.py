@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.backend.api_helpers import wait_job
 from tests.conftest import REPO, SHARED_MODEL_CACHE, run_cli
 
 API = "/api/v1"
@@ -32,7 +33,10 @@ def server(home: Path, model: Path, **env: str) -> Iterator[tuple[str, subproces
     port = _free_port()
     proc = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "tokenprism"),
+            # the code under test, whatever console script the venv holds
+            sys.executable,
+            "-m",
+            "tokenprism.backend.cli.main",
             "serve",
             "--port",
             str(port),
@@ -76,16 +80,6 @@ def server(home: Path, model: Path, **env: str) -> Iterator[tuple[str, subproces
                 proc.wait()
 
 
-def _wait_job(url: str, job_id: str, until: tuple[str, ...], timeout: float = 120) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = httpx.get(f"{url}{API}/jobs/{job_id}", timeout=10).json()
-        if job["status"] in until:
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach {until}: {job}")
-
-
 def _sql(url: str, query: str) -> list[list[object]]:
     reply = httpx.post(f"{url}{API}/sql", json={"query": query}, timeout=30)
     assert reply.status_code == 200, reply.text
@@ -99,7 +93,7 @@ def test_upload_poll_and_read_tokens(tmp_path: Path, tiny_model_dir: Path) -> No
         data = (REPO / "data" / "samples" / "chats.jsonl").read_bytes()
         reply = httpx.post(url + API + "/uploads", files={"file": ("chats.jsonl", data)})
         assert reply.status_code == 202, reply.text
-        job = _wait_job(url, reply.json()["job_id"], ("done", "failed"))
+        job = wait_job(url, reply.json()["job_id"], until=("done", "failed"), poll=0.2)
         assert job["status"] == "done" and job["done"] == 8
         runs = httpx.get(
             url + API + "/runs", params={"upload_id": reply.json()["upload_id"]}
@@ -149,7 +143,7 @@ def test_kill_9_mid_job_then_resume(tmp_path: Path, tiny_model_dir: Path) -> Non
         assert broken == 0
         resumed = httpx.post(f"{url}{API}/jobs/{job_id}/resume")
         assert resumed.status_code == 200, resumed.text
-        done = _wait_job(url, job_id, ("done", "failed"))
+        done = wait_job(url, job_id, until=("done", "failed"), poll=0.2)
         assert done["status"] == "done", done
         assert done["result"]["runs_stored_by_this_attempt"] == 300 - stored
         total, distinct = _sql(
@@ -166,14 +160,17 @@ def test_refuses_non_loopback_without_token(tmp_path: Path) -> None:
     assert "TOKENPRISM_API_TOKEN" in proc.stderr and "Traceback" not in proc.stderr
 
 
+SECRET = "s3cret-0123456789abcdef"
+
+
 def test_token_required_when_set(tmp_path: Path, tiny_model_dir: Path) -> None:
-    with server(tmp_path / "home", tiny_model_dir, TOKENPRISM_API_TOKEN="s3cret") as (url, _):
+    with server(tmp_path / "home", tiny_model_dir, TOKENPRISM_API_TOKEN=SECRET) as (url, _):
         assert httpx.get(url + API + "/health").status_code == 200
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": SECRET}):
             denied = httpx.get(url + API + "/runs", headers=headers)
             assert denied.status_code == 401 and denied.json()["error"]["code"] == "unauthorized"
-        ok = httpx.get(url + API + "/runs", headers={"Authorization": "Bearer s3cret"})
+        ok = httpx.get(url + API + "/runs", headers={"Authorization": f"Bearer {SECRET}"})
         assert ok.status_code == 200
         assert httpx.get(url + "/openapi.json").status_code == 401  # the schema is private too
-        schema = httpx.get(url + "/openapi.json", headers={"Authorization": "Bearer s3cret"})
+        schema = httpx.get(url + "/openapi.json", headers={"Authorization": f"Bearer {SECRET}"})
         assert schema.status_code == 200 and "/api/v1/runs" in schema.json()["paths"]

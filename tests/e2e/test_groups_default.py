@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.backend.api_helpers import wait_job
 from tests.conftest import SHARED_MODEL_CACHE, run_cli, start_backend_thread
 from tokenprism.analysis.verifiers import parse_verifier
 from tokenprism.backend.groups.core import shipped_prompts
@@ -24,16 +24,6 @@ N = 4
 RESPONSE_KEYS = {"run_id", "text", "reward", "advantage", "tokens"}
 TOKEN_KEYS = {"token_id", "text", "thr", "thr_advantage", "tempo_td", "tempo_advantage"}
 NODE_KEYS = {"id", "parent", "token_ids", "text", "count", "value"}
-
-
-def _wait_job(client: httpx.Client, job_id: str, limit: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + limit
-    while True:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed", "cancelled", "interrupted"):
-            return dict(job)
-        assert time.monotonic() < deadline, f"job still {job['status']}"
-        time.sleep(0.25)
 
 
 def _check_group(group: dict[str, Any], verifier_spec: str, n: int) -> None:
@@ -87,7 +77,7 @@ def test_a_group_on_the_default_model_through_the_api_and_the_cli(tmp_path: Path
                 },
             )
             assert reply.status_code == 202, reply.text
-            job = _wait_job(client, reply.json()["job_id"])
+            job = wait_job(client, reply.json()["job_id"], timeout=240, poll=0.25)
             assert job["status"] == "done", job
             reply = client.get(f"/api/v1/groups/{job['result']['group_id']}")
             assert reply.status_code == 200, reply.text

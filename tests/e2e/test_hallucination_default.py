@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.backend.api_helpers import wait_job
 from tests.conftest import REPO, SHARED_MODEL_CACHE, start_backend_thread
 from tokenprism.backend.probes.storage import SHIPPED_PROBES, load_probe
 from tokenprism.backend.scoring.runner import score_batch
@@ -71,16 +71,6 @@ def test_shipped_probe_report_is_reproduced_on_its_held_out_split(
         assert again["span_max_auc"][name] == pytest.approx(held["span_max_auc"][name], abs=0.01)
 
 
-def _wait_job(client: httpx.Client, job_id: str, limit: float = 240) -> dict[str, Any]:
-    deadline = time.monotonic() + limit
-    while True:
-        job = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["status"] in ("done", "failed", "cancelled", "interrupted"):
-            return dict(job)
-        assert time.monotonic() < deadline, f"job still {job['status']}"
-        time.sleep(0.5)
-
-
 def test_every_new_metric_is_stored_and_read_back_through_the_api(tmp_path: Path) -> None:
     url, server, thread = start_backend_thread(_settings(tmp_path))
     try:
@@ -122,7 +112,7 @@ def test_every_new_metric_is_stored_and_read_back_through_the_api(tmp_path: Path
                 data={"metrics": "probe,ccp"},
             )
             assert up.status_code == 202, up.text
-            job = _wait_job(client, up.json()["job_id"])
+            job = wait_job(client, up.json()["job_id"], timeout=240, poll=0.5)
             assert job["status"] == "done", job
             summary = client.get(
                 f"/api/v1/uploads/{up.json()['upload_id']}",

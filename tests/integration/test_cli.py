@@ -94,6 +94,38 @@ def test_audit_summarises_every_turn(tmp_path: Path, tiny_model_dir: Path) -> No
     assert len(runs) == 8
 
 
+@pytest.mark.usefixtures("home")  # an isolated data home for the in-process CLI
+def test_audit_skip_invalid_and_the_upload_summary(tmp_path: Path, tiny_model_dir: Path) -> None:
+    # in-process (typer's runner): the console script may belong to another checkout
+    from typer.testing import CliRunner
+
+    from tokenprism.backend.audit.ingest import TranscriptError
+    from tokenprism.backend.cli.main import app
+
+    records = [
+        {"conversations": [{"from": "gpt", "value": "I start mid-conversation."}]},
+        {"conversations": [{"from": "wizard", "value": "poof"}]},
+        {"prompt": "Tell me. " + "Paris is nice. " * 80, "response": "Yes."},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+    ]
+    export = tmp_path / "export.json"
+    export.write_text("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n")
+    model = ["--model", str(tiny_model_dir)]
+    strict = CliRunner().invoke(app, ["audit", str(export), *model])
+    assert isinstance(strict.exception, TranscriptError)
+    assert "line 3" in str(strict.exception) and "wizard" in str(strict.exception)
+    proc = CliRunner().invoke(app, ["audit", str(export), "--skip-invalid", "--no-summary", *model])
+    assert proc.exit_code == 0, proc.output
+    err = " ".join(proc.stderr.split())
+    assert "4 conversations (1 invalid, skipped) · 3 assistant turns found · 2 to score" in err
+    assert "2 scored · 2 skipped" in err
+    assert "truncated to fit the context: 1 turns" in err and "rendered: 2 template" in err
+    assert "skipped line 3: message 1 has unknown from 'wizard'" in err
+    assert "skipped line 5, conversation 4, turn 1: empty assistant message" in err
+    listed = CliRunner().invoke(app, ["runs", "--json"])
+    assert len(json.loads(listed.stdout)) == 2
+
+
 def test_bad_inputs_get_one_clear_line(
     tmp_path: Path, tiny_model_dir: Path, db_lock_holder: Path
 ) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import run_cli
 from tokenprism.backend.lab.experiments import REFUSAL_PHRASES
-from tokenprism.backend.lab.steering import prompt_ids
+from tokenprism.backend.lab.steering import prompt_tensor
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store
 
@@ -68,7 +68,7 @@ def test_refusal_sweep_json_is_stored_and_exact(
     masses = []
     for prompt in PROMPTS:
         with torch.inference_mode():
-            logits = tiny_lm.model(input_ids=prompt_ids(tiny_lm, prompt)).logits[0, -1]
+            logits = tiny_lm.model(input_ids=prompt_tensor(tiny_lm, prompt)).logits[0, -1]
         masses.append(float(torch.softmax(logits.double(), -1)[markers].sum()))
     for value, got in zip(curves["value"], curves["p_refusal"], strict=True):
         e = math.exp(value)

@@ -6,8 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 from tests.integration.test_cli import _assert_clean_error
+from tokenprism.backend.errors import UserError
 
 
 def test_score_with_ccp_and_sar_stores_tokens_claims_and_judge(
@@ -64,3 +67,38 @@ def test_probe_list_shows_the_shipped_probe(tmp_path: Path) -> None:
     shipped = probes["smollm2-135m-facts"]
     assert shipped["shipped"] and shipped["layer"] == 17
     assert shipped["held_out"]["token_auc"]["probe"] > 0.5
+
+
+@pytest.mark.usefixtures("home")
+def test_ccp_preset_option_in_process(tiny_model_dir: Path) -> None:
+    """``--ccp-preset`` reaches the stored provenance; an unknown preset is a clear error.
+    (In-process, like the group commands: the console script is the installed package's.)"""
+    from typer.testing import CliRunner
+
+    from tokenprism.backend.cli.main import app
+
+    runner = CliRunner()
+    base = [
+        "score",
+        "--text",
+        "It is in Paris.",
+        "--metrics",
+        "ccp",
+        "--model",
+        str(tiny_model_dir),
+    ]
+    for preset, stopwords in (("tokenprism", True), (None, False)):
+        args = [*base, "--json"] + (["--ccp-preset", preset] if preset else [])
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (result.output, result.exception)
+        ccp = json.loads(result.stdout)["provenance"]["extras"]["ccp"]
+        assert ccp["preset"] == (preset or "lm-polygraph")
+        assert ccp["params"]["stopword_rule"] is stopwords
+    # in process the UserError is raised (the console script's main prints it as one line)
+    result = runner.invoke(app, [*base, "--ccp-preset", "paper"])
+    assert isinstance(result.exception, UserError)
+    assert "unknown CCP preset 'paper'; choose from lm-polygraph, tokenprism" in str(
+        result.exception
+    )
+    result = runner.invoke(app, ["score", "--text", "Hi.", "--ccp-preset", "tokenprism"])
+    assert isinstance(result.exception, UserError) and "--ccp-preset" in str(result.exception)

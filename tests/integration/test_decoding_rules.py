@@ -18,7 +18,6 @@ from tokenprism.analysis.decoding import cntp_trials, ead_temperature, perplexit
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.lab import decoding as rules
 from tokenprism.backend.lab.experiments import (
-    DECODE_RULES,
     DecodeExperiment,
     get_experiment,
     run_decode,
@@ -329,7 +328,8 @@ def test_run_decode_stores_signals_as_token_metrics(
             stop_reason="eos",
         )
 
-    monkeypatch.setitem(DECODE_RULES, "ead", fake)
+    ead = rules.DECODING_RULES["ead"]
+    monkeypatch.setitem(rules.DECODING_RULES, "ead", replace(ead, decode=fake))
     settings = Settings(home=tmp_path / "home", device="cpu")
     eid = run_decode(tiny_lm, store, settings, DecodeExperiment("ead", (PROMPT,), seed=7))
     exp, [run] = _runs(store, eid)
@@ -344,19 +344,24 @@ def test_run_decode_stores_signals_as_token_metrics(
     assert run["sequence"]["ead_temperature_mean"] == pytest.approx(sum(values) / len(values))
 
 
-@pytest.mark.parametrize(
-    ("rule", "params", "models"),
-    [
-        ("ead", {"max_new_tokens": 5}, {}),
-        ("cntp", {"max_new_tokens": 5, "max_trials": 2, "max_trial_tokens": 3}, {}),
-        ("switch", {"max_new_tokens": 5, "threshold_bits": 6.0}, {"small_model": "@layers=1"}),
-        (
-            "latr",
-            {"max_new_tokens": 5, "tau_abs": 0.0, "tau_rel": 1.0, "max_branches": 1, "tau_ed": 0.0},
-            {},
-        ),
-    ],
-)
+END_TO_END = [
+    ("ead", {"max_new_tokens": 5}, {}),
+    ("cntp", {"max_new_tokens": 5, "max_trials": 2, "max_trial_tokens": 3}, {}),
+    ("switch", {"max_new_tokens": 5, "threshold_bits": 6.0}, {"small_model": "@layers=1"}),
+    (
+        "latr",
+        {"max_new_tokens": 5, "tau_abs": 0.0, "tau_rel": 1.0, "max_branches": 1, "tau_ed": 0.0},
+        {},
+    ),
+]
+
+
+def test_every_registered_rule_runs_end_to_end() -> None:
+    """A rule added to the registry must be added to the end-to-end run below."""
+    assert [rule for rule, _, _ in END_TO_END] == list(rules.DECODING_RULES)
+
+
+@pytest.mark.parametrize(("rule", "params", "models"), END_TO_END)
 def test_run_decode_end_to_end(
     tiny_lm: Any,
     store: Store,

@@ -34,7 +34,7 @@ def _logp(lm, ids: list[int]) -> torch.Tensor:  # type: ignore[no-untyped-def]
 def test_self_diff_is_exactly_zero_and_queryable(tiny_model_dir: Path, settings) -> None:  # type: ignore[no-untyped-def]
     a = get_model(str(tiny_model_dir), settings)
     with Store(settings.db_path) as store:
-        assert store.schema_version == LATEST == 8
+        assert store.schema_version == LATEST == 7
         result = _diff(store, a, a, {"kind": "text", "text": TEXT})
         tokens = result["runs"][0]["tokens"]
         compared = [t for t in tokens if t["kl"] is not None]
@@ -100,6 +100,39 @@ def test_upload_diff_resumes(tiny_model_dir: Path, settings, monkeypatch) -> Non
         ][0]
         assert n == 3
         assert result["summary"]["n_compared"] == sum(len(e.input_ids) - 1 for e in encoded)
+
+
+def test_upload_diff_reads_one_pass_turns_whole(tiny_model_dir: Path, settings) -> None:  # type: ignore[no-untyped-def]
+    """A turn audited in its conversation's one pass stores only its response tokens (the
+    context once, in a context run): its diff still covers every token, with the same values
+    as the diff of the same upload audited turn by turn."""
+    from tests.integration.test_one_pass_audit import _items
+    from tokenprism.backend.audit.upload import score_items
+
+    a = get_model(str(tiny_model_dir), settings)
+    b = get_model(str(tiny_model_dir) + "@layers=1", settings)
+    items = _items()
+    results = []
+    for one_pass in (True, False):
+        with Store(settings.home / f"one_pass_{one_pass}.duckdb") as store:
+            score_items(a, store, items, source="t", upload_id="u", job_id="j", one_pass=one_pass)
+            results.append(_diff(store, a, b, {"kind": "upload", "upload_id": "u"}))
+    one, per = results
+    assert len(one["runs"]) == len(per["runs"]) == len(items)  # context runs are not diffed
+    for run_one, run_per in zip(one["runs"], per["runs"], strict=True):
+        assert run_one["n_tokens"] == run_per["n_tokens"] == len(run_one["tokens"])
+        for x, y in zip(run_one["tokens"], run_per["tokens"], strict=True):
+            assert (x["position"], x["text"], x["is_prompt"]) == (
+                y["position"],
+                y["text"],
+                y["is_prompt"],
+            )
+            if y["kl"] is None:
+                assert x["kl"] is None
+            else:
+                assert x["kl"] == pytest.approx(y["kl"], abs=1e-5)
+    assert one["summary"]["n_compared"] == per["summary"]["n_compared"]
+    assert one["summary"]["kl_mean"] == pytest.approx(per["summary"]["kl_mean"], rel=1e-5)
 
 
 def test_different_tokenizers_align_by_characters(

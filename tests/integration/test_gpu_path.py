@@ -128,7 +128,8 @@ def test_metrics_are_float32_finite_and_computed_in_float32(
         assert torch.isnan(sc.token["logprob"][0])  # the first token has no prediction
         for name in ("logprob", "prob", "entropy", "margin"):
             assert torch.isfinite(sc.token[name][1:]).all(), name
-        assert torch.isfinite(sc.layers["effective_rank"]).all()
+        # the default scores the final layer's effective rank (the others are NaN by design)
+        assert torch.isfinite(sc.layers["effective_rank"][-1])
         assert all(math.isfinite(sc.sequence[k]) for k in ("perplexity", "mean_entropy", "erv"))
         # float64 math on the same half-precision logits: only float32 rounding may differ
         logp = torch.log_softmax(_logits(lm, enc), -1)
@@ -166,7 +167,7 @@ def test_metrics_stay_within_the_precision_bound_of_the_float32_model(
             seq_a["geometric_mean_confidence"], rel=0.02
         )
         torch.testing.assert_close(
-            b.layers["effective_rank"], a.layers["effective_rank"], atol=0.1, rtol=0
+            b.layers["effective_rank"], a.layers["effective_rank"], atol=0.1, rtol=0, equal_nan=True
         )
 
 
@@ -179,7 +180,9 @@ def test_spectra_stay_float32_inside_an_autocast_region() -> None:
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         got = effective_rank(hidden)  # a bf16 Gram product moves it by ~3e-3
         values = singular_values(hidden.bfloat16())
-    assert got.dtype == torch.float32 and values.dtype == torch.float32
+    # the spectrum is solved in float64 (issue 22: exact on near-low-rank input), the rank is
+    # reported in float32
+    assert got.dtype == torch.float32 and values.dtype == torch.float64
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
@@ -323,7 +326,7 @@ def test_api_and_cli_refuse_vllm_when_missing(
     with pytest.raises(ValidationError):
         GroupBody.model_validate({**body, "sampler": "sglang"})
     settings = Settings(home=tmp_path / "home", default_model=str(tiny_model_dir), device="cpu")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         resp = client.post(f"{API}/groups", json={**body, "sampler": "vllm"})
         assert resp.status_code == 400, resp.text
         assert NO_VLLM in resp.json()["error"]["message"]

@@ -9,6 +9,7 @@ by prefix matching, p_CE by reloading the saved adapters with peft.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import statistics
@@ -43,6 +44,8 @@ PROMPT = "What is 2+2?"
 # On the tiny model (built with seed 0) these sample 2 correct and 2 incorrect responses
 # (asserted below, so a change of the tiny model shows up as a clear failure).
 MIXED = GroupRequest(prompt=PROMPT, verifier="regex:e", n=4, max_new_tokens=8, seed=1)
+# the same group (same seed, same samples) with NTHR's V* shortcut instead of the full vocabulary
+MIXED_V_STAR = dataclasses.replace(MIXED, thr_vocab="group")
 ALL_CORRECT = GroupRequest(prompt=PROMPT, verifier="regex:(?s).", n=3, max_new_tokens=8, seed=0)
 NONE_CORRECT = GroupRequest(
     prompt=PROMPT, verifier="exact:no random model writes this", n=3, max_new_tokens=8, seed=0
@@ -65,6 +68,11 @@ def mixed(tiny_lm: LoadedModel, store: Store) -> dict[str, Any]:
     rewards = [r["reward"] for r in group["responses"]]
     assert 1.0 in rewards and 0.0 in rewards, f"the mixed group is not mixed: {rewards}"
     return group
+
+
+@pytest.fixture(scope="module")
+def mixed_v_star(tiny_lm: LoadedModel, store: Store) -> dict[str, Any]:
+    return get_group(store, run_group(tiny_lm, store, MIXED_V_STAR))
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +129,102 @@ def plain_features(
 # ---- THR -----------------------------------------------------------------------------------
 
 
-def test_stored_thr_equals_the_naive_double_sum(
+def autograd_thr(
+    lm: LoadedModel, runs: list[dict[str, Any]], rewards: list[float]
+) -> list[torch.Tensor]:
+    """THR from its definition, by torch.autograd: the first-order change of the correct
+    responses' length-normalised log-likelihood ``L+ = sum_{i in P} (1/|y_i|) sum_k log pi``
+    under a gradient step on one token's ``log pi`` with respect to the LM head weight W,
+    ``(2 r_j - 1) <grad_W log pi(y_{j,k'}), grad_W L+>``, in float64. The hidden states are the
+    decoder's final (normed) output of a plain unbatched forward pass, held fixed."""
+    weight = lm.model.lm_head.weight.detach().double().clone().requires_grad_(True)
+    inputs = []
+    for run in runs:
+        ids = torch.tensor([[int(t["token_id"]) for t in run["tokens"]]])
+        with torch.no_grad():
+            hidden = lm.model.model(input_ids=ids).last_hidden_state[0].double()
+        tokens = response_tokens(run)
+        predicting = torch.tensor([t["position"] for t in tokens]) - 1
+        inputs.append((hidden[predicting], torch.tensor([int(t["token_id"]) for t in tokens])))
+
+    def token_logprobs(hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(hidden @ weight.T, dim=-1)[torch.arange(len(targets)), targets]
+
+    anchors = torch.stack(
+        [
+            token_logprobs(h, y).sum() / len(y)
+            for (h, y), r in zip(inputs, rewards, strict=True)
+            if r == 1 and len(y)
+        ]
+    ).sum()
+    (grad_plus,) = torch.autograd.grad(anchors, weight)
+    out = []
+    for (h, y), r in zip(inputs, rewards, strict=True):
+        values = []
+        for k in range(len(y)):
+            (grad,) = torch.autograd.grad(token_logprobs(h[k : k + 1], y[k : k + 1])[0], weight)
+            values.append((2 * r - 1) * float((grad * grad_plus).sum()))
+        out.append(torch.tensor(values, dtype=torch.float64))
+    return out
+
+
+def test_stored_thr_is_the_full_vocabulary_first_order_influence(
     tiny_lm: LoadedModel, store: Store, mixed: dict[str, Any]
 ) -> None:
+    """The default THR equals the autograd definition over the full vocabulary."""
+    runs = runs_of(store, mixed)
+    rewards = [r["reward"] for r in mixed["responses"]]
+    expected = autograd_thr(tiny_lm, runs, rewards)
+    scale = max(float(e.abs().max()) for e in expected)
+    assert scale > 0
+    worst = 0.0
+    for run, exp in zip(runs, expected, strict=True):
+        got = torch.tensor([t["thr"] for t in response_tokens(run)], dtype=torch.float64)
+        worst = max(worst, float((got - exp).abs().max()) / scale)
+    print(f"thr_full_vs_autograd_max_rel={worst:.3g}")
+    assert worst < 2e-6  # float32 scoring and storage against a float64 reference
+    summary = mixed["summary"]
+    assert summary["thr_vocab"] == "full"
+    assert summary["thr_vocab_size"] == tiny_lm.model.lm_head.weight.shape[0]
+    assert summary["thr_group_agreement"] is None
+    assert "length-normalised" in summary["thr_tau_definition"]
+    tau = min(float(e.mean()) for e, r in zip(expected, rewards, strict=True) if r == 1)
+    assert summary["thr_tau"] == pytest.approx(tau, rel=1e-5, abs=1e-6 * scale)
+    assert (summary["thr_tau_note"] is not None) == (tau < 0)
+    assert all(run["provenance"]["group"]["thr_vocab"] == "full" for run in runs)
+
+
+def test_v_star_shortcut_reports_its_agreement_with_the_full_value(
+    mixed: dict[str, Any], mixed_v_star: dict[str, Any]
+) -> None:
+    from scipy.stats import spearmanr
+
+    full = [[t["thr"] for t in r["tokens"] if t["position"] > 0] for r in mixed["responses"]]
+    short = [
+        [t["thr"] for t in r["tokens"] if t["position"] > 0] for r in mixed_v_star["responses"]
+    ]
+    assert [r["text"] for r in mixed["responses"]] == [r["text"] for r in mixed_v_star["responses"]]
+    a = [v for row in full for v in row]
+    b = [v for row in short for v in row]
+    summary = mixed_v_star["summary"]
+    assert summary["thr_vocab"] == "group"
+    assert summary["thr_vocab_size"] == summary["vocabulary_size"]
+    agreement = summary["thr_group_agreement"]
+    assert agreement["n_tokens"] == len(a)
+    assert agreement["spearman"] == pytest.approx(spearmanr(a, b).statistic, abs=1e-4)
+    signs = sum((x > 0) == (y > 0) for x, y in zip(a, b, strict=True)) / len(a)
+    assert agreement["sign_agreement"] == pytest.approx(signs, abs=1e-9)
+    print(
+        f"thr_v_star_spearman={agreement['spearman']:.4f} "
+        f"thr_v_star_sign_agreement={agreement['sign_agreement']:.4f}"
+    )
+
+
+def test_stored_v_star_thr_equals_the_naive_double_sum(
+    tiny_lm: LoadedModel, store: Store, mixed_v_star: dict[str, Any]
+) -> None:
+    """``thr_vocab="group"`` (NTHR's V* shortcut) keeps today's values."""
+    mixed = mixed_v_star
     runs = runs_of(store, mixed)
     rewards = [r["reward"] for r in mixed["responses"]]
     responses = response_ids(runs)
@@ -499,7 +600,13 @@ def test_a_bad_verifier_fails_before_sampling(
 
 
 @pytest.mark.parametrize(
-    ("changes", "needle"), [({"prompt": "  "}, "prompt is empty"), ({"n": 0}, "n must be")]
+    ("changes", "needle"),
+    [
+        ({"prompt": "  "}, "prompt is empty"),
+        ({"n": 0}, "n must be"),
+        ({"thr_vocab": "vstar"}, "unknown THR vocabulary 'vstar'"),
+        ({"thr_beta": -0.5}, "thr_beta must be a finite number >= 0"),
+    ],
 )
 def test_bad_group_parameters_are_user_errors(
     tiny_lm: LoadedModel, tmp_path: Path, changes: dict[str, Any], needle: str
@@ -568,9 +675,11 @@ def test_group_rollouts_and_contrastive_commands(home: Path, tiny_model_dir: Pat
     group = invoke(
         "group", "--prompt", MIXED.prompt, "--verifier", MIXED.verifier, "--n", str(MIXED.n),
         "--max-new-tokens", str(MIXED.max_new_tokens), "--seed", str(MIXED.seed),
-        "--model", str(tiny_model_dir), "--json",
+        "--model", str(tiny_model_dir), "--thr-vocab", "group", "--json",
     )  # fmt: skip
     assert len(group["responses"]) == MIXED.n
+    assert group["params"]["thr_vocab"] == "group" and group["summary"]["thr_vocab"] == "group"
+    assert 0.0 <= group["summary"]["thr_group_agreement"]["sign_agreement"] <= 1.0
     assert {"group_id", "responses", "tree", "summary", "params"} <= set(group)
     assert group["params"]["verifier"] == MIXED.verifier
     verifier = parse_verifier(MIXED.verifier)

@@ -18,9 +18,10 @@ import sqlalchemy as sa
 import torch
 from safetensors.torch import load_file
 
-from tokenprism.analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL
+from tokenprism.analysis.ccp import CONTRA, ENGLISH_STOPWORDS, ENTAIL, ccp_params
 from tokenprism.analysis.probe import LabelledSpan, ProbeTrainParams
 from tokenprism.backend.audit.ingest import TranscriptError
+from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.probes.apply import apply_probe_to_run
 from tokenprism.backend.probes.storage import list_probes, load_probe, probe_for, save_probe
 from tokenprism.backend.probes.training import (
@@ -39,7 +40,8 @@ from tokenprism.backend.store.migrations import LATEST, migrate
 PROMPT = "What is the capital of Australia?"
 RESPONSE = "Canberra is the capital. Sydney is big.\nThe answer is 42!"
 SENTENCES = ["Canberra is the capital.", "Sydney is big.", "The answer is 42!"]
-_STRIP = string.punctuation + " \n\t\r" + "▁ĠĊ"
+_STRIP = string.punctuation + " \n\t\r" + "▁ĠĊ"  # the tokenprism preset's
+_STRIP_LMP = string.punctuation + " \n"  # LM-Polygraph's
 
 
 class ContraJudge:
@@ -83,9 +85,10 @@ def _scored_response(tok: dict[str, Any]) -> bool:
 # ---- CCP and claims -----------------------------------------------------------------------
 
 
-def _expected_token_ccp(tok: dict[str, Any], decode: Any) -> float:
-    """CCP_t from the stored top-k, following analysis.ccp.label_alternatives' rules, with
-    a judge that contradicts every pair the rules leave to it."""
+def _expected_token_ccp(tok: dict[str, Any], decode: Any, preset: str = "tokenprism") -> float:
+    """CCP_t from the stored top-k with :class:`ContraJudge`, following the preset's rules."""
+    if preset == "lm-polygraph":
+        return _expected_lm_polygraph_ccp(tok, decode)
     word = decode(tok["token_id"]).strip(_STRIP)
     if not word or word.lower() in ENGLISH_STOPWORDS:
         return 1.0  # empty word: every alternative neutral; stopword: all entail
@@ -103,6 +106,21 @@ def _expected_token_ccp(tok: dict[str, Any], decode: Any) -> float:
     return entail / (entail + contra)
 
 
+def _expected_lm_polygraph_ccp(tok: dict[str, Any], decode: Any) -> float:
+    """LM-Polygraph's rules: every alternative goes to the judge as its word stripped of
+    punctuation, spaces and newlines (the empty word included); ContraJudge entails only the
+    identical word, both directions then agree."""
+    word = decode(tok["token_id"]).strip(_STRIP_LMP)
+    others = [a for a in tok["top_k"] if a["token_id"] != tok["token_id"]][: len(tok["top_k"]) - 1]
+    entail, contra = tok["prob"], 0.0
+    for alt in others:
+        if alt["text"].strip(_STRIP_LMP) == word:
+            entail += alt["prob"]
+        else:
+            contra += alt["prob"]
+    return entail / (entail + contra)
+
+
 def _claim_positions(run: dict[str, Any], start: int, end: int) -> list[int]:
     return [
         t["position"]
@@ -114,14 +132,21 @@ def _claim_positions(run: dict[str, Any], start: int, end: int) -> list[int]:
     ]
 
 
-def test_ccp_and_claims_match_an_independent_computation(tiny_lm, store: Store) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("preset", ["lm-polygraph", "tokenprism"])
+def test_ccp_and_claims_match_an_independent_computation(
+    tiny_lm: LoadedModel, store: Store, preset: str
+) -> None:
     judge = ContraJudge()
     settings = Settings(home=Path("/nonexistent-home"), device="cpu")
-    plan = ExtraPlan(request=ExtraRequest(metrics=("ccp",)), settings=settings, judge=judge)
+    request = ExtraRequest(metrics=("ccp",), ccp=ccp_params(preset))
+    plan = ExtraPlan(request=request, settings=settings, judge=judge)  # type: ignore[arg-type]
     enc = _encode(tiny_lm)
     scored = score_one(tiny_lm, enc, extras=plan)
     assert judge.pairs, "the judge was never asked"
-    assert all(p != h for p, h in judge.pairs)  # identical words never reach the judge
+    if preset == "tokenprism":
+        assert all(p != h for p, h in judge.pairs)  # identical words never reach the judge
+    else:
+        assert any("" in pair for pair in judge.pairs)  # "." and "!" are judged as ""
     run_id = store.save_runs(tiny_lm, [scored])[0]
     run = store.get_run(run_id)
 
@@ -131,11 +156,12 @@ def test_ccp_and_claims_match_an_independent_computation(tiny_lm, store: Store) 
         if not _scored_response(tok):
             assert tok["ccp"] is None, tok
             continue
-        expected[tok["position"]] = _expected_token_ccp(tok, lambda i: decode([i]))
+        expected[tok["position"]] = _expected_token_ccp(tok, lambda i: decode([i]), preset)
         assert tok["ccp"] == pytest.approx(expected[tok["position"]], rel=1e-4, abs=1e-6)
     assert len(expected) == sum(not p for p in enc.is_prompt)
     assert any(v < 0.999 for v in expected.values()), "every token trivially certain"
-    assert any(v == 1.0 for v in expected.values()), "no stopword / short-circuited token"
+    if preset == "tokenprism":
+        assert any(v == 1.0 for v in expected.values()), "no stopword / short-circuited token"
 
     # claims: the response's sentences, with their offsets into the full text
     base = enc.text.index(RESPONSE)
@@ -162,8 +188,13 @@ def test_ccp_and_claims_match_an_independent_computation(tiny_lm, store: Store) 
     seq = run["sequence"]
     assert seq["ccp_uncertainty"] == pytest.approx(1 - math.prod(expected.values()), rel=1e-4)
     assert seq["claim_ccp_min"] == pytest.approx(min(claim_ccps), rel=1e-4)
+    # length-normalised aggregates, by a naive loop over the independently computed CCPs
+    assert seq["claim_ccp_mean"] == pytest.approx(sum(claim_ccps) / len(claim_ccps), rel=1e-4)
+    logs = [math.log(v) for v in expected.values()]
+    assert seq["ccp_mean_log"] == pytest.approx(sum(logs) / len(logs), rel=1e-4, abs=1e-6)
     prov = run["provenance"]["extras"]
     assert prov["ccp"]["judge"] == "stub-contra"
+    assert prov["ccp"]["preset"] == preset and prov["ccp"]["params"]["aggregation"] == preset
     assert prov["ccp"]["params"]["n_alternatives"] == 10
     assert prov["request"]["metrics"] == ["ccp"]
 

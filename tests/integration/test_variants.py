@@ -54,8 +54,12 @@ def test_cast_and_int8(tiny_model_dir: Path, tiny_settings: Settings) -> None:
         diff = (out - ref).abs().max().item()
         assert 0 < diff < tol, (suffix, diff)  # changed, but still the same model
         assert V.get_model(name + suffix, tiny_settings) is lm  # cached
-    if suffix == "@int8":
-        assert "Int8" in type(lm.model.model.layers[0].mlp.up_proj.weight).__name__
+    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+
+    assert isinstance(lm.model.model.layers[0].mlp.up_proj, Int8Linear)
+    assert lm.model.model.layers[0].mlp.up_proj.weight().dtype == torch.qint8
+    assert isinstance(lm.model.lm_head, Int8Linear)  # untied: the embedding stays float
+    assert lm.model.get_input_embeddings().weight.dtype == torch.float32
     assert torch.equal(_logits(base, IDS), ref)  # the base is untouched
 
 
@@ -105,3 +109,19 @@ def test_layers_adapter_and_steer(
     assert info["vector"] == "v1" and info["beta"] == 3.0 and info["layer"] == 0
     with pytest.raises(UserError, match="no steering vector"):
         V.get_model(f"{name}@steer=nope:1", tiny_settings)
+
+
+def test_variants_are_bounded_like_loaded_models(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """At most ``max_loaded_models`` variants are kept (least recently used dropped)."""
+    settings = Settings(
+        home=tmp_path / "home",
+        device="cpu",
+        allowed_model_dirs=[tiny_model_dir],
+        max_loaded_models=2,
+    )
+    name = str(tiny_model_dir)
+    first = V.get_model(name + "@layers=1", settings)
+    assert V.get_model(name + "@layers=1", settings) is first
+    V.get_model(name + "@fp16", settings)
+    V.get_model(name + "@bf16", settings)  # the third: @layers=1 is the least recently used
+    assert V.get_model(name + "@layers=1", settings) is not first

@@ -55,7 +55,7 @@ def _hand_made(
         ids[None],
         mask,
         mask,
-        ScoringParams(erv_stride=5),
+        ScoringParams(erv_stride=5, layers="all"),
         [list(steps)],
     )[0]
     return naive.Pass(logits=logits, ids=ids, hidden=hidden, steps=steps), scored
@@ -121,7 +121,7 @@ def test_naive_loop_matches_score_batch_on_the_tiny_model(tiny_lm) -> None:  # t
     assert enc.n_tokens == 200 and "".join(enc.token_texts) == enc.text
     values, seconds = naive.run_naive(tiny_lm, enc)
     assert set(seconds) == set(naive.TOOLS) and all(s > 0 for s in seconds.values())
-    scored = score_batch(tiny_lm, [enc], ScoringParams())[0].scores
+    scored = score_batch(tiny_lm, [enc], ScoringParams(layers="all"))[0].scores
     assert scored.sequence["n_steps"] >= 1
     naive.check_agreement(values, scored, "tiny")
 

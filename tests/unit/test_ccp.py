@@ -10,21 +10,27 @@ import pytest
 import torch
 
 from tokenprism.analysis.ccp import (
+    CCP_PRESETS,
     CONTRA,
     ENGLISH_STOPWORDS,
     ENTAIL,
     NEUTRAL,
     CcpParams,
     alternatives_with_target,
+    ccp_params,
+    ccp_preset_name,
     claim_ccp,
     combine_directions,
     label_alternatives,
     normalise_word,
+    sequence_ccp,
     token_ccp,
     token_log_ccp,
 )
 
 E, C, N = ENTAIL, CONTRA, NEUTRAL
+# The tests written before the presets existed pin the preset whose rules they test: ours.
+TP = ccp_params("tokenprism")
 
 
 class StubJudge:
@@ -50,7 +56,7 @@ def _both(a: str, b: str, label: int) -> dict[tuple[str, str], int]:
 
 
 def _ccp_one(probs: list[float], alts: list[str], judge: StubJudge, **kw: object) -> float:
-    labels = label_alternatives([alts[0]], [alts], judge, CcpParams(**kw))  # type: ignore[arg-type]
+    labels = label_alternatives([alts[0]], [alts], judge, ccp_params("tokenprism", **kw))
     lp = torch.tensor([probs], dtype=torch.float32).log()
     return float(token_ccp(lp, labels)[0])
 
@@ -69,14 +75,35 @@ def test_constants_and_normalise_word() -> None:
 
 
 def test_params_validation_and_dict() -> None:
-    p = CcpParams()
-    assert p.as_dict() == {
+    assert TP.as_dict() == {
         "n_alternatives": 10,
         "identity_casefold": True,
         "empty": "neutral",
         "stopword_rule": True,
         "context": "none",
+        "strip": "tokenprism",
+        "aggregation": "tokenprism",
     }
+    # the default is LM-Polygraph's conventions: no shortcut at all
+    assert CcpParams() == CCP_PRESETS["lm-polygraph"] == ccp_params()
+    assert CcpParams().as_dict() == {
+        "n_alternatives": 10,
+        "identity_casefold": False,
+        "empty": "judge",
+        "stopword_rule": False,
+        "context": "none",
+        "strip": "lm-polygraph",
+        "aggregation": "lm-polygraph",
+    }
+    assert ccp_preset_name(CcpParams()) == "lm-polygraph"
+    assert ccp_preset_name(ccp_params("tokenprism", n_alternatives=5)) == "tokenprism"
+    assert ccp_preset_name(ccp_params("tokenprism", stopword_rule=False)) == "custom"
+    with pytest.raises(ValueError, match="unknown CCP preset 'paper'; choose from lm-polygraph"):
+        ccp_params("paper")
+    with pytest.raises(ValueError):
+        CcpParams(strip="all")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        CcpParams(aggregation="mean")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         CcpParams(n_alternatives=0)
     with pytest.raises(ValueError):
@@ -88,7 +115,7 @@ def test_params_validation_and_dict() -> None:
 def test_hand_case_identity_and_contradictions() -> None:
     judge = StubJudge({**_both("Paris", "London", C), **_both("Paris", "Rome", C)})
     alts = ["Paris", " paris", "London", "Rome"]
-    labels = label_alternatives(["Paris"], [alts], judge, CcpParams())
+    labels = label_alternatives(["Paris"], [alts], judge, TP)
     assert labels.tolist() == [[E, E, C, C]]
     ccp = _ccp_one([0.5, 0.2, 0.2, 0.1], alts, StubJudge(judge.table))
     assert ccp == pytest.approx(0.7, rel=1e-6)
@@ -105,7 +132,7 @@ def test_hand_case_identity_and_contradictions() -> None:
 def test_identity_can_be_switched_off() -> None:
     judge = StubJudge(_both("Paris", "paris", C))
     labels = label_alternatives(
-        ["Paris"], [["Paris", " paris"]], judge, CcpParams(identity_casefold=False)
+        ["Paris"], [["Paris", " paris"]], judge, ccp_params("tokenprism", identity_casefold=False)
     )
     assert labels.tolist() == [[E, C]]
     assert ("Paris", "paris") in judge.asked
@@ -121,7 +148,7 @@ def test_neutral_alternative_is_dropped() -> None:
 def test_entail_one_way_neutral_other_is_entail() -> None:
     judge = StubJudge({("Paris", "capital"): E, **_both("Paris", "London", C)})
     alts = ["Paris", "capital", "London"]
-    assert label_alternatives(["Paris"], [alts], judge, CcpParams()).tolist() == [[E, E, C]]
+    assert label_alternatives(["Paris"], [alts], judge, TP).tolist() == [[E, E, C]]
     judge = StubJudge({("capital", "Paris"): E, **_both("Paris", "London", C)})
     assert _ccp_one([0.5, 0.3, 0.2], alts, judge) == pytest.approx(0.8, rel=1e-6)
 
@@ -129,30 +156,39 @@ def test_entail_one_way_neutral_other_is_entail() -> None:
 def test_entail_and_contra_is_neutral() -> None:
     judge = StubJudge({("Paris", "X"): E, ("X", "Paris"): C, **_both("Paris", "London", C)})
     alts = ["Paris", "X", "London"]
-    assert label_alternatives(["Paris"], [alts], judge, CcpParams()).tolist() == [[E, N, C]]
+    assert label_alternatives(["Paris"], [alts], judge, TP).tolist() == [[E, N, C]]
     assert _ccp_one([0.5, 0.3, 0.2], alts, judge) == pytest.approx(0.5 / 0.7, rel=1e-6)
 
 
 def test_empty_alternatives() -> None:
     alts = ["Paris", ",", " \n", "London"]
     judge = StubJudge(_both("Paris", "London", C))
-    labels = label_alternatives(["Paris"], [alts], judge, CcpParams())
+    labels = label_alternatives(["Paris"], [alts], judge, TP)
     assert labels.tolist() == [[E, N, N, C]]
     assert judge.asked == {("Paris", "London"), ("London", "Paris")}
-    labels = label_alternatives(["Paris"], [alts], judge, CcpParams(empty="entail"))
+    labels = label_alternatives(["Paris"], [alts], judge, ccp_params("tokenprism", empty="entail"))
     assert labels.tolist() == [[E, E, E, C]]
     judge = StubJudge({**_both("Paris", ",", C), **_both("Paris", "London", C)})
-    labels = label_alternatives(["Paris"], [alts], judge, CcpParams(empty="judge"))
+    labels = label_alternatives(
+        ["Paris"], [alts], judge, ccp_params("tokenprism", empty="judge-raw")
+    )
     assert labels.tolist() == [[E, C, N, C]]
     assert ("Paris", " \n") in judge.asked  # an empty word goes to the judge as raw text
+    # "judge" (LM-Polygraph) sends the empty normalised word itself
+    judge = StubJudge({**_both("Paris", "", C), **_both("Paris", "London", C)})
+    labels = label_alternatives(["Paris"], [alts], judge, ccp_params("tokenprism", empty="judge"))
+    assert labels.tolist() == [[E, C, C, C]]
+    assert judge.asked == {("Paris", ""), ("", "Paris"), ("Paris", "London"), ("London", "Paris")}
 
 
 def test_empty_original() -> None:
     judge = StubJudge({})
-    labels = label_alternatives([","], [[",", "Paris", "."]], judge, CcpParams())
+    labels = label_alternatives([","], [[",", "Paris", "."]], judge, TP)
     assert labels.tolist() == [[E, N, N]]
     assert judge.calls == []
-    labels = label_alternatives([","], [[",", "Paris", "."]], judge, CcpParams(empty="entail"))
+    labels = label_alternatives(
+        [","], [[",", "Paris", "."]], judge, ccp_params("tokenprism", empty="entail")
+    )
     assert labels.tolist() == [[E, E, E]]
     assert judge.calls == []
 
@@ -160,11 +196,11 @@ def test_empty_original() -> None:
 def test_stopword_rule() -> None:
     alts = [" the", " a", " this"]
     judge = StubJudge(_both("the", "a", C))
-    labels = label_alternatives([" The"], [alts], judge, CcpParams())
+    labels = label_alternatives([" The"], [alts], judge, TP)
     assert labels.tolist() == [[E, E, E]]
     assert judge.calls == []
     assert _ccp_one([0.4, 0.4, 0.2], alts, judge) == 1.0
-    off = CcpParams(stopword_rule=False)
+    off = ccp_params("tokenprism", stopword_rule=False)
     labels = label_alternatives([" the"], [alts], judge, off)
     assert labels.tolist() == [[E, C, N]]
     assert _ccp_one([0.4, 0.4, 0.2], alts, judge, stopword_rule=False) == pytest.approx(0.5)
@@ -179,7 +215,7 @@ def test_pairs_are_deduplicated_in_one_batched_call() -> None:
         ["Paris.", "London", " Lyon"],
         ["Lyon", "Paris"],
     ]
-    labels = label_alternatives(original, alternatives, judge, CcpParams())
+    labels = label_alternatives(original, alternatives, judge, TP)
     assert len(judge.calls) == 1
     call = judge.calls[0]
     assert len(call) == len(set(call))
@@ -195,17 +231,15 @@ def test_pairs_are_deduplicated_in_one_batched_call() -> None:
 
 def test_no_pairs_means_no_call() -> None:
     judge = StubJudge({})
-    labels = label_alternatives(
-        ["Paris", "of"], [["Paris", "paris"], ["of", "in"]], judge, CcpParams()
-    )
+    labels = label_alternatives(["Paris", "of"], [["Paris", "paris"], ["of", "in"]], judge, TP)
     assert labels.tolist() == [[E, E], [E, E]]
     assert judge.calls == []
-    assert label_alternatives([], [], judge, CcpParams()).shape == (0, 0)
+    assert label_alternatives([], [], judge, TP).shape == (0, 0)
 
 
 def test_prefix_context() -> None:
     judge = StubJudge(_both("The capital is Paris", "The capital is London", C))
-    params = CcpParams(context="prefix")
+    params = ccp_params("tokenprism", context="prefix")
     labels = label_alternatives(
         [" Paris"],
         [[" Paris", " PARIS", " London"]],
@@ -378,11 +412,15 @@ def test_claim_ccp_products() -> None:
         torch.tensor([0, 1, 3, 4]),  # 0.1
         torch.tensor([3]),  # 1.0
     ]
-    got = claim_ccp(ccp, positions)
+    got = claim_ccp(ccp, positions, "tokenprism")
     assert got.dtype == torch.float32
     expected = [0.4, 0.8, math.nan, math.nan, 0.1, 1.0]
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, equal_nan=True)
-    assert claim_ccp(ccp, []).shape == (0,)
+    assert claim_ccp(ccp, [], "tokenprism").shape == (0,)
+    # LM-Polygraph: NaN propagates, the empty claim is the empty product 1
+    got = claim_ccp(ccp, positions)
+    expected = [0.4, math.nan, 1.0, math.nan, 0.1, 1.0]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6, equal_nan=True)
     # a zero-probability token makes the claim CCP 0, not NaN
     assert float(claim_ccp(torch.tensor([0.0, 0.5]), [torch.tensor([0, 1])])[0]) == 0.0
 
@@ -394,6 +432,95 @@ def test_claim_ccp_matches_naive_product() -> None:
     positions = [
         np.sort(rng.choice(200, size=rng.integers(1, 30), replace=False)) for _ in range(20)
     ]
-    got = claim_ccp(torch.tensor(ccp, dtype=torch.float32), [torch.tensor(p) for p in positions])
+    tokens = torch.tensor(ccp, dtype=torch.float32)
+    got = claim_ccp(tokens, [torch.tensor(p) for p in positions], "tokenprism")
     ref = [float(np.prod([ccp[i] for i in p if not np.isnan(ccp[i])])) for p in positions]
     np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5)
+    got = claim_ccp(tokens, [torch.tensor(p) for p in positions], "lm-polygraph")
+    ref = [float(np.prod([ccp[i] for i in p])) for p in positions]  # NaN propagates
+    np.testing.assert_allclose(got.numpy(), ref, rtol=1e-5, equal_nan=True)
+
+
+# ---- both presets on hand-made label tables ----------------------------------------------
+#
+# Four tokens of a response, each with its top alternatives (the token itself first) and their
+# probabilities, and a judge given as a label table over normalised words. Words the table does
+# not list are neutral both ways. LM-Polygraph's definitions (metric-definitions §7.1):
+#   word      = decode(alt).strip(string.punctuation + " \n")   (so "," and "!" become "")
+#   label     = combine(NLI(w_token, w_alt), NLI(w_alt, w_token)); element 0 always entail
+#   CCP_t     = sum p(entail) / sum p(entail or contra); neutral alternatives are dropped
+#   claim CCP = exp(sum_{t in claim} log CCP_t): NaN propagates, an empty claim is 1
+#   sequence  = exp(sum_t log CCP_t) over every token (the library returns its negative)
+
+HAND_TOKENS = [" The", " Paris", ".", " city"]
+HAND_ALTERNATIVES = [
+    [" The", " A", " This"],
+    [" Paris", " paris", " London", ","],
+    [".", "!", " and"],
+    [" city", " town"],
+]
+HAND_PROBS = [[0.5, 0.3, 0.2], [0.4, 0.3, 0.2, 0.1], [0.6, 0.3, 0.1], [0.7, 0.2]]
+HAND_JUDGE = {
+    **_both("The", "A", C),  # "This" is unlisted: neutral
+    ("Paris", "paris"): N,  # the same word: an NLI model may well say neutral
+    **_both("Paris", "London", C),
+    ("Paris", ""): C,  # "," strips to "": contradiction one way, neutral the other
+    ("", ""): E,  # "." vs "!": two empty words
+    **_both("", "and", C),
+    **_both("city", "town", E),
+}
+# claims as token positions: [The Paris], [.], [] (no token), [Paris city]
+HAND_CLAIMS = [[0, 1], [2], [], [1, 3]]
+
+
+def _hand_case(preset: str, valid: list[bool]) -> tuple[list[float], list[float], float]:
+    params = ccp_params(preset)
+    labels = label_alternatives(HAND_TOKENS, HAND_ALTERNATIVES, StubJudge(HAND_JUDGE), params)
+    width = labels.shape[1]
+    lp = torch.full((len(HAND_PROBS), width), float("nan"))  # padding columns are neutral
+    for t, row in enumerate(HAND_PROBS):
+        lp[t, : len(row)] = torch.tensor(row).log()
+    tokens = token_ccp(lp, labels, torch.tensor(valid))
+    claims = claim_ccp(
+        tokens, [torch.tensor(c, dtype=torch.long) for c in HAND_CLAIMS], params.aggregation
+    )
+    return tokens.tolist(), claims.tolist(), sequence_ccp(tokens, params.aggregation)
+
+
+def test_lm_polygraph_preset_on_hand_labels() -> None:
+    tokens, claims, sequence = _hand_case("lm-polygraph", [True, True, True, True])
+    # " The": no stopword rule; A contradicts (0.3), This is neutral (dropped):
+    #   0.5 / (0.5 + 0.3) = 0.625
+    # " Paris": " paris" is judged (neutral, dropped); London contradicts (0.2); "," is the
+    #   empty word "", judged: contra + neutral = contra (0.1):  0.4 / (0.4 + 0.2 + 0.1) = 4/7
+    # ".": the empty word; "!" is also "" and the judge says entail (0.3); " and"
+    #   contradicts (0.1):  (0.6 + 0.3) / (0.6 + 0.3 + 0.1) = 0.9
+    # " city": town entails both ways:  (0.7 + 0.2) / 0.9 = 1
+    expected_tokens = [0.625, 4 / 7, 0.9, 1.0]
+    np.testing.assert_allclose(tokens, expected_tokens, rtol=1e-6)
+    # claims: 0.625 * 4/7 = 5/14;  0.9;  the empty claim is the empty product 1;  4/7 * 1
+    np.testing.assert_allclose(claims, [5 / 14, 0.9, 1.0, 4 / 7], rtol=1e-6)
+    # sequence: 0.625 * 4/7 * 0.9 * 1 = 9/28
+    assert sequence == pytest.approx(9 / 28, rel=1e-6)
+
+
+def test_lm_polygraph_preset_propagates_nan() -> None:
+    # " city" unscored (NaN): the claim holding it and the sequence are NaN, the others not
+    tokens, claims, sequence = _hand_case("lm-polygraph", [True, True, True, False])
+    assert math.isnan(tokens[3])
+    np.testing.assert_allclose(claims, [5 / 14, 0.9, 1.0, math.nan], rtol=1e-6, equal_nan=True)
+    assert math.isnan(sequence)
+
+
+def test_tokenprism_preset_on_the_same_labels() -> None:
+    tokens, claims, sequence = _hand_case("tokenprism", [True, True, True, False])
+    # " The" is a stopword: CCP 1 without the judge.
+    # " Paris": " paris" is the same word (entail, unjudged), "," is empty (neutral, dropped):
+    #   (0.4 + 0.3) / (0.4 + 0.3 + 0.2) = 7/9
+    # ".": empty original, every alternative neutral: 1.   " city": unscored, NaN.
+    np.testing.assert_allclose(tokens, [1.0, 7 / 9, 1.0, math.nan], rtol=1e-6, equal_nan=True)
+    # claims skip NaN tokens; the empty claim is NaN:  7/9;  1;  NaN;  7/9
+    np.testing.assert_allclose(claims, [7 / 9, 1.0, math.nan, 7 / 9], rtol=1e-6, equal_nan=True)
+    assert sequence == pytest.approx(7 / 9, rel=1e-6)  # NaN skipped
+    assert math.isnan(sequence_ccp(torch.tensor([math.nan]), "tokenprism"))
+    assert sequence_ccp(torch.tensor([]), "lm-polygraph") == 1.0

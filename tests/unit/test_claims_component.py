@@ -8,7 +8,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.claims import (
     CLAIM_COLUMNS,
     ROC_COLOURS,
@@ -19,7 +18,8 @@ from tokenprism.app.components.claims import (
     roc_figure,
 )
 
-HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
+# Import purity of this module: test_components.py checks every module of app/components.
+
 LABELS = dict(CLAIM_COLUMNS)
 
 
@@ -76,7 +76,7 @@ def test_claims_frame_sorts_by_probe_worst_first() -> None:
             _claim(2, probe=0.5, ccp=0.5, one_minus_prob=0.5),
         )
     )
-    assert frame["#"].tolist() == [1, 2, 0]
+    assert frame["#"].tolist() == [2, 3, 1]  # numbered from 1
     assert frame[LABELS["probe"]].tolist() == [0.9, 0.5, 0.2]
     assert frame.index.tolist() == [0, 1, 2]  # reset after sorting
     assert "risk" not in frame.columns
@@ -91,7 +91,7 @@ def test_claims_frame_without_probe_sorts_by_low_ccp_first() -> None:
         )
     )
     # CCP is a confidence: the lowest CCP is the most suspicious claim
-    assert frame["#"].tolist() == [1, 2, 0]
+    assert frame["#"].tolist() == [2, 3, 1]  # numbered from 1
     assert frame[LABELS["ccp"]].tolist() == [0.05, 0.4, 0.9]
 
 
@@ -102,7 +102,7 @@ def test_claims_frame_falls_back_to_one_minus_prob() -> None:
             _claim(1, one_minus_prob=0.8, entropy=0.5),
         )
     )
-    assert frame["#"].tolist() == [1, 0]  # entropy does not decide the order
+    assert frame["#"].tolist() == [2, 1]  # entropy does not decide the order
 
 
 def test_claims_frame_columns_keep_only_present_scores_in_fixed_order() -> None:
@@ -138,7 +138,7 @@ def test_claims_frame_drops_columns_with_only_missing_values() -> None:
     assert LABELS["ccp"] not in frame.columns
     assert LABELS["probe"] not in frame.columns
     assert LABELS["sar"] not in frame.columns
-    assert frame["#"].tolist() == [1, 0]
+    assert frame["#"].tolist() == [2, 1]
 
 
 def test_claims_frame_missing_values_become_nan_and_unscored_claims_go_last() -> None:
@@ -150,7 +150,7 @@ def test_claims_frame_missing_values_become_nan_and_unscored_claims_go_last() ->
             _claim(3, probe=None, entropy=2.0),  # no risk at all
         )
     )
-    assert frame["#"].tolist() == [2, 1, 0, 3]  # unscored last, in claim order
+    assert frame["#"].tolist() == [3, 2, 1, 4]  # unscored last, in claim order
     ccp = frame[LABELS["ccp"]]
     assert ccp.dtype.kind == "f"
     assert ccp[0] == 0.2 and ccp[1:].isna().all()
@@ -168,7 +168,7 @@ def test_claims_frame_mixes_probe_and_ccp_risk_per_claim() -> None:
             _claim(2, probe=0.95),  # risk 0.95
         )
     )
-    assert frame["#"].tolist() == [2, 1, 0]
+    assert frame["#"].tolist() == [3, 2, 1]
 
 
 def test_claims_frame_keeps_claim_order_among_ties() -> None:
@@ -176,7 +176,7 @@ def test_claims_frame_keeps_claim_order_among_ties() -> None:
     claims = [_claim(i, one_minus_prob=(0.1, 0.5, 0.9)[(i * 7) % 3]) for i in range(300)]
     frame = claims_frame(_run(*claims))
     expected = sorted(range(300), key=lambda i: (-(0.1, 0.5, 0.9)[(i * 7) % 3], i))
-    assert frame["#"].tolist() == expected
+    assert frame["#"].tolist() == [i + 1 for i in expected]
 
 
 def test_claims_frame_keeps_text_verbatim() -> None:
@@ -195,7 +195,7 @@ def test_claims_frame_of_a_run_without_claims_is_empty(run: dict[str, Any]) -> N
 def test_claims_frame_with_no_scores_at_all_keeps_every_claim() -> None:
     frame = claims_frame(_run(_claim(0, text="A."), _claim(1, text="B.")))
     assert frame.columns.tolist() == ["#", "claim", "tokens"]
-    assert frame["#"].tolist() == [0, 1]
+    assert frame["#"].tolist() == [1, 2]
 
 
 # ---- judge_caption -------------------------------------------------------------------------
@@ -219,12 +219,17 @@ def test_judge_caption_names_the_ccp_judge_and_the_probe() -> None:
     ccp = {"judge": "fallback:minilm-lexical(entail>=0.8)", "kind": "fallback"}
     probe = {"probe": "my-probe", "layer": 7, "model_revision": "sha256:abc"}
     only_ccp = {"provenance": {"extras": {"request": {}, "ccp": ccp}}}
-    assert judge_caption(only_ccp) == "CCP judge: fallback:minilm-lexical(entail>=0.8)"
+    # a run stored before the presets: its CCP used our shortcuts
+    assert judge_caption(only_ccp) == (
+        "CCP judge: fallback:minilm-lexical(entail>=0.8) · "
+        "CCP preset: tokenprism (stored before presets)"
+    )
     only_probe = {"provenance": {"extras": {"probe": probe}}}
     assert judge_caption(only_probe) == "probe: my-probe (layer 7)"
-    both = {"provenance": {"extras": {"ccp": ccp, "probe": probe}}}
+    both = {"provenance": {"extras": {"ccp": {**ccp, "preset": "lm-polygraph"}, "probe": probe}}}
     assert judge_caption(both) == (
-        "CCP judge: fallback:minilm-lexical(entail>=0.8) · probe: my-probe (layer 7)"
+        "CCP judge: fallback:minilm-lexical(entail>=0.8) · CCP preset: lm-polygraph · "
+        "probe: my-probe (layer 7)"
     )
 
 
@@ -294,7 +299,3 @@ def test_report_frame_without_span_auc() -> None:
     frame = report_frame(report)
     assert frame["token AUC"].tolist() == [0.7]
     assert frame["span-max AUC"].isna().all()
-
-
-def test_claims_component_imports_no_ui_database_or_model_libraries() -> None:
-    assert packages_loaded_by("tokenprism.app.components.claims", HEAVY) == []

@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tests.import_probe import packages_loaded_by
+from tests.import_probe import packages_loaded_by, tree_modules
 from tokenprism.app.components.charts import (
     gltr_figure,
     layer_rank_figure,
@@ -21,7 +21,7 @@ from tokenprism.app.components.charts import (
 from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
 from tokenprism.app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
-from tokenprism.backend.audit.report import NO_VALUE_COLOUR, colour_scale
+from tokenprism.backend.display import NO_VALUE_COLOUR, colour_scale, ramp_colour
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
@@ -147,8 +147,8 @@ def test_payloads_in_tokens_and_alternatives_come_out_as_text() -> None:
     assert _unsafe(parsed) == []
     texts = [text for _, text in parsed.spans]
     assert SCRIPT in texts
-    assert "<img·src=x·onerror=alert(1)>" in texts
-    assert "say·\"hi\"·'there'" in texts
+    assert "<img src=x onerror=alert(1)>" in texts
+    assert "say \"hi\" 'there'" in texts
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in document
     title = _span_at(parsed, 3)["title"] or ""
     assert f"  {SCRIPT}  p=0.2" in title.splitlines()
@@ -174,7 +174,7 @@ def test_tooltip_has_id_exact_values_metric_and_top_five() -> None:
 
 
 def _background(attrs: dict[str, str | None]) -> str:
-    match = re.fullmatch(r"background:(.+)", attrs.get("style") or "")
+    match = re.fullmatch(r"background:([^;]+)(;color:#(000000|ffffff))?", attrs.get("style") or "")
     assert match, attrs
     return match.group(1)
 
@@ -185,7 +185,8 @@ def test_colours_match_the_report_scale() -> None:
     scale = colour_scale("entropy", [t for t in tokens if not t["is_prompt"]])
     low, high = _background(_span_at(parsed, 2)), _background(_span_at(parsed, 3))
     assert low != high
-    assert low == scale.colour(0.05) == "rgb(6,255,60)"
+    # light end = certain: entropy 0.05 on the fixed 0-4 nats range
+    assert low == scale.colour(0.05) == ramp_colour(0.05 / 4.0)
     assert high == scale.colour(3.9)
     assert _background(_span_at(parsed, 1)) == NO_VALUE_COLOUR
     for attrs, _ in parsed.spans:
@@ -200,16 +201,25 @@ def test_percentile_scaled_metric_uses_the_response_tokens_only() -> None:
     tokens[0]["kurtosis"] = 1000.0  # a prompt outlier must not stretch the scale
     parsed = _parse(token_html(tokens, "kurtosis", include_prompt=True))
     scale = colour_scale("kurtosis", tokens[1:])
-    assert _background(_span_at(parsed, 7)) == scale.colour(7.0) == "rgb(0,255,60)"
+    # no natural range: the response tokens' 1st-99th percentile, 7 is above it (certain end)
+    assert _background(_span_at(parsed, 7)) == scale.colour(7.0) == ramp_colour(0.0)
     assert _background(_span_at(parsed, 1)) == scale.colour(1.0)
 
 
-def test_whitespace_is_visible_and_newlines_break() -> None:
-    document = token_html(_run_tokens(), "entropy")
+def test_whitespace_is_visible_on_request_and_newlines_break() -> None:
+    document = token_html(_run_tokens(), "entropy", whitespace=True)
     texts = [text for _, text in _parse(document).spans]
     assert "·capital" in texts
     assert "→end↵" in texts
     assert "→end↵<br></span>" in document
+
+
+def test_prose_is_the_default_with_real_spaces() -> None:
+    document = token_html(_run_tokens(), "entropy")
+    texts = [text for _, text in _parse(document).spans]
+    assert " capital" in texts
+    assert "\tend<br></span>" in document
+    assert "·" not in "".join(texts)
 
 
 def test_prompt_tokens_are_left_out_by_default() -> None:
@@ -238,17 +248,17 @@ def test_empty_run_renders_a_placeholder() -> None:
 def test_legend_names_the_uncertain_colour_and_the_ends() -> None:
     parsed = _parse(legend_html("entropy", _run_tokens()))
     text = "".join(parsed.text)
-    assert "green = certain, red = uncertain" in text
-    assert "entropy 0" in text and "entropy ≥ 4" in text
+    assert "light = certain, dark = uncertain" in text
+    assert "domain [0, 4]" in text and "fixed natural range" in text
     assert _unsafe(parsed) == []
-    prob_text = "".join(_parse(legend_html("prob", _run_tokens())).text)
-    assert "prob 1" in prob_text and "prob 0" in prob_text
+    run_text = "".join(_parse(legend_html("entropy", _run_tokens(), mode="run")).text)
+    assert "this run (1st–99th percentile)" in run_text
 
 
 def test_legend_of_an_unregistered_metric_has_no_direction() -> None:
     tokens = [_tok(1, "a", 1.0, my_score=0.2), _tok(2, "b", 1.0, my_score=0.8)]
     text = "".join(_parse(legend_html("my_score", tokens)).text)
-    assert "green = low, red = high" in text
+    assert "light = low, dark = high" in text
 
 
 def test_available_token_metrics_core_first_then_alphabetical() -> None:
@@ -397,22 +407,23 @@ def test_sql_chart_bars_the_first_numeric_column_by_the_first_column() -> None:
     assert fig.data[0].name == "n"
 
 
-def test_sql_chart_lines_each_numeric_column_against_the_first() -> None:
+def test_sql_chart_scatters_each_numeric_column_against_the_first() -> None:
     rows = [(1, 0.5, 10), (2, None, 20), (3, 0.7, 30)]
     fig = sql_chart(["position", "entropy", "rank"], rows)
     assert fig is not None
     assert [trace.type for trace in fig.data] == ["scatter", "scatter"]
+    assert {trace.mode for trace in fig.data} == {"markers"}
     assert [trace.name for trace in fig.data] == ["entropy", "rank"]
     assert list(fig.data[0].x) == [1, 2, 3]
     assert list(fig.data[0].y) == [0.5, None, 0.7]
     assert list(fig.data[1].y) == [10, 20, 30]
 
 
-def test_sql_chart_single_numeric_column_against_row_number() -> None:
-    fig = sql_chart(["count"], [(7,), (9,)])
+def test_sql_chart_single_numeric_column_is_a_histogram() -> None:
+    fig = sql_chart(["entropy"], [(0.7,), (0.9,), (2.5,)])
     assert fig is not None
-    assert list(fig.data[0].x) == [1, 2]
-    assert list(fig.data[0].y) == [7, 9]
+    assert [trace.type for trace in fig.data] == ["histogram"]
+    assert list(fig.data[0].x) == [0.7, 0.9, 2.5]
 
 
 # ---- compare -------------------------------------------------------------------------------
@@ -593,9 +604,11 @@ def test_turns_frame_columns_and_order() -> None:
 def test_runs_frame_columns_and_order() -> None:
     runs: list[dict[str, Any]] = [
         {
-            "run_id": "new",
+            "run_id": "new0123456789",
             "kind": "chat",
             "prompt": "hi",
+            "upload_id": "upl0123456789",
+            "turn_index": 0,
             "response": "hello\nthere",
             "n_response_tokens": 4,
             "created_at": "2025-02-01T10:00:00.123456",
@@ -615,7 +628,10 @@ def test_runs_frame_columns_and_order() -> None:
     ]
     frame = runs_frame(runs)
     assert tuple(frame.columns) == RUN_COLUMNS
-    assert list(frame["run_id"]) == ["new", "old"]
+    assert list(frame["run_id"]) == ["new0123456789", "old"]
+    assert list(frame["id"]) == ["new01234", "old"]
+    assert list(frame["source"]) == ["upload upl01234 · turn 1", "scored directly"]
+    assert list(frame["prompt"]) == ["hi", ""]
     assert list(frame["created"]) == ["2025-02-01 10:00:00", "2024-12-31 23:59:59"]
     assert list(frame["model"]) == ["default", "tiny"]
     assert list(frame["tokens"]) == [4, 1]
@@ -627,15 +643,8 @@ def test_runs_frame_columns_and_order() -> None:
 # ---- purity --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "module",
-    [
-        "tokenprism.app.components.token_view",
-        "tokenprism.app.components.charts",
-        "tokenprism.app.components.compare",
-        "tokenprism.app.components.tables",
-    ],
-)
+# Every module of app/components (claims, groups and lab included), found by walking the folder.
+@pytest.mark.parametrize("module", tree_modules("app.components"))
 def test_components_import_no_ui_database_or_model_libraries(module: str) -> None:
     assert packages_loaded_by(module, HEAVY) == []
 

@@ -28,9 +28,13 @@ def test_strip_escapes_and_colours_by_kl() -> None:
 
 
 def test_colour_scale_ends() -> None:
-    assert kl_colour(0.0, 1.0) == "rgb(255,255,255)"
-    assert kl_colour(5.0, 1.0) == kl_colour(1.0, 1.0) == "rgb(255,65,65)"
-    assert kl_colour(None, 1.0) == "#eeeeee"
+    """The app's one sequential scale: viridis light yellow at KL 0, dark purple at the top."""
+    assert kl_colour(0.0, 1.0) == "rgb(253,231,37)"
+    assert kl_colour(5.0, 1.0) == kl_colour(1.0, 1.0) == "rgb(68,1,84)"
+    assert kl_colour(0.0, 0.0) == kl_colour(0.0, 1.0)  # nothing moved: all light
+    assert kl_colour(None, 1.0) == "#d9d9d9"
+    html = strip_html(TOKENS)
+    assert "background:rgb(68,1,84);color:#ffffff" in html  # white text on the dark end
 
 
 def test_model_b_helpers() -> None:

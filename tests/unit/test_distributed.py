@@ -87,3 +87,13 @@ def test_streamed_rows_regroup_into_whole_shards_in_completion_order() -> None:
     assert [(shard, pid) for shard, _, pid in got] == [(2, 42), (0, 40)]
     assert all(set(tables) == set(RUN_TABLES) for _, tables, _ in got)
     assert got[0][1]["tokens"] == b"tokens"
+
+
+def test_plan_shards_keeps_a_conversation_in_one_shard() -> None:
+    lengths = {0: 10, 1: 20, 2: 30, 3: 5, 4: 50, 5: 7}
+    groups = {0: 1, 1: 1, 2: 1, 3: 2, 4: 3, 5: 3}
+    shards = plan_shards(lengths, 2, groups)
+    where = {i: s.shard for s in shards for i in s.items}
+    assert where[0] == where[1] == where[2] and where[4] == where[5]
+    assert sorted(where) == sorted(lengths)
+    assert plan_shards(dict(reversed(lengths.items())), 2, groups) == shards

@@ -9,7 +9,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.groups import (
     COUNTERFACTUAL_COLUMNS,
     RESPONSE_COLUMNS,
@@ -27,7 +26,8 @@ from tokenprism.app.components.groups import (
     tree_figure,
 )
 
-HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
+# Import purity of this module: test_components.py checks every module of app/components.
+
 SCRIPT = "<script>alert(1)</script>"
 LONG = "Let me think step by step about this problem first"
 
@@ -389,6 +389,27 @@ def test_thr_status_gives_tau_or_the_reason() -> None:
     assert thr_status(None)[0] is False
 
 
+def test_thr_status_says_which_vocabulary_and_the_agreement() -> None:
+    full = {"thr_tau": 0.5, "thr_p": 0.1, "thr_vocab": "full", "thr_vocab_size": 49152}
+    ok, text = thr_status(full)
+    assert ok and "exactly, over the full 49152-token vocabulary" in text
+    short = {
+        **full,
+        "thr_vocab": "group",
+        "thr_vocab_size": 120,
+        "thr_group_agreement": {"spearman": 0.9412, "sign_agreement": 0.87, "n_tokens": 300},
+        "thr_tau": -0.25,
+        "thr_tau_note": "tau < 0: every token is kept",
+    }
+    ok, text = thr_status(short)
+    assert ok and "120-token group vocabulary V*" in text
+    assert "Spearman 0.941, same sign 87%" in text
+    assert "tau < 0: every token is kept." in text
+    # groups stored before the option existed used V* and have no agreement
+    ok, text = thr_status({"thr_tau": 1.0, "thr_p": 0.1, "vocabulary_size": 40})
+    assert ok and "40-token group vocabulary" in text and "Spearman" not in text
+
+
 def test_labels_and_incorrect() -> None:
     right, wrong = _group()["responses"]
     assert not is_incorrect(right) and is_incorrect(wrong)
@@ -405,7 +426,3 @@ def test_labels_and_incorrect() -> None:
         }
     )
     assert label == "x" * 59 + "… · number:7 · 3/8 correct · 2025-01-02T03:04:05"
-
-
-def test_group_components_import_no_ui_database_or_model_libraries() -> None:
-    assert packages_loaded_by("tokenprism.app.components.groups", HEAVY) == []

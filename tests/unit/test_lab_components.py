@@ -9,7 +9,6 @@ from typing import Any
 import plotly.graph_objects as go
 import pytest
 
-from tests.import_probe import packages_loaded_by
 from tokenprism.app.components.lab import (
     DECODE_PARAMS,
     DECODE_RULES,
@@ -27,7 +26,8 @@ from tokenprism.app.components.lab import (
     refusal_curve_figure,
 )
 
-HEAVY = ("streamlit", "duckdb", "torch", "sqlalchemy", "fastapi", "transformers")
+# Import purity of this module: test_components.py checks every module of app/components.
+
 SCRIPT = "<script>alert(1)</script>"
 SHIPPED = [
     {"id": "b-bread", "prompt": "Bake bread?", "should_refuse": False, "category": "benign"},
@@ -449,7 +449,3 @@ def test_figures_are_json_serialisable_with_nan_free_values() -> None:
     ):
         spec = json.loads(fig.to_json())
         assert spec["data"]
-
-
-def test_importing_the_lab_components_pulls_in_no_heavy_frameworks() -> None:
-    assert packages_loaded_by("tokenprism.app.components.lab", HEAVY) == []

@@ -6,9 +6,11 @@ import re
 from html.parser import HTMLParser
 from typing import Any
 
+import numpy as np
 import pytest
 
-from tokenprism.backend.audit.report import NO_VALUE_COLOUR, render_audit_report
+from tokenprism.backend.audit.report import render_audit_report
+from tokenprism.backend.display import NO_VALUE_COLOUR
 
 SCRIPT = "<script>alert(1)</script>"
 IMG = "<img src=x onerror=alert(1)>"
@@ -244,7 +246,7 @@ def test_payloads_come_out_as_escaped_text(report: str, parsed: _Collector) -> N
     assert "&lt;img src=x onerror=alert(1)&gt;" in report
     spans = [span_text for _, span_text in parsed.spans]
     assert SCRIPT in spans
-    assert "<img·src=x·onerror=alert(1)>" in spans
+    assert IMG in spans
 
 
 def test_quote_in_a_token_cannot_break_out_of_its_attribute(parsed: _Collector) -> None:
@@ -252,7 +254,7 @@ def test_quote_in_a_token_cannot_break_out_of_its_attribute(parsed: _Collector) 
     assert '·"x"  p=0.05' in title  # the quoted alternative stays inside the title
     assert title.splitlines()[-1] == '  ·"x"  p=0.05'
     spans = [span_text for _, span_text in parsed.spans]
-    assert 'say·"hi"↵now' in spans
+    assert 'say "hi"now' in spans  # prose: real spaces, the newline is a <br>
 
 
 def test_turn_sections_exist_in_risk_order(parsed: _Collector) -> None:
@@ -267,19 +269,24 @@ def test_only_response_tokens_are_shown(report: str, parsed: _Collector) -> None
     assert len(parsed.spans) == 7
 
 
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    r, g, b = (c / 255 for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b  # rough, enough to tell light from dark
+
+
 def _rgb(style: str | None) -> tuple[int, int, int]:
-    match = re.fullmatch(r"background:rgb\((\d+),(\d+),(\d+)\)", style or "")
+    match = re.fullmatch(r"background:rgb\((\d+),(\d+),(\d+)\);color:#(000000|ffffff)", style or "")
     assert match, style
-    red, green, blue = (int(g) for g in match.groups())
+    red, green, blue = (int(g) for g in match.groups()[:3])
     return red, green, blue
 
 
 def test_colour_follows_entropy_and_missing_values_are_grey(parsed: _Collector) -> None:
     low = _rgb(_span(parsed, "runA", 2)["style"])  # entropy 0.05 of 4 nats
     high = _rgb(_span(parsed, "runA", 3)["style"])  # entropy 3.9 of 4 nats
-    assert low[1] == 255 and low[0] < 20  # green
-    assert high[0] == 255 and high[1] < 20  # red
-    assert _span(parsed, "runA", 1)["style"] == f"background:{NO_VALUE_COLOUR}"
+    assert _luminance(low) > 0.6  # light viridis end = certain
+    assert _luminance(high) < 0.2  # dark purple end = uncertain
+    assert _span(parsed, "runA", 1)["style"].startswith(f"background:{NO_VALUE_COLOUR};")
 
 
 def test_confident_metrics_invert_the_scale() -> None:
@@ -287,25 +294,27 @@ def test_confident_metrics_invert_the_scale() -> None:
     parsed = _parse(render_audit_report(summary, turn_tokens, colour_metric="prob"))
     confident = _rgb(_span(parsed, "runA", 2)["style"])  # prob 0.9
     unsure = _rgb(_span(parsed, "runA", 3)["style"])  # prob 0.05
-    assert confident[1] == 255 and confident[0] < 60
-    assert unsure[0] == 255 and unsure[1] < 30
-    assert _span(parsed, "runA", 1)["style"] == f"background:{NO_VALUE_COLOUR}"
+    assert _luminance(confident) > 0.5
+    assert _luminance(unsure) < 0.2
+    assert _span(parsed, "runA", 1)["style"].startswith(f"background:{NO_VALUE_COLOUR};")
 
 
-def test_metrics_without_a_fixed_maximum_scale_to_the_95th_percentile() -> None:
+def test_metrics_without_a_natural_range_scale_to_the_1st_to_99th_percentile() -> None:
     summary, turn_tokens = _data()
     for i, tok in enumerate(t for toks in turn_tokens.values() for t in toks):
         tok["kurtosis"] = float(i)  # confident: the largest values are the greenest
     parsed = _parse(render_audit_report(summary, turn_tokens, colour_metric="kurtosis"))
-    assert _rgb(_span(parsed, "runB", 2)["style"]) == (0, 255, 60)  # the maximum, above p95
-    assert _rgb(_span(parsed, "runA", 1)["style"])[0] == 255  # a small value: red
-    assert "kurtosis ≥ 6.7" in "".join(parsed.text)  # p95 of the response values 1..7
+    assert _rgb(_span(parsed, "runB", 2)["style"]) == (253, 231, 37)  # the maximum: lightest
+    assert _luminance(_rgb(_span(parsed, "runA", 1)["style"])) < 0.2  # a small value: dark
+    values = [float(i) for i in range(1, 8)]
+    p1, p99 = np.percentile(values, 1), np.percentile(values, 99)
+    assert f"domain [{p1:.3g}, {p99:.3g}]" in "".join(parsed.text)
 
 
 def test_legend_names_the_uncertain_colour(parsed: _Collector) -> None:
     text = "".join(parsed.text)
-    assert "green = certain, red = uncertain" in text
-    assert "entropy ≥ 4" in text
+    assert "light = certain, dark = uncertain" in text
+    assert "domain [0, 4]" in text
 
 
 def test_tooltip_lists_values_and_top_three_alternatives(parsed: _Collector) -> None:
@@ -327,11 +336,11 @@ def test_missing_risk_is_a_dash_and_risk_has_three_digits(report: str) -> None:
     assert by_line["7"][1:3] == ["2", "1"]  # conversation, 1-based turn
 
 
-def test_whitespace_is_visible(report: str, parsed: _Collector) -> None:
+def test_text_is_prose(report: str, parsed: _Collector) -> None:
     spans = [span_text for _, span_text in parsed.spans]
-    assert "·capital" in spans
-    assert "→end" in spans
-    assert "say·&quot;hi&quot;↵<br>now" in report
+    assert " capital" in spans
+    assert "\tend" in spans
+    assert "say &quot;hi&quot;<br>now" in report
 
 
 def test_header_facts(parsed: _Collector) -> None:

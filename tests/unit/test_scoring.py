@@ -43,6 +43,7 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def _params(**kw: object) -> ScoringParams:
+    kw.setdefault("layers", "all")  # these tests check every layer's effective rank
     return ScoringParams(
         logits=LogitMetricParams(top_k=4, gltr_edges=EDGES, chunk_positions=3), **kw
     )  # type: ignore[arg-type]

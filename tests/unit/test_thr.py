@@ -15,6 +15,8 @@ from tokenprism.analysis.thr import (
     group_vocabulary,
     prediction_errors,
     reweighted_advantages,
+    thr_agreement,
+    thr_full_vocab,
     thr_naive,
     thr_scores,
     thr_threshold,
@@ -240,3 +242,136 @@ def test_top_tokens_agree_with_sorting_all_scores() -> None:
     pos, neg = top_thr_tokens(thr, 3)
     assert pos == sorted((f for f in flat if f[2] > 0), key=lambda f: -f[2])[:3]
     assert neg == sorted((f for f in flat if f[2] < 0), key=lambda f: f[2])[:3]
+
+
+# ---- full vocabulary (the default) -----------------------------------------------------------
+
+
+def _head_group(
+    lengths: list[int], *, vocab_size: int = 37, d: int = 6, seed: int = 0
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Random tokens, hidden states and an LM head with a bias, in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = [torch.randint(0, vocab_size, (t,), generator=gen) for t in lengths]
+    hidden = [torch.randn(t, d, generator=gen, dtype=torch.float64) for t in lengths]
+    weight = 1.5 * torch.randn(vocab_size, d, generator=gen, dtype=torch.float64)
+    bias = torch.randn(vocab_size, generator=gen, dtype=torch.float64)
+    return ids, hidden, weight, bias
+
+
+def _full_features(
+    ids: list[torch.Tensor],
+    hidden: list[torch.Tensor],
+    rewards: list[float],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> list[ResponseFeatures]:
+    """The same group with explicit full-vocabulary distributions (vocab = every id)."""
+    out = []
+    for t, h, r in zip(ids, hidden, rewards, strict=True):
+        logits = h @ weight.T + (bias if bias is not None else 0.0)
+        out.append(ResponseFeatures(t, torch.softmax(logits, dim=-1), h, r))
+    return out
+
+
+@pytest.mark.parametrize("max_block", [1 << 24, 64, 7])
+@pytest.mark.parametrize(
+    ("lengths", "rewards"),
+    [([5, 3, 7, 4], [1, 0, 1, 0]), ([6, 0, 9], [0, 1, 1]), ([4, 4, 1], [1, 1, 1])],
+)
+def test_full_vocab_matrix_form_matches_naive_double_sum(
+    lengths: list[int], rewards: list[float], max_block: int
+) -> None:
+    # max_block 64 and 7 force vocabulary chunks of 1..9 ids and row blocks of a few tokens
+    ids, hidden, weight, bias = _head_group(lengths, seed=len(lengths) + max_block)
+    got, reason = thr_full_vocab(
+        ids, hidden, rewards, weight, bias, dtype=torch.float64, max_block=max_block
+    )
+    assert reason is None
+    vocab = torch.arange(weight.shape[0])
+    ref = thr_naive(_full_features(ids, hidden, rewards, weight, bias), vocab)
+    scale = max(float(r.abs().max()) for r in ref if r.numel())
+    for g, r in zip(got, ref, strict=True):
+        assert g.dtype == torch.float64 and g.shape == r.shape
+        np.testing.assert_allclose(g.numpy(), r.numpy(), rtol=1e-10, atol=1e-12 * scale)
+
+
+def test_full_vocab_accepts_a_precomputed_log_normaliser() -> None:
+    ids, hidden, weight, bias = _head_group([5, 0, 6], seed=12)
+    lse = [torch.logsumexp(h @ weight.T + bias, dim=-1) for h in hidden]
+    rewards = [1, 1, 0]
+    given, _ = thr_full_vocab(
+        ids, hidden, rewards, weight, bias, log_normaliser=lse, dtype=torch.float64
+    )
+    computed, _ = thr_full_vocab(ids, hidden, rewards, weight, bias, dtype=torch.float64)
+    for a, b in zip(given, computed, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="log_normaliser"):
+        thr_full_vocab(ids, hidden, rewards, weight, bias, log_normaliser=lse[:1])
+
+
+def test_full_vocab_float32_and_no_bias() -> None:
+    ids, hidden, weight, _ = _head_group([5, 6, 3], seed=11)
+    got, _ = thr_full_vocab(ids, hidden, [1, 0, 0], weight.float())
+    ref = thr_naive(_full_features(ids, hidden, [1, 0, 0], weight, None), torch.arange(37))
+    _assert_close(got, ref, rtol=1e-5)
+
+
+def test_full_vocab_equals_group_form_when_the_group_covers_the_vocabulary() -> None:
+    # with V* = V the NTHR restriction is no restriction: both forms are the same number
+    ids, hidden, weight, bias = _head_group([40, 40], vocab_size=5, seed=2)
+    vocab = group_vocabulary(ids)
+    assert vocab.tolist() == list(range(5))
+    full, _ = thr_full_vocab(ids, hidden, [1, 0], weight, bias, dtype=torch.float64)
+    group, _ = thr_scores(_full_features(ids, hidden, [1, 0], weight, bias), vocab)
+    for f, g in zip(full, group, strict=True):
+        np.testing.assert_allclose(g.double().numpy(), f.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_full_vocab_without_anchor_and_bad_inputs() -> None:
+    ids, hidden, weight, bias = _head_group([3, 0, 2], seed=3)
+    got, reason = thr_full_vocab(ids, hidden, [0, 0, 0], weight, bias)
+    assert reason == NO_ANCHOR_REASON
+    assert [t.numel() for t in got] == [3, 0, 2] and all(torch.isnan(t).all() for t in got)
+    _, reason = thr_full_vocab(ids, hidden, [0, 1, 0], weight, bias)
+    assert reason == EMPTY_ANCHOR_REASON
+    with pytest.raises(ValueError, match="token ids"):
+        thr_full_vocab([torch.tensor([37])], [torch.zeros(1, 6)], [1], weight)
+    with pytest.raises(ValueError, match="reward"):
+        thr_full_vocab(ids, hidden, [0.5, 1, 0], weight)
+    with pytest.raises(ValueError):
+        thr_full_vocab(ids, hidden[:2], [1, 0, 0], weight)
+
+
+def test_agreement_matches_scipy_and_counts_signs() -> None:
+    from scipy.stats import spearmanr
+
+    gen = torch.Generator().manual_seed(4)
+    ref = [torch.randn(30, generator=gen), torch.randn(0), torch.randn(12, generator=gen)]
+    approx = [r + 0.7 * torch.randn(r.shape, generator=gen) for r in ref]
+    approx[0][:4] = approx[0][0]  # ties
+    approx[2][3] = math.nan  # skipped
+    got = thr_agreement(ref, approx)
+    r = torch.cat(ref).numpy()
+    a = torch.cat(approx).numpy()
+    keep = ~np.isnan(a)
+    assert got["n_tokens"] == int(keep.sum()) == 41
+    assert got["spearman"] == pytest.approx(spearmanr(r[keep], a[keep]).statistic, rel=1e-12)
+    assert got["sign_agreement"] == pytest.approx(
+        float(np.mean(np.sign(r[keep]) == np.sign(a[keep]))), rel=1e-12
+    )
+    same = thr_agreement(ref, ref)
+    assert same["spearman"] == pytest.approx(1.0) and same["sign_agreement"] == 1.0
+    assert math.isnan(thr_agreement([torch.tensor([1.0])], [torch.tensor([2.0])])["spearman"])
+    with pytest.raises(ValueError):
+        thr_agreement(ref, approx[:2])
+
+
+def test_negative_beta_is_refused_and_negative_tau_kept() -> None:
+    thr = [torch.tensor([-1.0, -3.0]), torch.tensor([5.0])]
+    assert thr_threshold(thr, [1, 1], 1.0) == -2.0  # a negative tau is kept, not clipped
+    kept = reweighted_advantages(thr, [1.0, 1.0], -2.0, 0.1)
+    assert (kept[0] != 0).all() and (kept[1] != 0).all()  # every token passes |THR| > tau
+    for beta in (-0.1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="beta"):
+            thr_threshold(thr, [1, 1], beta)

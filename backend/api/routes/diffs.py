@@ -1,19 +1,17 @@
-"""``POST /api/v1/diffs`` (a job, 202) and ``GET /api/v1/diffs/{id}``: model diffs over HTTP.
+"""Model diffs: ``POST /api/v1/diffs`` (a job, 202) and ``GET /api/v1/diffs/{id}``.
 
-Included by ``create_app`` with the token dependency; the service (store, jobs, model-name
-authorisation) is read from ``request.app.state`` so this module does not import the app.
+Both model names (A and B, variants included) go through the service's one model gate.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from starlette.exceptions import HTTPException
+from fastapi import Query
 
+from tokenprism.backend.api.schemas import DiffBody
+from tokenprism.backend.api.service import NotFound, ServiceDep, protected_router
 from tokenprism.backend.diff.service import (
-    MAX_TEXT_CHARS,
     check_source,
     diff_result,
     json_safe,
@@ -23,51 +21,31 @@ from tokenprism.backend.errors import UserError
 from tokenprism.backend.store.diffs import (
     DiffNotFound,
     create_diff,
+    delete_diff,
     set_diff_job,
     upload_run_ids,
 )
 from tokenprism.backend.store.records import get_job
 
-router = APIRouter(tags=["diffs"])
+router = protected_router()
 
 
-class DiffBody(BaseModel):
-    """Diff model B against model A on one input: ``text``, ``run_id`` or ``upload_id``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(
-        None, max_length=1000, description="model A (a run's own model for run_id; default)"
-    )
-    against: str = Field(
-        ..., min_length=1, max_length=1000, description="model B, e.g. default@int8"
-    )
-    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS)
-    run_id: str | None = Field(None, min_length=1, max_length=64)
-    upload_id: str | None = Field(None, min_length=1, max_length=64)
-
-    @model_validator(mode="after")
-    def _one_input(self) -> DiffBody:
-        if sum(x is not None for x in (self.text, self.run_id, self.upload_id)) != 1:
-            raise ValueError("give exactly one of 'text', 'run_id', 'upload_id'")
-        return self
-
-    def source(self) -> dict[str, Any]:
-        if self.text is not None:
-            return check_source({"kind": "text", "text": self.text})
-        if self.run_id is not None:
-            return check_source({"kind": "run", "run_id": self.run_id})
-        return check_source({"kind": "upload", "upload_id": self.upload_id})
+def _source(body: DiffBody) -> dict[str, Any]:
+    """The body's one input as a checked source (``{"kind": text|run|upload, ...}``)."""
+    if body.text is not None:
+        return check_source({"kind": "text", "text": body.text})
+    if body.run_id is not None:
+        return check_source({"kind": "run", "run_id": body.run_id})
+    return check_source({"kind": "upload", "upload_id": body.upload_id})
 
 
 @router.post("/diffs", status_code=202, summary="Diff model B against A (a job)")
-def create(body: DiffBody, request: Request) -> dict[str, Any]:
-    svc = request.app.state.service
-    source = body.source()
+def create_diff_job(body: DiffBody, svc: ServiceDep) -> dict[str, Any]:
+    source = _source(body)
     try:
         owner = source_model(svc.store, source)
     except UserError as err:
-        raise HTTPException(404, str(err)) from None
+        raise NotFound(str(err)) from None
     if owner is not None and body.model is not None and svc.model_name(body.model) != owner:
         raise UserError(f"run {body.run_id} was scored by {owner!r}; 'model' must be that model")
     model_a = owner or svc.model_name(body.model)
@@ -89,24 +67,27 @@ def create(body: DiffBody, request: Request) -> dict[str, Any]:
         params={},
     )
     params = {"diff_id": diff_id, "model_a": model_a, "model_b": model_b, "source": source}
-    job_id = svc.jobs.submit("diff", params, total)
+    try:
+        job_id = svc.jobs.submit("diff", params, total)
+    except Exception:  # a full queue (429): nothing stays stored
+        delete_diff(svc.store, diff_id)
+        raise
     set_diff_job(svc.store, diff_id, job_id)
     return {"diff_id": diff_id, "job_id": job_id, "status": "queued"}
 
 
 @router.get("/diffs/{diff_id}", summary="A diff: models, summary, runs with per-token values")
-def get(
+def diff(
     diff_id: str,
-    request: Request,
+    svc: ServiceDep,
     max_runs: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     tokens: bool = True,
 ) -> dict[str, Any]:
-    svc = request.app.state.service
     try:
         result = diff_result(svc.store, diff_id, max_runs=max_runs, offset=offset, tokens=tokens)
     except DiffNotFound as err:
-        raise HTTPException(404, str(err)) from None
+        raise NotFound(str(err)) from None
     job = get_job(svc.store, result["job_id"]) if result["job_id"] else None
     result["status"] = job["status"] if job else "done"
     result["error"] = job["error"] if job else None

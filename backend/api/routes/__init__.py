@@ -1,0 +1,1 @@
+"""One router module per resource; :mod:`tokenprism.backend.api.app` includes them all."""

@@ -61,6 +61,7 @@ def diff(
         source_model,
         start_diff,
     )
+
     source = _source(run_id, text, upload)
     with open_store() as store:
         owner = source_model(store, source)
@@ -114,4 +115,3 @@ def _print(result: dict[str, Any]) -> None:
             _fmt(p_b),
         )
     out.print(table)
-

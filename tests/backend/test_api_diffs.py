@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,7 +28,7 @@ def client(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         yield c
 
 
-def _diff(client: TestClient, body: dict) -> dict:  # type: ignore[type-arg]
+def _diff(client: TestClient, body: dict[str, str]) -> dict[str, Any]:
     resp = client.post(url("/diffs"), json=body)
     assert resp.status_code == 202, resp.text
     created = resp.json()
@@ -35,7 +36,8 @@ def _diff(client: TestClient, body: dict) -> dict:  # type: ignore[type-arg]
     assert job["status"] == "done", job
     resp = client.get(url(f"/diffs/{created['diff_id']}"))
     assert resp.status_code == 200, resp.text
-    return strict_json(resp.text)  # type: ignore[no-any-return]
+    result: dict[str, Any] = strict_json(resp.text)
+    return result
 
 
 def test_text_and_run_diffs(client: TestClient, tiny_model_dir: Path) -> None:
@@ -71,9 +73,9 @@ def test_text_and_run_diffs(client: TestClient, tiny_model_dir: Path) -> None:
 )
 def test_bad_bodies_are_refused_without_a_job(
     client: TestClient,
-    body: dict,
+    body: dict[str, str],
     status: int,
-    needle: str,  # type: ignore[type-arg]
+    needle: str,
 ) -> None:
     before = client.get(url("/jobs")).json()
     resp = client.post(url("/diffs"), json=body)

@@ -135,9 +135,9 @@ def test_upload_diff_reads_one_pass_turns_whole(tiny_model_dir: Path, settings) 
     assert one["summary"]["kl_mean"] == pytest.approx(per["summary"]["kl_mean"], rel=1e-5)
 
 
-def test_different_tokenizers_align_by_characters(
+def test_different_tokenizers_align_by_characters(  # type: ignore[no-untyped-def]
     tiny_model_dir: Path, settings, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from tests.tiny import build_tiny_model
 
     other = build_tiny_model(tmp_path / "other", vocab_size=300, seed=1)

@@ -664,3 +664,30 @@ _GROUPS = [_with_scale(s) for s in _GROUPS]
 _TOPK = [_with_scale(s) for s in _TOPK]
 for _spec in _BUILTIN + _EXTRAS + _GROUPS + _TOPK + _LENS:
     register_metric(_spec)
+
+# Model diff (analysis.divergence): per-token values of model B against model A on A's tokens,
+# stored in diff_token_metrics keyed by (diff_id, run_id, position, metric).
+_DIFF: list[tuple[str, str, str, Direction, str]] = [
+    ("kl", "token", "nats", "uncertain", "KL(P_A || P_B) over the full vocabulary (model diff)."),
+    ("kl_rev", "token", "nats", "uncertain", "KL(P_B || P_A) over the full vocabulary."),
+    ("js", "token", "nats", "uncertain", "Jensen-Shannon divergence of P_A and P_B (<= ln 2)."),
+    (
+        "delta_logprob",
+        "token",
+        "nats",
+        "neutral",
+        "log p_B(token) - log p_A(token); across tokenizers, B's log-probs summed over the span.",
+    ),
+    ("top1_agree", "token", "flag", "confident", "1 when A's and B's argmax tokens agree."),
+    ("rank_b", "token", "rank", "uncertain", "1-based rank of the token under model B."),
+    ("logprob_b", "token", "nats", "confident", "log p_B(token) (model diff)."),
+    ("kl_mean", "sequence", "nats", "uncertain", "Mean per-token KL(P_A || P_B) of a diff."),
+    ("kl_p90", "sequence", "nats", "uncertain", "90th percentile of per-token KL of a diff."),
+    ("kl_p99", "sequence", "nats", "uncertain", "99th percentile of per-token KL of a diff."),
+    ("kl_max", "sequence", "nats", "uncertain", "Largest per-token KL of a diff."),
+    ("top1_agreement", "sequence", "fraction", "confident", "Share of tokens with top1_agree."),
+]
+for _name, _level, _unit, _direction, _text in _DIFF:
+    _spec = MetricSpec(_name, _level, _unit, _direction, _text, ("logits", "model_b"))  # type: ignore[arg-type]
+    # delta_logprob is signed (B above or below A): a diverging scale centred on 0
+    register_metric(_with_scale(replace(_spec, signed=_name == "delta_logprob")))

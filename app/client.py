@@ -369,6 +369,16 @@ class TokenPrismClient:
         """Compute and save a steering vector (``VectorBody``: name, kind, layer, prompts, ...)."""
         return dict(self._json("POST", "/vectors", json=body))
 
+    # ---- diffs --------------------------------------------------------------------------
+
+    def create_diff(self, **body: Any) -> dict[str, Any]:
+        """Start a diff job (``DiffBody``: against, model, text | run_id | upload_id)."""
+        return dict(self._json("POST", "/diffs", json=body))
+
+    def diff(self, diff_id: str, max_runs: int = 20) -> dict[str, Any]:
+        """A diff: models, summary, runs with per-token values."""
+        return dict(self._json("GET", f"/diffs/{diff_id}", params={"max_runs": max_runs}))
+
     # ---- sql ----------------------------------------------------------------------------
 
     def sql(self, query: str, max_rows: int = 1000) -> dict[str, Any]:

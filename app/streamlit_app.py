@@ -15,6 +15,7 @@ pages = {
         st.Page("views/audit.py", title="Audit", icon=":material/fact_check:"),
         st.Page("views/runs.py", title="Runs", icon=":material/table_rows:"),
         st.Page("views/probes.py", title="Probes", icon=":material/troubleshoot:"),
+        st.Page("views/diff.py", title="Diff", icon=":material/difference:"),
         st.Page("views/sql.py", title="SQL", icon=":material/terminal:"),
     ],
     "Experiment": [

@@ -32,13 +32,13 @@ CORPUS = [
 ] * 4
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     core.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -55,9 +55,11 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 
-def build_tiny_model(path: Path, *, layers: int = 2, context: int = 256, seed: int = 0) -> Path:
+def build_tiny_model(
+    path: Path, *, layers: int = 2, context: int = 256, seed: int = 0, vocab_size: int = 400
+) -> Path:
     """Write a tiny Llama (safetensors) and its tokenizer to ``path``; return ``path``."""
-    tok = build_tokenizer()
+    tok = build_tokenizer(vocab_size)
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,

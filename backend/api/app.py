@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenprism.backend import __version__
 from tokenprism.backend.api.routes import (
+    diffs,
     experiments,
     groups,
     jobs,
@@ -56,7 +57,7 @@ __all__ = ["API", "create_app"]
 log = logging.getLogger(__name__)
 
 # the token-protected routers, in the order their paths appear in the OpenAPI document
-_ROUTERS = (meta, runs, uploads, probes, groups, experiments, jobs, sql, lens)
+_ROUTERS = (meta, runs, uploads, probes, groups, experiments, diffs, jobs, sql, lens)
 
 _USER_ERROR_STATUS: list[tuple[type[UserError], int, str]] = [
     (JobNotFound, 404, "not_found"),

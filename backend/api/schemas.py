@@ -201,3 +201,23 @@ class AddMetricsRequest(_Body):
         max_length=100_000,
         description="only these turns of the upload (default: every turn)",
     )
+
+
+class DiffBody(_Body):
+    """Diff model B against model A on one input: ``text``, ``run_id`` or ``upload_id``."""
+
+    model: str | None = Field(
+        None, max_length=1000, description="model A (a run's own model for run_id; default)"
+    )
+    against: str = Field(
+        ..., min_length=1, max_length=1000, description="model B, e.g. default@int8"
+    )
+    text: str | None = Field(None, min_length=1, max_length=200_000)  # diff.service.MAX_TEXT_CHARS
+    run_id: str | None = Field(None, min_length=1, max_length=64)
+    upload_id: str | None = Field(None, min_length=1, max_length=64)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> DiffBody:
+        if sum(x is not None for x in (self.text, self.run_id, self.upload_id)) != 1:
+            raise ValueError("give exactly one of 'text', 'run_id', 'upload_id'")
+        return self

@@ -16,7 +16,8 @@
   encoding (``Content-Length`` or chunked); past the limit the answer is 413 and the rest is
   never read.
 * **Model names**: :func:`gate_model_name` is the one check every user-named model goes
-  through (the run's model, NLI judges, the switch rule's models, ``NAME@layers=n`` variants):
+  through (the run's model, NLI judges, the switch rule's models, every ``NAME@...`` variant
+  and the adapter paths they name):
   local paths only inside ``TOKENPRISM_ALLOWED_MODEL_DIRS``, hub ids only with
   ``TOKENPRISM_ALLOW_HUB_MODELS``. Its refusal reads the same whether or not a path exists.
 
@@ -47,7 +48,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # routes a browser page may read without a token when none is set: nothing here changes state
 _DOCS_PATHS = ("/docs", "/redoc", "/openapi.json")
-_LAYERS = re.compile(r"^(?P<base>.+)@layers=(?P<n>\d{1,4})$")
 # the routes a page of the UI calls from the browser (the live stream and its Stop button)
 BROWSER_PATHS = re.compile(r"^/api/v1/generate/stream(/[A-Za-z0-9_-]{1,64}/cancel)?$")
 
@@ -251,24 +251,48 @@ def _refused(name: str) -> ModelNotAllowed:
     )
 
 
-def gate_model_name(name: str, settings: Settings, *, trusted: tuple[str, ...] = ()) -> str:
+def gate_model_name(
+    name: str, settings: Settings, *, trusted: tuple[str, ...] = (), variants: bool = True
+) -> str:
     """The name a client asked for, resolved and authorised, or :class:`ModelNotAllowed`.
 
     ``default`` and the server's default model, and the names in ``trusted`` (settings the
-    operator chose, e.g. the NLI judge), pass unchanged. ``NAME@layers=n`` gates ``NAME``.
-    A path (anything that looks like one, or exists) must resolve inside an allowed directory;
-    anything else is a hub id and needs the hub opt-in.
+    operator chose, e.g. the NLI judge), pass unchanged. A variant (``NAME@int8``,
+    ``NAME@layers=n``, ``NAME@adapter=PATH``, ... see :mod:`backend.models.variants`) gates
+    ``NAME``, and an adapter's PATH must resolve inside an allowed directory or the home's
+    ``adapters/`` (where cDPO adapters are saved). A path (anything that looks like one, or
+    exists) must resolve inside an allowed directory; anything else is a hub id and needs the
+    hub opt-in. With ``variants=False`` (names no variant applies to, e.g. NLI judges) the
+    whole name is gated as a plain one.
     """
-    variant = _LAYERS.match(name)
-    if variant is not None:
-        return (
-            f"{gate_model_name(variant['base'], settings, trusted=trusted)}@layers={variant['n']}"
-        )
+    from tokenprism.backend.models.variants import join_spec, split_spec, variant_paths
+
     if name in (DEFAULT_MODEL, settings.default_model, *trusted):
         return name
     if "\x00" in name or len(name) > 1000:
         raise _refused(name)
-    allowed = [Path(d).expanduser().resolve() for d in settings.allowed_model_dirs]
+    if not variants:
+        return _gate_plain(name, settings)
+    base, suffixes = split_spec(name)  # an unknown or malformed suffix: a 400 naming it
+    if not suffixes:
+        return _gate_plain(name, settings)
+    adapter_roots = [*_allowed_dirs(settings), (settings.home / "adapters").resolve()]
+    for path in variant_paths(suffixes):
+        if not any(path.is_relative_to(d) for d in adapter_roots):
+            raise _refused(name)
+    try:
+        gated = gate_model_name(base, settings, trusted=trusted)
+    except ModelNotAllowed:
+        raise _refused(name) from None  # the name as written, suffixes included
+    return join_spec(gated, suffixes)
+
+
+def _allowed_dirs(settings: Settings) -> list[Path]:
+    return [Path(d).expanduser().resolve() for d in settings.allowed_model_dirs]
+
+
+def _gate_plain(name: str, settings: Settings) -> str:
+    """:func:`gate_model_name` of a name without variants."""
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1
     try:
@@ -277,7 +301,7 @@ def gate_model_name(name: str, settings: Settings, *, trusted: tuple[str, ...] =
         exists = False
     if looks_local or exists:
         resolved = path.resolve()
-        if any(resolved.is_relative_to(d) for d in allowed):
+        if any(resolved.is_relative_to(d) for d in _allowed_dirs(settings)):
             return str(resolved)
         raise _refused(name)
     if not settings.allow_hub_models:
@@ -289,7 +313,7 @@ def gate_judge(name: str | None, settings: Settings) -> str | None:
     """A client-named CCP judge through the model gate (``fallback`` and the setting pass)."""
     if name is None:
         return None
-    return gate_model_name(name, settings, trusted=("fallback", settings.nli_model))
+    return gate_model_name(name, settings, trusted=("fallback", settings.nli_model), variants=False)
 
 
 # ---- text at the boundary ----------------------------------------------------------------------

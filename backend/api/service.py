@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from tokenprism.backend.api.security import gate_model_name, token_ok
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.jobs.worker import JobManager
-from tokenprism.backend.models.loader import LoadedModel, get_model
+from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.models.variants import get_model
 from tokenprism.backend.scoring.extras import parse_metrics
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store

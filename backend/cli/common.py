@@ -49,8 +49,8 @@ def open_store() -> Any:
 
 
 def load_model(model: str | None) -> Any:
-    """The named model, or the configured default."""
-    from tokenprism.backend.models.loader import get_model
+    """The named model or variant (``NAME@int8``, ...), or the configured default."""
+    from tokenprism.backend.models.variants import get_model
 
     settings = load_settings()
     return get_model(model or settings.default_model, settings)

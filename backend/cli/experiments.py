@@ -35,7 +35,7 @@ def _run(kind: str, params: dict[str, Any], model: str | None, as_json: bool) ->
     from tokenprism.backend.groups.core import json_safe
     from tokenprism.backend.lab.experiments import get_experiment
     from tokenprism.backend.lab.jobs import check_experiment, run_experiment
-    from tokenprism.backend.models.loader import get_model
+    from tokenprism.backend.models.variants import get_model
     from tokenprism.backend.settings import get_settings
     from tokenprism.backend.store import Store
 

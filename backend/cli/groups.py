@@ -101,7 +101,7 @@ def group(
         run_group,
         shipped_prompts,
     )
-    from tokenprism.backend.models.loader import get_model
+    from tokenprism.backend.models.variants import get_model
     from tokenprism.backend.store import Store
 
     if shipped:
@@ -158,7 +158,7 @@ def rollouts(
     """Find an incorrect response's critical token by verified rollouts."""
     from tokenprism.backend.groups.core import json_safe
     from tokenprism.backend.groups.rollouts import RolloutRequest, run_rollouts
-    from tokenprism.backend.models.loader import get_model
+    from tokenprism.backend.models.variants import get_model
     from tokenprism.backend.store import Store
 
     settings = load_settings()
@@ -209,7 +209,7 @@ def contrastive(
     """Train cDPO positive / negative LoRA adapters on a group; store p_CE per token."""
     from tokenprism.backend.groups.contrastive import ContrastiveRequest, train_contrastive
     from tokenprism.backend.groups.core import get_group, json_safe
-    from tokenprism.backend.models.loader import get_model
+    from tokenprism.backend.models.variants import get_model
     from tokenprism.backend.store import Store
 
     settings = load_settings()

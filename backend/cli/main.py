@@ -15,7 +15,7 @@ import sys
 
 import typer
 
-from tokenprism.backend.cli import audit, generate, groups, lens, runs, serve
+from tokenprism.backend.cli import audit, diff, generate, groups, lens, runs, serve
 from tokenprism.backend.cli.add_metrics import add_metrics
 from tokenprism.backend.cli.common import err
 from tokenprism.backend.cli.experiments import experiment_app
@@ -48,6 +48,7 @@ _COMMANDS = (
     groups.contrastive,
     lens.lens,
     lens.attribute,
+    diff.diff,
 )
 for _command in _COMMANDS:
     app.command()(_command)

@@ -102,6 +102,7 @@ class JobManager:
             "experiment": self._run_experiment,
             "add_metrics": self._run_add_metrics,
             "lens": lambda job, live: run_lens_job(self, job, live),
+            "diff": self._run_diff,
         }
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -464,3 +465,14 @@ class JobManager:
                 progress=lambda done, total: staged("running", done, total),
             )
         return {"experiment_id": experiment_id}
+
+    # ---- model diffs ---------------------------------------------------------------------
+
+    def _run_diff(self, job: dict[str, Any], live: LiveJob) -> dict[str, Any]:
+        from tokenprism.backend.diff.service import Cancelled, run_diff_job
+
+        report = self._progress(live)
+        try:
+            return run_diff_job(self.store, self.get_model, job, live, self.model_lock, report)
+        except Cancelled:
+            raise JobCancelled from None

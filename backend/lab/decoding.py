@@ -35,8 +35,6 @@ import copy
 import functools
 import inspect
 import math
-import re
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,12 +52,13 @@ from tokenprism.analysis.decoding import (
 )
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.limits import check_cancelled
-from tokenprism.backend.models.loader import LoadedModel, get_model, remember
+from tokenprism.backend.models.loader import LoadedModel
+from tokenprism.backend.models.variants import Variant, build_variant
+from tokenprism.backend.models.variants import get_model as get_variant_model
 from tokenprism.backend.sampling.types import eos_ids
 from tokenprism.backend.settings import Settings
 
 CNTP_PUNCTUATION = (".", ",", "\n", "?", "!", ":", ";", ")", "]", "}")
-_LAYERS_SPEC = re.compile(r"^(?P<base>.+)@layers=(?P<n>\d+)$")
 
 
 @dataclass
@@ -541,67 +540,24 @@ def switch_decode(
 
 
 def early_exit_model(lm: LoadedModel, n_layers: int) -> LoadedModel:
-    """A "small" model sharing ``lm``'s tokenizer: the first ``n_layers`` decoder blocks of a
-    deep copy of ``lm``, with its final norm and LM head (an early exit).
+    """``lm@layers=n_layers``: the first ``n_layers`` decoder blocks with the final norm and LM
+    head, sharing the tokenizer (the ``@layers`` variant of :mod:`backend.models.variants`).
 
     This is how entropy adaptive decoding gets a small/large pair from a single model (e.g. the
     embedded default: ``default@layers=8``). Name, label and revision get ``@layers=n``.
     """
-    inner = getattr(lm.model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise UserError(f"cannot truncate {type(lm.model).__name__}: no model.layers")
-    total = len(layers)
-    if not 1 <= n_layers <= total:
-        raise UserError(f"layers must be in 1..{total} for {lm.name!r}, got {n_layers}")
-    model = copy.deepcopy(lm.model)
-    model.model.layers = torch.nn.ModuleList(list(model.model.layers)[:n_layers])
-    model.config.num_hidden_layers = n_layers
-    layer_types = getattr(model.config, "layer_types", None)
-    if isinstance(layer_types, list):
-        model.config.layer_types = layer_types[:n_layers]
-    model.eval()
-    suffix = f"@layers={n_layers}"
-    return replace(
-        lm,
-        name=lm.name + suffix,
-        revision=lm.revision + suffix,
-        label=lm.label + suffix,
-        model=model,
-    )
-
-
-_EARLY_EXIT: OrderedDict[tuple[str, str, int, str, str], LoadedModel] = OrderedDict()
+    return build_variant(lm, Variant("layers", str(n_layers)), Settings())
 
 
 def resolve_model_spec(
     spec: str, settings: Settings, base: LoadedModel | None = None
 ) -> LoadedModel:
-    """A model name, or ``NAME@layers=n`` for :func:`early_exit_model` of NAME.
+    """A model name or variant spec (``NAME@layers=n``, ``NAME@int8``, ...).
 
     ``base`` is used instead of loading when its name is NAME (the model a job already holds).
-    Early-exit copies are kept per process.
+    Variants are cached per process by :func:`backend.models.variants.get_model`.
     """
-
-    def load(name: str) -> LoadedModel:
-        if base is not None and base.name == name:
-            return base
-        return get_model(name, settings)
-
-    match = _LAYERS_SPEC.match(spec)
-    if match is None:
-        return load(spec)
-    parent = load(match["base"])
-    n = int(match["n"])
-    key = (parent.name, parent.revision, n, str(parent.device), str(parent.dtype))
-    found = _EARLY_EXIT.get(key)
-    if found is None:
-        # bounded like loaded models: each variant is a deep copy of its parent's layers
-        found = early_exit_model(parent, n)
-        remember(_EARLY_EXIT, key, found, settings.max_loaded_models)
-    else:
-        _EARLY_EXIT.move_to_end(key)
-    return found
+    return get_variant_model(spec, settings, base=base)
 
 
 # ---- LATR -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ class LoadedModel:
             that load the model themselves (vLLM).
         compile_metrics: the settings' policy for the compiled metric sweep
             (``backend.scoring.compiled``).
+        variants: what each ``@suffix`` of :mod:`~tokenprism.backend.models.variants` did to
+            the base model (empty for a plain model).
     """
 
     name: str
@@ -78,6 +80,7 @@ class LoadedModel:
     autocast: torch.dtype | None = None
     path: Path | None = None
     compile_metrics: str = "off"
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
     @cached_property
     def vocab_strings(self) -> list[str]:
@@ -113,6 +116,7 @@ class LoadedModel:
             "context_length": self.context_length,
             "architecture": type(self.model).__name__,
             "label": self.label,
+            **({"variants": self.variants} if self.variants else {}),
         }
 
 

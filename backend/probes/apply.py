@@ -10,7 +10,7 @@ import sqlalchemy as sa
 import torch
 
 from tokenprism.backend.errors import UserError
-from tokenprism.backend.models.loader import get_model
+from tokenprism.backend.models.variants import get_model
 from tokenprism.backend.probes.storage import probe_for
 from tokenprism.backend.settings import Settings
 from tokenprism.backend.store import Store, schema

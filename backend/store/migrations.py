@@ -96,6 +96,26 @@ _V6 = """
 ALTER TABLE runs ADD COLUMN context_run_id VARCHAR;
 """
 
+# Version 7: model diffs. A diff's token rows carry the diff id in their key, so they never
+# collide with the run's own token_metrics.
+_V7 = """
+CREATE TABLE IF NOT EXISTS diffs (
+    diff_id VARCHAR NOT NULL PRIMARY KEY, job_id VARCHAR, model_a VARCHAR NOT NULL,
+    model_a_revision VARCHAR NOT NULL, model_b VARCHAR NOT NULL,
+    model_b_revision VARCHAR NOT NULL, source VARCHAR NOT NULL, params VARCHAR NOT NULL,
+    provenance VARCHAR NOT NULL, summary VARCHAR, created_at TIMESTAMP NOT NULL);
+CREATE TABLE IF NOT EXISTS diff_runs (
+    diff_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, item_index INTEGER NOT NULL,
+    same_tokens BOOLEAN NOT NULL, n_tokens INTEGER NOT NULL, n_compared INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS diff_token_metrics (
+    diff_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, position INTEGER NOT NULL,
+    metric VARCHAR NOT NULL, value DOUBLE PRECISION);
+CREATE TABLE IF NOT EXISTS diff_token_notes (
+    diff_id VARCHAR NOT NULL, run_id VARCHAR NOT NULL, position INTEGER NOT NULL,
+    reason VARCHAR NOT NULL);
+"""
+
+# Version 8: logit lens and input attributions of stored runs.
 _V8 = """
 CREATE TABLE IF NOT EXISTS lens_layers (
     run_id VARCHAR NOT NULL, position INTEGER NOT NULL, layer INTEGER NOT NULL,
@@ -120,7 +140,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (4, "groups of sampled responses: tree, summary, rollouts, contrastive models", _V4),
     (5, "steering and decoding experiments (their runs carry group_id = experiment_id)", _V5),
     (6, "runs.context_run_id: context tokens stored once per conversation", _V6),
-    # 7 is taken by the diff branch, merged in parallel; versions apply in list order
+    (7, "model diffs: diffs, diff_runs, diff_token_metrics, diff_token_notes", _V7),
     (8, "logit lens per (run, position, layer); input attributions per (run, target, method)", _V8),
 ]
 

@@ -211,6 +211,53 @@ experiments = sa.Table(  # v5: steering / decoding experiments; runs carry group
     sa.Column("created_at", sa.DateTime, nullable=False),
 )
 
+diffs = sa.Table(  # v7: a model diff (B against A on A's tokens)
+    "diffs",
+    metadata,
+    sa.Column("diff_id", sa.String, primary_key=True),
+    sa.Column("job_id", sa.String),
+    sa.Column("model_a", sa.String, nullable=False),
+    sa.Column("model_a_revision", sa.String, nullable=False),
+    sa.Column("model_b", sa.String, nullable=False),
+    sa.Column("model_b_revision", sa.String, nullable=False),
+    sa.Column("source", sa.String, nullable=False),  # JSON: {"kind": text|run|upload, ...}
+    sa.Column("params", sa.String, nullable=False),
+    sa.Column("provenance", sa.String, nullable=False),  # JSON: both models' provenance
+    sa.Column("summary", sa.String),  # JSON, set when the diff finished
+    sa.Column("created_at", sa.DateTime, nullable=False),
+)
+
+diff_runs = sa.Table(  # v7: the runs of a diff (one row per compared run, written with its rows)
+    "diff_runs",
+    metadata,
+    sa.Column("diff_id", sa.String, nullable=False),
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("item_index", sa.Integer, nullable=False),
+    sa.Column("same_tokens", sa.Boolean, nullable=False),
+    sa.Column("n_tokens", sa.Integer, nullable=False),
+    sa.Column("n_compared", sa.Integer, nullable=False),
+)
+
+diff_token_metrics = sa.Table(  # v7: long form, keyed by the diff (so by model B too)
+    "diff_token_metrics",
+    metadata,
+    sa.Column("diff_id", sa.String, nullable=False),
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("metric", sa.String, nullable=False),
+    sa.Column("value", sa.Double),
+)
+
+diff_token_notes = sa.Table(  # v7: why a token could not be compared (different tokenizers)
+    "diff_token_notes",
+    metadata,
+    sa.Column("diff_id", sa.String, nullable=False),
+    sa.Column("run_id", sa.String, nullable=False),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("reason", sa.String, nullable=False),
+)
+
+
 lens_layers = sa.Table(  # v8: logit lens of a run, one row per (position, layer)
     "lens_layers",
     metadata,

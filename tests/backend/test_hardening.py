@@ -276,6 +276,7 @@ def test_lone_surrogates_are_422_everywhere(live: tuple[str, Any]) -> None:
         "/experiments": '{"kind": "refusal-sweep", "params": {"prompts": [{"prompt": "\\ud800"}]}}',
         "/vectors": '{"name": "v", "prompts": ["\\ud800", "b"]}',
         "/sql": '{"query": "select \'\\ud800\'"}',
+        "/diffs": '{"against": "default", "text": "x\\ud800"}',
     }
     for route, raw in bodies.items():
         reply = httpx.post(url + route, content=raw, headers={"content-type": "application/json"})

@@ -607,6 +607,45 @@ def test_lab_runs_a_refusal_sweep_and_an_east_sweep(
     _shot(driver, "lab-east.png")
 
 
+def test_diff_page_diffs_the_default_model(browser: object, ui_url: str) -> None:
+    """The Diff page: default vs its early exit after 24 of 30 blocks (fast on a CPU; the
+    int8 variant is checked from the CLI in test_diff_default.py) on a text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver = browser
+    driver.get(f"{ui_url}/diff")  # type: ignore[attr-defined]
+    text = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "textarea[aria-label='Text']"))
+    text.send_keys(  # type: ignore[attr-defined]
+        "The capital of France is Paris. It is known for the Eiffel Tower, its museums and "
+        "fine food. About two million people live in the city <b>itself</b>."
+    )
+    _choose(driver, _widget(driver, "stSelectbox", "Model B"), "early exit @layers=K")
+    arg = _widget(driver, "stTextInput", "Argument / other model")
+    box = arg.find_element(By.CSS_SELECTOR, "input")  # type: ignore[attr-defined]
+    box.send_keys("24", Keys.TAB)
+    button = next(
+        b
+        for b in driver.find_elements(By.TAG_NAME, "button")  # type: ignore[attr-defined]
+        if b.text.strip() == "Run diff"
+    )
+    button.click()
+    spans = _wait(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-diff span[title]"), timeout=300
+    )
+    assert len(spans) >= 10  # type: ignore[arg-type]
+    colours = {s.value_of_css_property("background-color") for s in spans}  # type: ignore[attr-defined]
+    assert len(colours) >= 3  # coloured by KL, which varies token to token
+    titles = [s.get_attribute("title") for s in spans]  # type: ignore[attr-defined]
+    assert all("p_A" in t and "p_B" in t for t in titles)
+    assert not driver.find_elements(By.CSS_SELECTOR, ".tp-diff b")  # type: ignore[attr-defined]
+    page = driver.find_element(By.TAG_NAME, "body").text  # type: ignore[attr-defined]
+    assert "default@layers=24" in page and "mean KL" in page and "Most-moved tokens" in page
+    _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), timeout=60)
+    time.sleep(1.5)  # let the chart and the table draw before the screenshot
+    _shot(driver, "diff.png")
+
+
 def _canvas_tokens(n: int) -> list[dict[str, object]]:
     """A 2,000-token-sized run: signed THR around 0, entropy, a payload token, top-k."""
     import math

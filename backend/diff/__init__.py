@@ -1,0 +1,1 @@
+"""Model diff: what B changed relative to A, token by token."""

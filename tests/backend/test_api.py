@@ -162,6 +162,7 @@ def _all_routes(c: TestClient) -> list[tuple[str, str]]:
         path = path.replace("{run_id}", "r").replace("{upload_id}", "u")
         path = path.replace("{job_id}", "j").replace("{name}", "p")
         path = path.replace("{group_id}", "g").replace("{experiment_id}", "e")
+        path = path.replace("{diff_id}", "d").replace("{stream_id}", "s")
         routes += [(method.upper(), path) for method in operations]
     return routes
 
@@ -205,6 +206,14 @@ def test_every_route_but_health_needs_the_token(make_client: ClientFactory) -> N
         ("GET", url("/experiments/e")),
         ("GET", url("/vectors")),
         ("POST", url("/vectors")),
+        ("POST", url("/diffs")),
+        ("GET", url("/diffs/d")),
+        ("GET", url("/runs/r/lens")),
+        ("POST", url("/runs/r/lens")),
+        ("POST", url("/runs/r/attributions")),
+        ("GET", url("/runs/r/attributions")),
+        ("POST", url("/generate/stream")),
+        ("POST", url("/generate/stream/s/cancel")),
     }
     assert set(routes) == expected  # a new route must be added to this test
     for method, path in routes:

@@ -63,7 +63,8 @@ def test_list_metrics_is_sorted_and_filters_by_level() -> None:
         got = list_metrics(level)  # type: ignore[arg-type]
         assert all(s.level == level for s in got)
         assert expected <= {s.name for s in got}
-    assert [s.name for s in list_metrics("layer")] == ["effective_rank"]
+    # per-layer readings: the hidden-state geometry and the logit lens's divergence per layer
+    assert [s.name for s in list_metrics("layer")] == ["effective_rank", "lens_kl_final"]
 
 
 def test_hidden_state_metrics_declare_their_inputs() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -105,22 +106,32 @@ ROW_KEYS = {
 
 
 def snapshot(store: Store, job_id: str) -> dict[str, pd.DataFrame]:
-    """Every stored row of a job, keyed by item instead of run id, in a stable order."""
-    frames = {}
+    """Every stored row of a job, keyed by item instead of run id, in a stable order.
+
+    A conversation's context run (kind "context", no item of its own) is keyed by
+    ``-1 - <its first turn's item index>``, so it has one stable key whichever engine stored it.
+    """
     with store.engine.connect() as conn:
         runs = pd.DataFrame(
             conn.execute(
                 sa.text(
                     "SELECT item_index, turn_index, kind, prompt, response, text, n_tokens, "
-                    "n_response_tokens, run_id FROM runs WHERE job_id = :job"
+                    "n_response_tokens, run_id, context_run_id FROM runs WHERE job_id = :job"
                 ),
                 {"job": job_id},
             ).all()
         )
-        ids = dict(zip(runs["run_id"], runs["item_index"], strict=True))
-        frames["runs"] = (
-            runs.drop(columns="run_id").sort_values("item_index").reset_index(drop=True)
-        )
+    turns = runs[runs["item_index"].notna()]
+    first_turn = turns.groupby("context_run_id")["item_index"].min()
+    key = runs["item_index"].fillna(-1 - runs["run_id"].map(first_turn))
+    runs["item_index"] = key.astype(int)
+    ids = dict(zip(runs["run_id"], runs["item_index"], strict=True))
+    frames = {
+        "runs": runs.drop(columns=["run_id", "context_run_id"])
+        .sort_values("item_index")
+        .reset_index(drop=True)
+    }
+    with store.engine.connect() as conn:
         for name in schema.BULK_TABLES:
             table = schema.metadata.tables[name]
             cols = [c for c in table.c if c.name not in ("top_k",)]
@@ -155,6 +166,27 @@ def ray_options(**kw: Any) -> RayOptions:
     return RayOptions(**{"workers": 2, "shard_items": 3, "batch_tokens": 2048, **kw})
 
 
+def planned_shards(work: dict[str, Any], shard_items: int) -> int:
+    """How many shards the corpus makes: conversations are packed whole, so a shard can hold
+    more than ``shard_items`` items and there are at least len(items) / shard_items shards."""
+    from tokenprism.backend.audit.items import encode_items
+
+    items = work["items"]
+    encoded = encode_items(work["lm"], items, "corpus")
+    plans = plan_shards(
+        {it.index: e.n_tokens for it, e in zip(items, encoded, strict=True)},
+        shard_items,
+        {it.index: it.conversation for it in items},
+    )
+    assert sorted(i for p in plans for i in p.items) == [it.index for it in items]
+    conversation = {it.index: it.conversation for it in items}
+    for p in plans:  # one conversation never spans two shards
+        mine = {conversation[i] for i in p.items}
+        assert set(p.items) == {i for i, c in conversation.items() if c in mine}
+    assert len(plans) >= len(items) / shard_items
+    return len(plans)
+
+
 def test_plan_shards_is_stable_and_sorted_by_length() -> None:
     lengths = {0: 50, 1: 10, 2: 30, 3: 10, 4: 70}
     shards = plan_shards(lengths, 2)
@@ -187,7 +219,8 @@ def test_ray_engine_stores_the_same_rows_as_the_local_engine(
         options=ray_options(),
         on_progress=seen.append,
     )
-    assert sorted(report.scored) == list(range(report.shards)) == list(range(7))
+    assert sorted(report.scored) == list(range(report.shards))
+    assert report.shards == planned_shards(work, 3)
     assert not report.skipped and not report.from_disk
     assert seen[0] == 0 and seen[-1] == len(items) and seen == sorted(seen)
     assert_same_rows(snapshot(store, job_id), work["reference"])
@@ -272,20 +305,16 @@ def test_an_interrupted_ray_job_resumes_shard_by_shard(
     assert len(first) == 2
     # a crash between writing a shard and storing it: the shard is on disk, its rows are not
     lost = first[1]
-    manifest = json.loads(
-        (tmp_path / "shards" / job_id / f"shard-{lost:05d}" / "manifest.json").read_text()
-    )
+    shard = tmp_path / "shards" / job_id / f"shard-{lost:05d}"
+    manifest = json.loads((shard / "manifest.json").read_text())
+    # the shard's runs: its turns and the context runs of its conversations
+    run_ids = pq.read_table(shard / "runs.parquet", columns=["run_id"])["run_id"].to_pylist()
     with store.engine.connect() as conn:
-        run_ids = [
-            r[0]
-            for r in conn.execute(
-                sa.select(schema.runs.c.run_id).where(
-                    schema.runs.c.job_id == job_id,
-                    schema.runs.c.item_index.in_(manifest["items"]),
-                )
-            )
-        ]
-    assert len(run_ids) == len(manifest["items"])
+        items_of = conn.execute(
+            sa.select(schema.runs.c.item_index).where(schema.runs.c.run_id.in_(run_ids))
+        ).all()
+    assert len(items_of) == len(run_ids)
+    assert sorted(i for (i,) in items_of if i is not None) == sorted(manifest["items"])
     for run_id in run_ids:
         store.delete_run(run_id)
     again = score_items_ray(
@@ -322,7 +351,8 @@ def test_cli_audits_on_a_ray_cluster_and_resume_needs_an_unfinished_job(
         env={"TOKENPRISM_DEVICE": "cpu"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "ray: 5 shards scored, 0 read back from disk, 0 already stored" in done.stderr
+    shards = planned_shards(work, 4)
+    assert f"ray: {shards} shards scored, 0 read back from disk, 0 already stored" in done.stderr
     job_id = done.stderr.split(", job ")[1].split(":")[0]
     store = Store(home / "tokenprism.duckdb")
     with store.engine.connect() as conn:
@@ -361,7 +391,8 @@ def test_an_upload_job_runs_on_the_ray_engine(
         assert resp.status_code == 202, resp.text
         job = wait_job(client, resp.json()["job_id"], timeout=300)
         assert job["status"] == "done", job
-        assert job["result"]["engine"] == "ray" and len(job["result"]["scored"]) == 4
+        assert job["result"]["engine"] == "ray"
+        assert len(job["result"]["scored"]) == planned_shards(work, 5)
         assert job["result"]["items"] == len(work["items"])
         bad = client.post(url("/uploads"), files=files, data={"engine": "spark"})
         assert bad.status_code == 422

@@ -194,11 +194,6 @@ def test_plan_shards_is_stable_and_sorted_by_length() -> None:
     assert plan_shards(dict(reversed(lengths.items())), 2) == shards
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug since one pass per conversation: the Ray engine's conversation shards store "
-    "a shared context run again on resume and order rows differently from the local engine",
-)
 def test_ray_engine_stores_the_same_rows_as_the_local_engine(
     ray_cluster: str,  # noqa: ARG001
     work: dict[str, Any],
@@ -239,11 +234,6 @@ def test_ray_engine_stores_the_same_rows_as_the_local_engine(
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug since one pass per conversation: the Ray engine's conversation shards store "
-    "a shared context run again on resume and order rows differently from the local engine",
-)
 def test_a_killed_worker_is_replaced_and_no_shard_is_lost(
     ray_cluster: str,  # noqa: ARG001
     work: dict[str, Any],
@@ -276,11 +266,6 @@ def test_a_killed_worker_is_replaced_and_no_shard_is_lost(
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug since one pass per conversation: the Ray engine's conversation shards store "
-    "a shared context run again on resume and order rows differently from the local engine",
-)
 def test_an_interrupted_ray_job_resumes_shard_by_shard(
     ray_cluster: str,  # noqa: ARG001
     work: dict[str, Any],
@@ -364,11 +349,6 @@ def test_cli_audits_on_a_ray_cluster_and_resume_needs_an_unfinished_job(
     assert again.returncode == 2 and "only unfinished jobs resume" in again.stderr
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug since one pass per conversation: the Ray engine's conversation shards store "
-    "a shared context run again on resume and order rows differently from the local engine",
-)
 def test_an_upload_job_runs_on_the_ray_engine(
     ray_cluster: str,  # noqa: ARG001
     work: dict[str, Any],

@@ -57,10 +57,30 @@ def singular_values(
             return torch.linalg.svdvals(z)
         wide = z.shape[-2] <= z.shape[-1]
         gram = z @ z.transpose(-1, -2) if wide else z.transpose(-1, -2) @ z
+    return _gram_singular_values(gram, zero_smallest=centered and wide)
+
+
+def _gram_singular_values(gram: Tensor, *, zero_smallest: bool) -> Tensor:
+    """``sqrt(relu(eigvalsh(gram)))`` in float64; ``zero_smallest`` pins the smallest to 0.
+
+    Row-centred data with no more rows than columns has one exactly-zero singular value; its
+    eigenvalue is pinned rather than left to rounding noise.
+    """
+    with _full_precision(gram.device):
         eig = torch.linalg.eigvalsh(gram)  # ascending
-    if centered and wide:
+    if zero_smallest:
         eig[..., 0] = 0.0
     return eig.clamp_(min=0.0).sqrt_()
+
+
+def _centred_block(k: Tensor) -> Tensor:
+    """The Gram matrix of row-centred rows from the plain Gram ``k = Z Z^T`` (``[n, n]``).
+
+    ``(Z - 1 mu^T)(Z - 1 mu^T)^T = K - r 1^T - 1 r^T + g``, with ``r`` the row means of ``K``
+    and ``g`` its grand mean (double centring): O(n^2) instead of a new O(n^2 d) product.
+    """
+    r = k.mean(dim=-1, keepdim=True)
+    return k - r - r.transpose(-1, -2) + k.mean()
 
 
 def effective_rank(
@@ -124,9 +144,25 @@ def prefix_effective_ranks(
     """
     z = hidden[-max_len:].double()
     ends = range(stride + 1, z.shape[0] + 1, stride)  # exclusive ends of prefixes [0, j*s]
-    ranks = [effective_rank(z[:end], center=center, method=method) for end in ends]
-    if not ranks:
+    if not ends:
         return torch.zeros(0, dtype=torch.float32, device=z.device)
+    # Prefixes with no more rows than columns use the row-side Gram; every such Gram is a
+    # leading block of one product over the longest of them, so that product is formed once.
+    shared = [end for end in ends if end <= z.shape[1]] if method == "gram" else []
+    gram = None
+    if shared:
+        with _full_precision(z.device):
+            gram = z[: shared[-1]] @ z[: shared[-1]].T
+    ranks = []
+    for end in ends:
+        if gram is not None and end <= shared[-1]:
+            block = gram[:end, :end]
+            sv = _gram_singular_values(
+                _centred_block(block) if center else block, zero_smallest=center
+            )
+            ranks.append(_erank_from_singular_values(sv).float())
+        else:
+            ranks.append(effective_rank(z[:end], center=center, method=method))
     return torch.stack(ranks)
 
 

@@ -1,109 +1,109 @@
-"""One run on screen: coloured tokens, token details, charts and sequence cards.
+"""One run on screen: coloured tokens, charts, sequence cards and claims.
 
-Used by the Explore page, the Audit drill-down and the Runs page, so a run looks the same
-everywhere.
+Used by the Explore page, the Audit drill-down, the Runs page and the lab, so a run looks the
+same everywhere. The token view is the in-browser canvas (app/components/token_canvas.py):
+colour metric, scale, prompt tokens, whitespace markers and the token pop-over change there
+without a round trip; the server only redraws when the run or the charted metrics change.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
 import streamlit as st
-import streamlit.components.v1 as components
 
 from tokenprism.app.components.charts import gltr_figure, layer_rank_figure, metric_lines_figure
 from tokenprism.app.components.claims import claims_frame, judge_caption
+from tokenprism.app.components.tables import run_tokens_frame
 from tokenprism.app.components.token_canvas import token_canvas_html
-from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
-from tokenprism.app.ui import backend_errors, cached_run, client, sequence_cards
-from tokenprism.backend.display import SCALE_MODE_LABELS
+from tokenprism.app.components.token_view import available_token_metrics
+from tokenprism.app.ui import (
+    backend_errors,
+    cached_run,
+    client,
+    plain_markdown,
+    sequence_cards,
+    upload_domains,
+)
+from tokenprism.backend.display import metric_help, metric_label, shown_number
 
 DEFAULT_METRIC = "entropy"
+
+
+def _run_caption(run: dict[str, Any], n_response: int) -> str:
+    model = run.get("model", {})
+    source = ""
+    if run.get("upload_id"):
+        turn = shown_number(run.get("turn_index"))
+        source = f" · upload `{str(run['upload_id'])[:8]}`" + (f" turn {turn}" if turn else "")
+    return (
+        f"run `{str(run['run_id'])[:8]}` · model `{model.get('id')}` · {n_response} response "
+        f"tokens{source} · {run.get('created_at', '')[:19].replace('T', ' ')}"
+    )
+
+
+def render_tokens(run: dict[str, Any], metrics: list[str], metric: str) -> None:
+    """The run's tokens as the in-browser canvas (scale across the upload when it has one)."""
+    domains: dict[str, tuple[float, float]] = {}
+    if run.get("upload_id"):
+        every = upload_domains(str(run["upload_id"]), client().base_url)
+        domains = {m: every[m] for m in metrics if m in every}
+    st.iframe(
+        token_canvas_html(run["tokens"], metrics, metric, upload_domains=domains),
+        height="content",
+        alt="the run's tokens coloured by a metric",
+    )
 
 
 def render_run(run: dict[str, Any], *, key: str, default_metric: str | None = None) -> None:
     """Draw ``run``; ``key`` keeps widget keys unique when several runs are on one page.
 
-    ``default_metric`` is the first choice of "Colour tokens by" when the run has it (else
-    entropy); like any keyed widget, the selectbox then keeps what the user picked.
+    ``default_metric`` is the first colour of the token view when the run has it (else
+    entropy); the view's own menu changes it in the browser.
     """
     tokens = run["tokens"]
     response = [t for t in tokens if not t["is_prompt"]]
-    model = run.get("model", {})
-    st.caption(
-        f"run `{run['run_id']}` · model `{model.get('id')}` · {len(response)} response tokens"
-        f" · {run.get('created_at', '')[:19]}"
-    )
+    st.caption(_run_caption(run, len(response)))
     sequence_cards(run.get("sequence", {}))
     metrics = available_token_metrics(tokens)
     if not metrics:
         st.info("This run has no scored response tokens.")
         return
-    left, right = st.columns([3, 1])
-    preferred = default_metric if default_metric in metrics else DEFAULT_METRIC
-    metric = left.selectbox(
-        "Colour tokens by",
-        metrics,
-        index=metrics.index(preferred) if preferred in metrics else 0,
-        key=f"{key}.metric",
-    )
-    with_prompt = right.toggle("show prompt tokens", key=f"{key}.show_prompt")
-    mode_col, ws_col, instant_col = st.columns([3, 1, 1])
-    instant = instant_col.toggle(
-        "instant view",
-        key=f"{key}.instant",
-        help="Colour, scale, prompt tokens and the token pop-over change in the browser, "
-        "without a round trip to the server.",
-    )
-    if instant:
-        components.html(token_canvas_html(tokens, metrics, metric), height=520, scrolling=True)
-    else:
-        mode = mode_col.radio(
-            "Colour scale",
-            ["fixed", "run"],
-            format_func=SCALE_MODE_LABELS.get,
-            horizontal=True,
-            key=f"{key}.scale",
-        )
-        whitespace = ws_col.toggle("show whitespace", key=f"{key}.whitespace")
-        st.html(legend_html(metric, tokens, mode))
-        st.html(
-            token_html(tokens, metric, include_prompt=with_prompt, mode=mode, whitespace=whitespace)
-        )
+    preferred = next(m for m in (default_metric, DEFAULT_METRIC, metrics[0]) if m in metrics)
+    render_tokens(run, metrics, preferred)
     caption = judge_caption(run)
     if caption:
         st.caption(caption)
     render_claims(run, key=key)
+    render_charts(run, metrics, key=key)
+    with st.expander("Every token as a table"):
+        st.dataframe(run_tokens_frame(tokens, metrics), hide_index=True, key=f"{key}.token_table")
+    with st.expander("Provenance"):
+        st.json(run.get("provenance", {}), expanded=False)
 
-    positions = [t["position"] for t in response]
-    picked = st.selectbox(
-        "Token details",
-        positions,
-        format_func=lambda p: f"{p}: {tokens[p]['display']!r}",
-        key=f"{key}.token",
-    )
-    if picked is not None:
-        tok = tokens[picked]
-        values = {m: tok.get(m) for m in ("token_id", *metrics)}
-        cols = st.columns(2)
-        cols[0].dataframe(pd.DataFrame([values]).T.rename(columns={0: "value"}))
-        cols[1].dataframe(pd.DataFrame(tok["top_k"]), hide_index=True)
 
+def render_charts(run: dict[str, Any], metrics: list[str], *, key: str) -> None:
+    """Metric lines along the response (token text on the x-axis), layer ranks and GLTR."""
+    tokens = run["tokens"]
     chosen = st.multiselect(
         "Metrics along the response",
         metrics,
         default=[m for m in ("entropy", "surprisal_bits") if m in metrics],
+        format_func=metric_label,
         key=f"{key}.lines",
     )
     if chosen:
         st.plotly_chart(metric_lines_figure(tokens, chosen), key=f"{key}.lines_fig")
+        st.caption(
+            " · ".join(
+                f"**{plain_markdown(metric_label(m))}**: {plain_markdown(metric_help(m))}"
+                for m in chosen
+            )
+        )
     charts = st.columns(2)
     if run.get("layers"):
         charts[0].plotly_chart(layer_rank_figure(run["layers"]), key=f"{key}.layers_fig")
     charts[1].plotly_chart(gltr_figure(tokens), key=f"{key}.gltr_fig")
-    with st.expander("Provenance"):
-        st.json(run.get("provenance", {}), expanded=False)
 
 
 def render_claims(run: dict[str, Any], *, key: str) -> None:

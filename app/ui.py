@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -52,6 +53,55 @@ def cached_run(run_id: str, base_url: str) -> dict[str, Any]:  # noqa: ARG001 - 
 def fetch_run(run_id: str) -> dict[str, Any]:
     """:func:`cached_run` for the configured backend."""
     return cached_run(run_id, client().base_url)
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+!|~$-])")
+
+
+def plain_markdown(text: str) -> str:
+    """``text`` as literal markdown: names like entropy_lower must not turn italic."""
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Every response token value of an upload, core columns and the long table alike, so one
+# query gives each metric's 1st and 99th percentile (the "across the upload" colour scale).
+_UPLOAD_DOMAINS_SQL = """
+WITH mine AS (SELECT run_id FROM runs WHERE upload_id = '{upload_id}'),
+v AS (
+  SELECT 'logprob' AS metric, t.logprob AS value FROM tokens t JOIN mine USING (run_id)
+    WHERE NOT t.is_prompt
+  UNION ALL SELECT 'prob', t.prob FROM tokens t JOIN mine USING (run_id) WHERE NOT t.is_prompt
+  UNION ALL SELECT 'rank', CAST(t.rank AS DOUBLE) FROM tokens t JOIN mine USING (run_id)
+    WHERE NOT t.is_prompt
+  UNION ALL SELECT 'entropy', t.entropy FROM tokens t JOIN mine USING (run_id)
+    WHERE NOT t.is_prompt
+  UNION ALL SELECT m.metric, m.value FROM token_metrics m JOIN mine USING (run_id)
+    JOIN tokens t ON t.run_id = m.run_id AND t.position = m.position WHERE NOT t.is_prompt
+)
+SELECT metric, quantile_cont(value, 0.01) AS lo, quantile_cont(value, 0.99) AS hi
+FROM v WHERE value IS NOT NULL AND isfinite(value) GROUP BY metric
+"""
+
+
+@st.cache_data(max_entries=32, ttl=600, show_spinner=False)
+def upload_domains(upload_id: str, base_url: str) -> dict[str, tuple[float, float]]:  # noqa: ARG001 - cache key
+    """Per token metric, the 1st and 99th percentile over an upload's response tokens.
+
+    Empty when the id is not a plain id or the query fails (the view then offers no
+    "across the upload" scale rather than failing the page).
+    """
+    if not _SAFE_ID.match(upload_id):
+        return {}
+    try:
+        result = client().sql(_UPLOAD_DOMAINS_SQL.format(upload_id=upload_id), max_rows=500)
+    except (BackendError, BackendUnavailable):
+        return {}
+    return {
+        str(row[0]): (float(row[1]), float(row[2]))
+        for row in result.get("rows") or []
+        if row[1] is not None and row[2] is not None
+    }
 
 
 @contextmanager

@@ -63,6 +63,49 @@ def format_exact(value: Any) -> str:
     return format_value(value)
 
 
+# ---- numbering and names for people -------------------------------------------------------
+
+
+def shown_number(index: Any) -> int | None:
+    """A stored 0-based index (turn_index, token position, prompt index) as people count it.
+
+    Storage counts from 0; every table, caption and hover counts from 1, through this one
+    function so the two never mix.
+
+    Args:
+        index: the stored index.
+
+    Returns:
+        ``index + 1`` for a non-negative int; None for anything else (missing, bool, float).
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return None
+    return index + 1
+
+
+def metric_label(name: str) -> str:
+    """A metric's menu label: its name and the registry's unit, e.g. ``entropy (nats)``."""
+    try:
+        unit = get_metric(name).unit
+    except KeyError:
+        return name
+    return f"{name} ({unit})" if unit and unit != name else name
+
+
+def metric_help(name: str) -> str:
+    """The registry's description of a metric (what it is, which way is uncertain)."""
+    try:
+        spec = get_metric(name)
+    except KeyError:
+        return f"{name}: not in the metric registry."
+    direction = {
+        "uncertain": "higher = less certain",
+        "confident": "higher = more certain",
+    }.get(spec.higher_means, "no uncertainty direction")
+    signed = "; signed, centred on 0" if spec.signed else ""
+    return f"{spec.description} ({direction}{signed})"
+
+
 # ---- text ----------------------------------------------------------------------------------
 
 
@@ -101,6 +144,59 @@ def response_tokens(tokens: Iterable[dict[str, Any]] | None) -> list[dict[str, A
         The tokens whose ``is_prompt`` is falsy.
     """
     return [t for t in tokens or [] if not t.get("is_prompt")]
+
+
+_SENTENCE_END = (".", "!", "?", "。")
+
+
+def _ends_sentence(text: str) -> bool:
+    return "\n" in text or text.rstrip().endswith(_SENTENCE_END)
+
+
+def sentence_context(
+    tokens: Iterable[dict[str, Any]] | None, position: int, *, limit: int = 90
+) -> tuple[str, str, str]:
+    """The sentence around the token at ``position``: text before, the token, text after.
+
+    A sentence runs from after the last token that ends one (``.``, ``!``, ``?`` or a
+    newline) up to and including the next such token; it never crosses between prompt and
+    response tokens.
+
+    Args:
+        tokens: a run's tokens in order (``position``, ``text``, ``is_prompt``).
+        position: the token's position in the run.
+        limit: most characters kept on each side (cut at the far end, marked with ``…``).
+
+    Returns:
+        ``(before, token, after)`` as plain text (the caller escapes); three empty strings
+        when no token has ``position``.
+    """
+    rows = list(tokens or [])
+    at = next((i for i, t in enumerate(rows) if t.get("position") == position), None)
+    if at is None:
+        return "", "", ""
+    side = bool(rows[at].get("is_prompt"))
+    texts = ["" if t.get("text") is None else str(t["text"]) for t in rows]
+    start = at
+    while (
+        start > 0
+        and bool(rows[start - 1].get("is_prompt")) == side
+        and not _ends_sentence(texts[start - 1])
+    ):
+        start -= 1
+    end = at + 1
+    if not _ends_sentence(texts[at]):
+        while end < len(rows) and bool(rows[end].get("is_prompt")) == side:
+            end += 1
+            if _ends_sentence(texts[end - 1]):
+                break
+    before = "".join(texts[start:at]).lstrip()
+    after = "".join(texts[at + 1 : end]).split("\n")[0].rstrip()
+    if len(before) > limit:
+        before = "…" + before[-limit:]
+    if len(after) > limit:
+        after = after[:limit] + "…"
+    return before, texts[at], after
 
 
 # ---- colour scale --------------------------------------------------------------------------
@@ -318,9 +414,10 @@ def token_tooltip(
         token_id: also give the token id on the first line.
 
     Returns:
-        Lines: position, exact logprob / prob / rank / entropy, the metric, alternatives.
+        Lines: position (from 1), exact logprob / prob / rank / entropy, the metric,
+        alternatives.
     """
-    first = f"position {format_value(tok.get('position'))}"
+    first = f"position {format_value(shown_number(tok.get('position')))}"
     lines = [f"{first} · token id {format_value(tok.get('token_id'))}" if token_id else first]
     lines.append(" · ".join(f"{name} {format_exact(tok.get(name))}" for name in TOOLTIP_VALUES))
     if metric not in TOOLTIP_VALUES:

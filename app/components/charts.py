@@ -14,13 +14,21 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tokenprism.backend.display import number, response_tokens, visible_whitespace
+from tokenprism.backend.display import (
+    metric_label,
+    number,
+    response_tokens,
+    shown_number,
+    visible_whitespace,
+)
 
 GLTR_LABELS = ("top 10", "top 100", "top 1000", "rest")
 # GLTR's own palette: green, yellow, red, purple.
 GLTR_COLOURS = ("#6fcf6f", "#f2d74e", "#f28b82", "#b39ddb")
 SQL_BAR_ROWS = 200
 LINE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+MAX_TOKEN_TICKS = 48  # token labels on the x-axis before they are thinned out
+TICK_CHARS = 10
 
 
 def _fmt(value: Any) -> str:
@@ -34,8 +42,28 @@ def _hover_text(text: Any) -> str:
     return html.escape(visible_whitespace("" if text is None else str(text)), quote=True)
 
 
+def token_ticks(shown: Sequence[dict[str, Any]]) -> tuple[list[int], list[str]]:
+    """x-axis ticks naming the tokens: values 1..n and the token texts, at most ~48 of them.
+
+    Args:
+        shown: the response tokens drawn, in order (x = 1 for the first).
+
+    Returns:
+        ``(tickvals, ticktext)``: every token when there are few, else every k-th; texts have
+        whitespace drawn visibly, are cut to 10 characters and HTML-escaped.
+    """
+    step = max(1, -(-len(shown) // MAX_TOKEN_TICKS))
+    values = list(range(1, len(shown) + 1, step))
+    texts = []
+    for x in values:
+        text = visible_whitespace(str(shown[x - 1].get("text") or ""))
+        text = text if len(text) <= TICK_CHARS else text[: TICK_CHARS - 1] + "…"
+        texts.append(html.escape(text, quote=True))
+    return values, texts
+
+
 def metric_lines_figure(tokens: Iterable[dict[str, Any]], metrics: Sequence[str]) -> go.Figure:
-    """One line per metric along the response-token positions.
+    """One line per metric along the response, the token texts on the x-axis.
 
     Args:
         tokens: a run's tokens (prompt tokens are skipped).
@@ -43,19 +71,29 @@ def metric_lines_figure(tokens: Iterable[dict[str, Any]], metrics: Sequence[str]
             the right, otherwise all share one axis.
 
     Returns:
-        The figure; x is the token position, missing values leave gaps, and the hover shows
-        the token's text (whitespace visible) and its value of every drawn metric.
+        The figure with a title; x is the response token's number (1 = first response
+        token) labelled with the token's text, missing values leave gaps, and the hover shows
+        the token's number in the run, its text (whitespace visible) and every drawn value.
     """
     shown = response_tokens(tokens)
     metrics = list(metrics)
-    positions = [t.get("position") for t in shown]
+    positions = list(range(1, len(shown) + 1))
     # customdata columns: token text, then every metric formatted (so None shows as "—").
-    custom = [[_hover_text(t.get("text"))] + [_fmt(t.get(m)) for m in metrics] for t in shown]
+    custom = [
+        [_hover_text(t.get("text"))]
+        + [_fmt(t.get(m)) for m in metrics]
+        + [str(shown_number(t.get("position")) or "")]
+        for t in shown
+    ]
     values = "".join(
         f"<br>{html.escape(m, quote=True)} %{{customdata[{i}]}}"
         for i, m in enumerate(metrics, start=1)
     )
-    template = f"position %{{x}}<br>token <b>%{{customdata[0]}}</b>{values}<extra></extra>"
+    number_at = len(metrics) + 1
+    template = (
+        f"token <b>%{{customdata[0]}}</b> (#%{{customdata[{number_at}]}} in the run)"
+        f"{values}<extra></extra>"
+    )
     dual = len(metrics) == 2
     fig = make_subplots(specs=[[{"secondary_y": True}]]) if dual else go.Figure()
     for i, metric in enumerate(metrics):
@@ -75,15 +113,19 @@ def metric_lines_figure(tokens: Iterable[dict[str, Any]], metrics: Sequence[str]
         else:
             fig.add_trace(trace)
     if dual:
-        fig.update_yaxes(title_text=metrics[0], secondary_y=False)
-        fig.update_yaxes(title_text=metrics[1], secondary_y=True, showgrid=False)
+        fig.update_yaxes(title_text=metric_label(metrics[0]), secondary_y=False)
+        fig.update_yaxes(title_text=metric_label(metrics[1]), secondary_y=True, showgrid=False)
     elif len(metrics) == 1:
-        fig.update_yaxes(title_text=metrics[0])
+        fig.update_yaxes(title_text=metric_label(metrics[0]))
+    tickvals, ticktext = token_ticks(shown)
+    names = ", ".join(html.escape(metric_label(m), quote=True) for m in metrics)
+    fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext, tickangle=-45)
     fig.update_layout(
-        xaxis_title="token position",
+        title={"text": f"{names} along the response", "x": 0, "font": {"size": 15}},
+        xaxis_title="response token",
         hovermode="closest",
-        legend={"orientation": "h", "y": 1.08},
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
     return fig
 
@@ -111,9 +153,14 @@ def layer_rank_figure(layers: Iterable[dict[str, Any]] | None) -> go.Figure:
         )
     )
     fig.update_layout(
+        title={
+            "text": "Effective rank by layer",
+            "x": 0,
+            "font": {"size": 15},
+        },
         xaxis_title="layer (0 = embeddings)",
         yaxis_title="effective rank",
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
     return fig
 
@@ -160,9 +207,14 @@ def gltr_figure(tokens: Iterable[dict[str, Any]] | None) -> go.Figure:
         )
     )
     fig.update_layout(
+        title={
+            "text": "GLTR rank buckets",
+            "x": 0,
+            "font": {"size": 15},
+        },
         xaxis_title="rank bucket of the actual token",
         yaxis_title="tokens",
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )
     return fig
 

@@ -21,6 +21,7 @@ from tokenprism.backend.display import (
     colour_scale,
     number,
     response_tokens,
+    shown_number,
     text_colour,
     visible_html,
     visible_whitespace,
@@ -102,8 +103,8 @@ def compare_frame(rows: Sequence[dict[str, Any]], metric: str) -> pd.DataFrame:
 
     Returns:
         Columns ``pos_a, text_a, pos_b, text_b, <metric>_a, <metric>_b, delta, same``; texts
-        have visible whitespace, missing positions are ``<NA>``, missing values and deltas
-        involving them are NaN, and ``delta`` is B minus A.
+        have visible whitespace, positions count from 1 (missing ones are ``<NA>``), missing
+        values and deltas involving them are NaN, and ``delta`` is B minus A.
     """
     data: dict[str, list[Any]] = {
         "pos_a": [],
@@ -117,9 +118,9 @@ def compare_frame(rows: Sequence[dict[str, Any]], metric: str) -> pd.DataFrame:
     }
     for row in rows:
         a, b = row.get("a"), row.get("b")
-        data["pos_a"].append(None if a is None else a.get("position"))
+        data["pos_a"].append(None if a is None else shown_number(a.get("position")))
         data["text_a"].append(None if a is None else visible_whitespace(str(a.get("text", ""))))
-        data["pos_b"].append(None if b is None else b.get("position"))
+        data["pos_b"].append(None if b is None else shown_number(b.get("position")))
         data["text_b"].append(None if b is None else visible_whitespace(str(b.get("text", ""))))
         data[f"{metric}_a"].append(_value(a, metric))
         data[f"{metric}_b"].append(_value(b, metric))
@@ -160,7 +161,8 @@ def _side_text(label: str, tok: dict[str, Any] | None, metric: str) -> str:
         return f"{label}: (no token)"
     text = visible_whitespace(str(tok.get("text", "")))
     return (
-        f"{label}: position {tok.get('position')} · “{text}” · token id {tok.get('token_id')}"
+        f"{label}: position {shown_number(tok.get('position'))} · “{text}” · "
+        f"token id {tok.get('token_id')}"
         f" · {metric} {_fmt(_value(tok, metric))}"
     )
 

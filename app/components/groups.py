@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from tokenprism.backend.display import number, response_tokens, visible_whitespace
+from tokenprism.backend.display import number, response_tokens, shown_number, visible_whitespace
 
 # What the prefix tree can be coloured by: node key -> (title, colour scale).
 TREE_COLOURS: dict[str, tuple[str, str]] = {
@@ -355,7 +355,7 @@ def responses_frame(group: dict[str, Any]) -> pd.DataFrame:
     """One row per response: index, reward, advantage, extracted answer, reason, text."""
     rows = [
         {
-            "#": r.get("index"),
+            "#": shown_number(r.get("index")),
             "reward": number(r.get("reward")),
             "advantage": number(r.get("advantage")),
             "extracted answer": None if r.get("extracted") is None else str(r["extracted"]),
@@ -396,7 +396,8 @@ def thr_tokens_frame(group: dict[str, Any], sign: str = "positive") -> pd.DataFr
     """The group's top positive (or negative) THR tokens: response, position, token, value.
 
     The summary stores ``(response, t, value)`` with ``t`` counting the response tokens that
-    have a prediction (position > 0); the table gives the token's run position and text.
+    have a prediction (position > 0); the table gives the response and the token's position
+    in its run, both counted from 1, and its text.
     """
     if sign not in ("positive", "negative"):
         raise ValueError("sign must be 'positive' or 'negative'")
@@ -412,8 +413,8 @@ def thr_tokens_frame(group: dict[str, Any], sign: str = "positive") -> pd.DataFr
         tok = tokens[t] if 0 <= t < len(tokens) else {}
         rows.append(
             {
-                "response": i,
-                "position": tok.get("position", t),
+                "response": shown_number(i),
+                "position": shown_number(tok.get("position", t)),
                 "token": _visible(tok.get("text")),
                 "THR": number(value),
             }
@@ -438,4 +439,5 @@ def response_label(response: dict[str, Any]) -> str:
     if len(text) > 50:
         text = text[:49] + "…"
     mark = "✗" if is_incorrect(response) else "✓"
-    return f"#{response.get('index')} {mark} reward {_fmt(response.get('reward'), '.2g')} · {text}"
+    index = shown_number(response.get("index")) or "?"
+    return f"#{index} {mark} reward {_fmt(response.get('reward'), '.2g')} · {text}"

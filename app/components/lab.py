@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from tokenprism.backend.display import number
+from tokenprism.backend.display import number, shown_number
 
 KINDS: dict[str, str] = {
     "refusal-sweep": "Refusal-bias sweep",
@@ -227,10 +227,11 @@ def outputs_frame(
             ran on them (an empty prompt list).
 
     Returns:
-        ``#``, then the condition columns of the kind (refusal: ``bias`` (``threshold`` in
+        ``#`` (from 1), then the condition columns of the kind (refusal: ``bias`` (``threshold`` in
         token mode), ``prompt id``, ``should refuse``, ``P(refusal)``, ``refused``; EAST:
         ``beta``, ``next-token entropy``; decode: ``rule``, ``branch``, ``stop``, ``tokens``),
-        then ``prompt #``, ``prompt``, ``response`` and ``run id``. Texts are as stored.
+        then ``prompt #`` (from 1), ``prompt``, ``response`` (the output text) and ``run id``.
+        Texts are as stored.
     """
     kind = experiment.get("kind")
     prompts = prompt_texts(experiment, shipped)
@@ -247,7 +248,7 @@ def outputs_frame(
     rows = []
     for i, out in enumerate(experiment.get("outputs") or []):
         index = _prompt_index(experiment, i, out, len(prompts))
-        row: dict[str, Any] = {"#": i}
+        row: dict[str, Any] = {"#": i + 1}
         if kind == "refusal-sweep":
             row.update(
                 {
@@ -276,7 +277,7 @@ def outputs_frame(
             )
         row.update(
             {
-                "prompt #": index,
+                "prompt #": shown_number(index),
                 "prompt": prompts[index]
                 if index is not None and 0 <= index < len(prompts)
                 else None,
@@ -315,8 +316,11 @@ def output_labels(
         prompt = "?"
         if index is not None:
             text = prompts[index] if 0 <= index < len(prompts) else ""
-            prompt = f"prompt {index}" + (f" “{_truncated(text, 24)}”" if text else "")
-        labels.append(f"#{i} · {condition} · {prompt} → {_truncated(out.get('response'), 32)}")
+            prompt = f"prompt {shown_number(index)}" + (
+                f" “{_truncated(text, 24)}”" if text else ""
+            )
+        reply = _truncated(out.get("response"), 32)
+        labels.append(f"#{shown_number(i)} · {condition} · {prompt} → {reply}")
     return labels
 
 
@@ -559,7 +563,7 @@ def decode_summary_figure(experiment: dict[str, Any] | None) -> go.Figure:
     for row in rows:
         index = row.get("prompt_index")
         text = prompts[index] if isinstance(index, int) and 0 <= index < len(prompts) else ""
-        x.append(html.escape(f"#{index} {_truncated(text)}", quote=True))
+        x.append(html.escape(f"#{shown_number(index) or '?'} {_truncated(text)}", quote=True))
         hover.append(
             [
                 _wrapped(text),

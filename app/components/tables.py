@@ -1,4 +1,8 @@
-"""DataFrames for the audit page (turns by risk) and the runs list, in the API's order."""
+"""DataFrames people read: audit turns by risk, uncertain tokens, the runs list, a run's tokens.
+
+Stored indexes (turn_index, token position) count from 0; every frame here shows them counted
+from 1 through ``display.shown_number``.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +12,39 @@ from typing import Any
 
 import pandas as pd
 
-from tokenprism.backend.display import number
+from tokenprism.backend.display import number, sentence_context, shown_number
 
 EXCERPT_CHARS = 80
+TEXT_CHARS = 200  # prompt / response cells of the audit table: about three wrapped lines
 TURN_COLUMNS = (
     "rank",
     "conversation",
     "turn",
-    "line",
+    "prompt",
+    "response",
     "risk",
     "geometric_mean_confidence",
     "mean_entropy",
     "perplexity",
+    "line",
     "truncated_tokens",
     "rendering",
-    "prompt",
-    "response",
     "run_id",
 )
+TOKEN_COLUMNS = ("#", "token", "value", "prob", "entropy", "context", "conversation", "turn",
+                 "position", "run_id")  # fmt: skip
 RUN_COLUMNS = (
     "id",
-    "created",
     "source",
     "kind",
-    "model",
     "prompt",
+    "response",
     "tokens",
     "GM confidence",
     "mean entropy",
     "perplexity",
-    "response",
+    "model",
+    "created",
     "run_id",
 )
 _INT_TURN_COLUMNS = ("rank", "conversation", "turn", "line", "truncated_tokens")
@@ -76,20 +83,19 @@ def turns_frame(summary: dict[str, Any]) -> pd.DataFrame:
 
     Returns:
         Columns :data:`TURN_COLUMNS`: rank (1-based, the summary's order), conversation,
-        turn (1-based), line, risk, geometric-mean confidence, mean entropy, perplexity,
-        tokens of history dropped to fit the context, how the chat was rendered (template or
-        raw continuation), prompt and response excerpts and the run id. Missing numbers are
-        ``<NA>`` / NaN.
+        turn (1-based), prompt and response (first :data:`TEXT_CHARS` characters), risk,
+        geometric-mean confidence, mean entropy, perplexity, line, tokens of history dropped
+        to fit the context, how the chat was rendered (template or raw continuation) and the
+        run id. Missing numbers are ``<NA>`` / NaN.
     """
     records = []
     for rank, turn in enumerate(summary.get("turns") or [], start=1):
         sequence = turn.get("sequence") or {}
-        index = _int(turn.get("turn_index"))
         records.append(
             {
                 "rank": rank,
                 "conversation": _int(turn.get("conversation")),
-                "turn": None if index is None else index + 1,
+                "turn": shown_number(turn.get("turn_index")),
                 "line": _int(turn.get("line")),
                 "risk": _float(turn.get("risk")),
                 "geometric_mean_confidence": _float(sequence.get("geometric_mean_confidence")),
@@ -97,8 +103,8 @@ def turns_frame(summary: dict[str, Any]) -> pd.DataFrame:
                 "perplexity": _float(sequence.get("perplexity")),
                 "truncated_tokens": _int(turn.get("truncated_tokens")),
                 "rendering": str(turn.get("rendering") or ""),
-                "prompt": excerpt(turn.get("prompt")),
-                "response": excerpt(turn.get("response")),
+                "prompt": excerpt(turn.get("prompt"), TEXT_CHARS),
+                "response": excerpt(turn.get("response"), TEXT_CHARS),
                 "run_id": str(turn.get("run_id", "")),
             }
         )
@@ -121,8 +127,8 @@ def _source(run: dict[str, Any]) -> str:
     upload = run.get("upload_id")
     if not upload:
         return "scored directly"
-    turn = _int(run.get("turn_index"))
-    return f"upload {str(upload)[:8]}" + ("" if turn is None else f" · turn {turn + 1}")
+    turn = shown_number(run.get("turn_index"))
+    return f"upload {str(upload)[:8]}" + ("" if turn is None else f" · turn {turn}")
 
 
 def runs_frame(runs: Iterable[dict[str, Any]] | None) -> pd.DataFrame:
@@ -160,4 +166,79 @@ def runs_frame(runs: Iterable[dict[str, Any]] | None) -> pd.DataFrame:
     frame["tokens"] = frame["tokens"].astype("Int64")
     for col in ("GM confidence", "mean entropy", "perplexity"):
         frame[col] = frame[col].astype("float64")
+    return frame
+
+
+def _in_context(tokens: list[dict[str, Any]] | None, position: Any) -> str:
+    if not tokens or _int(position) is None:
+        return ""
+    before, token, after = sentence_context(tokens, int(position))
+    return f"{before}«{token}»{after}".replace("\r", "").replace("\n", "↵")
+
+
+def uncertain_tokens_frame(
+    summary: dict[str, Any], run_tokens: dict[str, list[dict[str, Any]]] | None = None
+) -> pd.DataFrame:
+    """The audit's most uncertain tokens, each in its sentence.
+
+    Args:
+        summary: the upload's audit summary (``summary["tokens"]``: run_id, position, text,
+            value, prob, entropy, conversation, turn_index), riskiest first.
+        run_tokens: the tokens of those runs by run id, for the sentence context.
+
+    Returns:
+        Columns :data:`TOKEN_COLUMNS`: rank from 1, the token, its value of the ranking
+        metric, prob, entropy, the sentence with the token in « », conversation, turn and
+        position counted from 1, and the run id.
+    """
+    records = []
+    for rank, tok in enumerate(summary.get("tokens") or [], start=1):
+        run_id = str(tok.get("run_id", ""))
+        records.append(
+            {
+                "#": rank,
+                "token": str(tok.get("text") or "").replace("\r", "").replace("\n", "↵"),
+                "value": _float(tok.get("value")),
+                "prob": _float(tok.get("prob")),
+                "entropy": _float(tok.get("entropy")),
+                "context": _in_context((run_tokens or {}).get(run_id), tok.get("position")),
+                "conversation": _int(tok.get("conversation")),
+                "turn": shown_number(tok.get("turn_index")),
+                "position": shown_number(tok.get("position")),
+                "run_id": run_id,
+            }
+        )
+    frame = pd.DataFrame.from_records(records, columns=list(TOKEN_COLUMNS))
+    for col in ("#", "conversation", "turn", "position"):
+        frame[col] = frame[col].astype("Int64")
+    for col in ("value", "prob", "entropy"):
+        frame[col] = frame[col].astype("float64")
+    return frame
+
+
+def run_tokens_frame(tokens: Iterable[dict[str, Any]] | None, metrics: list[str]) -> pd.DataFrame:
+    """A run's tokens, one row each: number from 1, prompt flag, text and every metric.
+
+    Args:
+        tokens: the run's tokens in order.
+        metrics: the metric columns to show (missing values are NaN).
+
+    Returns:
+        Columns ``#``, ``prompt``, ``token``, ``token_id``, then ``metrics``.
+    """
+    records = [
+        {
+            "#": shown_number(tok.get("position")),
+            "prompt": bool(tok.get("is_prompt")),
+            "token": str(tok.get("text") or ""),
+            "token_id": _int(tok.get("token_id")),
+            **{m: _float(tok.get(m)) for m in metrics},
+        }
+        for tok in tokens or []
+    ]
+    frame = pd.DataFrame.from_records(
+        records, columns=["#", "prompt", "token", "token_id", *metrics]
+    )
+    for col in ("#", "token_id"):
+        frame[col] = frame[col].astype("Int64")
     return frame

@@ -11,7 +11,7 @@ import streamlit as st
 from tokenprism.app.client import BackendError
 from tokenprism.app.components.add_metrics import add_metrics_panel
 from tokenprism.app.components.logprob_band import render_logprob_source
-from tokenprism.app.components.tables import turns_frame
+from tokenprism.app.components.tables import turns_frame, uncertain_tokens_frame
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import (
     CCP_PRESET_HELP,
@@ -20,7 +20,9 @@ from tokenprism.app.ui import (
     backend_errors,
     client,
     fetch_run,
+    plain_markdown,
 )
+from tokenprism.backend.display import metric_help, metric_label
 
 TURN_METRICS = [
     "mean_entropy",
@@ -201,8 +203,14 @@ if upload_row.get("job_id"):
     job_progress(upload_row["job_id"])
 
 cols = st.columns(2)
-metric = cols[0].selectbox("Rank turns by", TURN_METRICS, key="audit.metric")
-token_metric = cols[1].selectbox("Rank tokens by", TOKEN_METRICS, key="audit.token_metric")
+metric = cols[0].selectbox(
+    "Rank turns by", TURN_METRICS, format_func=metric_label, key="audit.metric"
+)
+cols[0].caption(plain_markdown(metric_help(metric)))
+token_metric = cols[1].selectbox(
+    "Rank tokens by", TOKEN_METRICS, format_func=metric_label, key="audit.token_metric"
+)
+cols[1].caption(plain_markdown(metric_help(token_metric)))
 with backend_errors():
     summary = client().upload_summary(chosen, metric=metric, token_metric=token_metric)
 if summary.get("ingest"):
@@ -223,16 +231,49 @@ if summary.get("n_with_metric") == 0:  # nothing to rank by: no column of empty 
 else:
     st.subheader(f"Turns by risk ({metric}, {direction} first)")
 picked = st.dataframe(
-    frame, hide_index=True, on_select="rerun", selection_mode="single-row", key="audit.turns"
+    frame,
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="single-row",
+    key="audit.turns",
+    column_config={
+        "prompt": st.column_config.TextColumn("prompt", width="medium"),
+        "response": st.column_config.TextColumn("response", width="large"),
+        "risk": st.column_config.NumberColumn(metric, format="%.3g", help=metric_help(metric)),
+        "geometric_mean_confidence": st.column_config.NumberColumn("GM confidence", format="%.3f"),
+        "mean_entropy": st.column_config.NumberColumn("mean entropy", format="%.3f"),
+        "perplexity": st.column_config.NumberColumn("perplexity", format="%.2f"),
+    },
 )
-st.subheader(f"Most uncertain tokens ({token_metric})")
+st.caption(
+    "Select a turn to see its tokens. Prompt and response hold their first 200 characters: "
+    "hover a cell to read it whole (the grid does not wrap lines)."
+)
+st.subheader(f"Most uncertain tokens ({metric_label(token_metric)})")
+with backend_errors():
+    contexts = {
+        run_id: fetch_run(run_id)["tokens"]
+        for run_id in dict.fromkeys(str(t["run_id"]) for t in summary["tokens"])
+    }
+uncertain = uncertain_tokens_frame(summary, contexts)
 if not summary["tokens"] and summary.get("token_metric_family"):
     st.warning(
         f"No token of this upload has {token_metric}: it comes from the "
         f"{summary['token_metric_family']} family; add it with Add metrics above."
     )
-else:
-    st.dataframe(pd.DataFrame(summary["tokens"]), hide_index=True)
+st.dataframe(
+    uncertain,
+    hide_index=True,
+    key="audit.tokens",
+    # the ranking value already is the entropy / prob column when ranking by one of them
+    column_order=[c for c in uncertain.columns if c != token_metric],
+    column_config={
+        "value": st.column_config.NumberColumn(token_metric, format="%.4g"),
+        "prob": st.column_config.NumberColumn("prob", format="%.3f"),
+        "entropy": st.column_config.NumberColumn("entropy", format="%.3f"),
+        "context": st.column_config.TextColumn("in its sentence (token in « »)", width="large"),
+    },
+)
 
 st.subheader("Downloads")
 if st.button("Prepare CSV, Parquet and HTML report", key="audit.prepare"):
@@ -265,4 +306,4 @@ if rows:
     render_run(run, key="audit.detail")
     st.caption(f"loaded in {time.perf_counter() - started:.2f} s")
 else:
-    st.caption("Select a turn in the table to see its tokens.")
+    st.caption("Select a turn in the turns table to see its tokens.")

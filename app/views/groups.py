@@ -26,6 +26,7 @@ from tokenprism.app.components.groups import (
 )
 from tokenprism.app.run_view import render_run
 from tokenprism.app.ui import backend_errors, client, fetch_run, poll_job
+from tokenprism.backend.display import shown_number
 
 # session state of the three kinds of job: {"job_id", "group_id"?}
 GROUP_JOB, ROLLOUT_JOB, CDPO_JOB = "groups.job", "groups.rollout_job", "groups.cdpo_job"
@@ -272,7 +273,8 @@ with rollouts_tab:
             st.markdown("c(t) never reaches 0: no critical token along this response.")
         else:
             st.markdown(
-                f"Critical token at position **{critical}**: `{rollout.get('critical_token')!r}` "
+                f"Critical token at position **{shown_number(critical)}** (from 1): "
+                f"`{rollout.get('critical_token')!r}` "
                 f"(baseline c = {rollout.get('baseline', 0):.2f}, "
                 f"{len(rollout.get('positions') or [])} prefixes evaluated)."
             )

@@ -458,7 +458,15 @@ elif kind_done == "decode":
     st.plotly_chart(decode_summary_figure(experiment), key="lab.decode_summary")
 
 st.subheader("Outputs")
-st.dataframe(outputs_frame(experiment, shipped), hide_index=True, key="lab.outputs")
+st.dataframe(
+    outputs_frame(experiment, shipped),
+    hide_index=True,
+    key="lab.outputs",
+    column_config={
+        "prompt": st.column_config.TextColumn("prompt", width="medium"),
+        "response": st.column_config.TextColumn("output text", width="large"),
+    },
+)
 if not outputs:
     st.stop()
 

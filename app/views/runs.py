@@ -15,7 +15,9 @@ PAGE = 50
 st.title("Runs")
 cols = st.columns([3, 1, 2, 1])
 q = cols[0].text_input("Search text", key="runs.q")
-kind = cols[1].selectbox("Kind", ["", "chat", "pair", "text"], key="runs.kind")
+kind = cols[1].selectbox(
+    "Kind", ["", "chat", "pair", "text"], format_func=lambda k: k or "any", key="runs.kind"
+)
 model = cols[2].text_input("Model", key="runs.model")
 page = cols[3].number_input("Page", 1, 10_000, 1, key="runs.page")
 with backend_errors():
@@ -35,7 +37,19 @@ st.caption(
 )
 frame = runs_frame(listing["runs"])
 picked = st.dataframe(
-    frame, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs.table"
+    frame,
+    hide_index=True,
+    on_select="rerun",
+    selection_mode="multi-row",
+    key="runs.table",
+    column_config={
+        "id": st.column_config.TextColumn("id", help="the run id's first 8 characters"),
+        "prompt": st.column_config.TextColumn("prompt", width="medium"),
+        "response": st.column_config.TextColumn("response", width="medium"),
+        "GM confidence": st.column_config.NumberColumn("GM confidence", format="%.3f"),
+        "mean entropy": st.column_config.NumberColumn("mean entropy", format="%.3f"),
+        "perplexity": st.column_config.NumberColumn("perplexity", format="%.2f"),
+    },
 )
 rows = picked.selection.rows if picked is not None else []
 selected = [frame.iloc[r]["run_id"] for r in rows]

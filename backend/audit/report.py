@@ -16,6 +16,7 @@ from tokenprism.backend.display import (
     format_value,
     legend_html,
     response_tokens,
+    shown_number,
     token_span_html,
     visible_html,
 )
@@ -66,8 +67,7 @@ def _turn_href(run_id: Any) -> str:
 
 
 def _turn_number(turn: dict[str, Any]) -> str:
-    index = turn.get("turn_index")
-    return str(index + 1) if isinstance(index, int) and not isinstance(index, bool) else "—"
+    return format_value(shown_number(turn.get("turn_index")))
 
 
 def _header(summary: dict[str, Any]) -> str:
@@ -174,7 +174,7 @@ def _turns_table(summary: dict[str, Any]) -> str:
 def _token_row(rank: int, tok: dict[str, Any]) -> str:
     where = (
         f"conversation {format_value(tok.get('conversation'))}, turn {_turn_number(tok)}, "
-        f"position {format_value(tok.get('position'))}"
+        f"position {format_value(shown_number(tok.get('position')))}"
     )
     return (
         f'<tr><td class="num">{rank}</td>'

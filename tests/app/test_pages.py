@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import streamlit as st
@@ -43,6 +44,24 @@ def _html(at: AppTest) -> str:
     return "\n".join(str(getattr(el, "proto", "")) for el in at.get("html"))
 
 
+CANVAS_DATA = re.compile(r"<script type='application/json' id='tp-data'>(.*?)</script>", re.S)
+
+
+def _canvas_docs(at: AppTest) -> list[str]:
+    """The HTML documents of the in-browser token views on the page."""
+    return [str(el.proto.srcdoc) for el in at.get("iframe") if "tp-data" in el.proto.srcdoc]
+
+
+def _canvases(at: AppTest) -> list[dict[str, Any]]:
+    """The data each token view embeds (tokens, metrics, first metric, scale modes)."""
+    found = []
+    for doc in _canvas_docs(at):
+        match = CANVAS_DATA.search(doc)
+        assert match is not None
+        found.append(json.loads(match.group(1)))
+    return found
+
+
 def test_explore_empty_state_then_scoring(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
     at = _app()
     assert any("No run yet" in i.value for i in at.info)
@@ -52,14 +71,22 @@ def test_explore_empty_state_then_scoring(backend: str) -> None:  # noqa: ARG001
     assert not at.exception, [e.value for e in at.exception]
     run = at.session_state["explore.run"]
     assert run["response"] == "The capital of France is <b>Paris</b>."
-    html = _html(at)
-    # the tiny tokenizer splits "<b>" into pieces: each "<" must arrive escaped
-    assert "tp-tokens" in html and "&lt;" in html and "<b>" not in html
+    (doc,) = _canvas_docs(at)
+    (canvas,) = _canvases(at)
+    # the tiny tokenizer splits "<b>" into pieces: they reach the page only inside the JSON,
+    # with every "<" written as \u003c (the script sets them as text)
+    assert "<b>" not in doc and "\\u003c" in doc
+    assert "<b>Paris</b>." in "".join(t["text"] for t in canvas["tokens"] if not t["is_prompt"])
+    assert canvas["metric"] == "entropy" and "prob" in canvas["metrics"]
+    assert canvas["specs"]["entropy"]["label"] == "entropy (nats)"
     labels = [m.label for m in at.metric]
     assert "GM confidence" in labels and "mean entropy (nats)" in labels
-    # colour by another metric re-renders the token strip
-    at.selectbox(key="explore.metric").set_value("prob").run()
-    assert not at.exception
+    assert list(canvas["modes"]) == ["fixed", "run"]  # not from an upload
+    # a rerun reuses the run and draws the same view (no server-side colour controls left)
+    assert "explore.metric" not in [s.key for s in at.selectbox]
+    at.multiselect(key="explore.lines").set_value(["prob"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert _canvases(at) == [canvas]
 
 
 def test_explore_generates_when_no_response(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
@@ -85,6 +112,25 @@ def test_audit_upload_summary_and_exports(backend: str) -> None:  # noqa: ARG001
     assert not at.exception, [e.value for e in at.exception]
     frames = at.dataframe
     assert len(frames) >= 2 and len(frames[0].value) == 8  # 8 turns ranked
+    turns = frames[0].value
+    assert {"prompt", "response"} <= set(turns.columns) and turns["turn"].min() == 1
+    assert turns["response"].str.len().max() > 80  # not cut to a one-line excerpt
+    (tokens,) = _frame_with(at, "context")
+    assert len(tokens) > 0 and tokens["position"].min() >= 1
+    assert all(f"«{t}»" in c for t, c in zip(tokens["token"], tokens["context"], strict=True))
+    # a turn of the upload opens with the "across the upload" scale, its 1st-99th percentile
+    runs = httpx.get(f"{backend}/api/v1/runs", params={"upload_id": upload_id}).json()["runs"]
+    entropies = [
+        t["entropy"]
+        for r in runs
+        for t in httpx.get(f"{backend}/api/v1/runs/{r['run_id']}").json()["tokens"]
+        if not t["is_prompt"] and t["entropy"] is not None
+    ]
+    (canvas,) = _canvases(_explore_run(runs[0]["run_id"]))
+    assert "upload" in canvas["modes"]
+    low, high = canvas["upload"]["entropy"]
+    assert low == pytest.approx(np.percentile(entropies, 1))
+    assert high == pytest.approx(np.percentile(entropies, 99))
     at.button(key="audit.prepare").click().run()
     assert not at.exception
     assert set(at.session_state["audit.exports"]) == {"csv", "parquet", "html"}
@@ -329,8 +375,8 @@ def test_metric_multiselects_offer_and_send_the_extra_families(backend: str) -> 
 def test_ccp_run_shows_claims_and_the_fallback_judge(backend: str) -> None:
     run = _scored_run(backend, ["ccp"])
     at = _explore_run(run["run_id"])
-    metric = at.selectbox(key="explore.metric")
-    assert "ccp" in metric.options
+    (canvas,) = _canvases(at)
+    assert "ccp" in canvas["metrics"]
     claims = _claims_table(at)
     assert len(claims) == len(run["claims"]) == 2
     assert "CCP" in claims.columns and claims["CCP"].notna().all()
@@ -339,9 +385,9 @@ def test_ccp_run_shows_claims_and_the_fallback_judge(backend: str) -> None:
     judge = [c.value for c in at.caption if c.value.startswith("CCP judge:")]
     assert judge and "fallback" in judge[0]
     assert "CCP preset: lm-polygraph" in judge[0]  # read from the run over HTTP
-    metric.set_value("ccp").run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert "\nccp " in _html_bodies(at)  # the tooltips give each token's CCP
+    # the pop-over gives each token's CCP: the view carries the values
+    values = [t["v"]["ccp"] for t in canvas["tokens"] if not t["is_prompt"]]
+    assert sum(v is not None for v in values) >= 3
 
 
 def test_apply_probe_from_the_run_view(backend: str, trained_probe: str) -> None:
@@ -364,7 +410,7 @@ def test_apply_probe_from_the_run_view(backend: str, trained_probe: str) -> None
     assert at.session_state["explore.run"]["provenance"]["extras"]["probe"]["probe"] == (
         trained_probe
     )
-    assert "probe" in at.selectbox(key="explore.metric").options
+    assert "probe" in _canvases(at)[0]["metrics"]
     assert "probe (max)" in _claims_table(at).columns
     assert "explore.probe_pick" not in [s.key for s in at.selectbox]
     assert any(f"probe: {trained_probe} (layer 0)" in c.value for c in at.caption)
@@ -510,10 +556,10 @@ def _frame_with(at: AppTest, column: str) -> list[pd.DataFrame]:
     return [d.value for d in at.dataframe if column in d.value.columns]
 
 
-def _colour_by(at: AppTest) -> Any:
-    """The "Colour tokens by" selectbox of the response on screen."""
-    group_id = at.selectbox(key="groups.choice").value
-    return at.selectbox(key=f"groups.run.{group_id}.metric")
+def _colour_by(at: AppTest) -> dict[str, Any]:
+    """The token view of the response on screen: its first colour and its metric menu."""
+    (canvas,) = _canvases(at)
+    return canvas
 
 
 def _trace_names(at: AppTest) -> set[str]:
@@ -526,7 +572,7 @@ def test_groups_page_launches_a_group_from_a_shipped_prompt(
     shipped = httpx.get(f"{backend}/api/v1/groups/prompts").json()
     at = _groups_page(wrong_group["group_id"])  # an older group is on screen
     assert "no correct response" in " ".join(w.value for w in at.warning)
-    assert _colour_by(at).value == "entropy"  # no THR there
+    assert _colour_by(at)["metric"] == "entropy"  # no THR there
     pick = at.selectbox(key="groups.shipped")
     assert len(shipped) >= 2
     assert pick.options == [f"{p['id']} · {p['kind']} · {p['verifier']}" for p in shipped]
@@ -564,12 +610,11 @@ def test_groups_page_launches_a_group_from_a_shipped_prompt(
     # a response's tokens: coloured by THR first, with the group signals in the menu
     at.selectbox(key="groups.response").set_value(1).run()
     assert not at.exception, [e.value for e in at.exception]
-    metric = _colour_by(at)
-    assert metric.value == "thr"
+    canvas = _colour_by(at)
+    assert canvas["metric"] == "thr" and canvas["specs"]["thr"]["signed"] is True
     assert {"thr", "thr_advantage", "tempo_td", "tempo_advantage", "latr_branch"} <= set(
-        metric.options
+        canvas["metrics"]
     )
-    assert "tp-tokens" in _html_bodies(at)
     assert {"entropy", "LATR branch", "CURE candidate"} <= _trace_names(at)
     # a correct response has no critical token to look for
     assert "groups.rollouts" not in [b.key for b in at.button]
@@ -587,7 +632,7 @@ def test_groups_page_all_wrong_group_and_rollouts(
     assert at.button(key="groups.cdpo").disabled  # cDPO needs correct responses too
     # rollouts of response 0 through the page's button
     assert at.selectbox(key="groups.response").value == 0
-    assert "thr" not in _colour_by(at).options
+    assert "thr" not in _colour_by(at)["metrics"]
     for key, value in (
         ("groups.k", 2),
         ("groups.budget", 2),
@@ -613,7 +658,7 @@ def test_groups_page_all_wrong_group_and_rollouts(
     if rollout["critical_position"] is not None:
         assert "critical token" in _trace_names(at)
         assert any("Critical token at position" in m.value for m in at.markdown)
-    assert "rollout_correct" in _colour_by(at).options
+    assert "rollout_correct" in _colour_by(at)["metrics"]
 
 
 def test_groups_page_trains_contrastive_adapters(backend: str, mixed_group: dict[str, Any]) -> None:
@@ -621,7 +666,7 @@ def test_groups_page_trains_contrastive_adapters(backend: str, mixed_group: dict
     assert any("τ =" in s.value for s in at.success)
     cdpo = at.button(key="groups.cdpo")
     assert not cdpo.disabled
-    assert "ce_score" not in _colour_by(at).options
+    assert "ce_score" not in _colour_by(at)["metrics"]
     at.number_input(key="groups.cdpo_steps").set_value(2)
     cdpo.click().run()
     assert not at.exception, [e.value for e in at.exception]
@@ -629,7 +674,7 @@ def test_groups_page_trains_contrastive_adapters(backend: str, mixed_group: dict
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("Adapters trained" in s.value for s in at.success)
-    assert "ce_score" in _colour_by(at).options
+    assert "ce_score" in _colour_by(at)["metrics"]
 
 
 def test_groups_page_survives_a_job_that_is_gone(backend: str, wrong_group: dict[str, Any]) -> None:  # noqa: ARG001 - fixture points the app at the backend
@@ -758,7 +803,7 @@ def test_lab_east_sweep_shows_the_entropy_curve(backend: str) -> None:
     assert f"layer {summary['layer']}" in spec["layout"]["title"]["text"]
     (table,) = _frame_with(at, "run id")
     assert table["beta"].tolist() == [0.0, 0.0, 4.0, 4.0]
-    assert table["prompt #"].tolist() == [0, 1, 0, 1]
+    assert table["prompt #"].tolist() == [1, 2, 1, 2]  # counted from 1
     assert table["prompt"].tolist() == [*LAB_PROMPTS, *LAB_PROMPTS]
     experiment_id = experiment["experiment_id"]
     assert (
@@ -858,19 +903,3 @@ def test_lab_with_the_backend_down_is_a_message(monkeypatch: pytest.MonkeyPatch)
         assert any("not reachable" in e.value for e in at.error)
     finally:
         st.cache_resource.clear()
-
-
-def test_explore_scale_modes_and_instant_view(backend: str) -> None:  # noqa: ARG001 - fixture points the app at the backend
-    at = _app()
-    at.text_area(key="explore.prompt").set_value("What is the capital of France?")
-    at.text_area(key="explore.response").set_value("It is Paris.")
-    at.button[0].click().run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert "fixed natural range" in _html(at)
-    at.radio(key="explore.scale").set_value("run").run()
-    assert "this run (1st–99th percentile)" in _html(at)
-    at.toggle(key="explore.whitespace").set_value(True).run()
-    assert "tp-ws" in _html(at)
-    at.toggle(key="explore.instant").set_value(True).run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert "tp-tokens" not in _html(at)  # the server-rendered strip gave way to the page view

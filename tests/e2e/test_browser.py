@@ -147,6 +147,27 @@ def _shot(driver: object, name: str) -> None:
     driver.save_screenshot(str(ARTIFACTS / name))  # type: ignore[attr-defined]
 
 
+def enter_canvas(driver: object, timeout: float = 90) -> None:
+    """Switch into the page's (first) token view: a content-sized iframe with the run's JSON."""
+    from selenium.webdriver.common.by import By
+
+    def _frame(d: object) -> object | None:
+        for frame in d.find_elements(By.CSS_SELECTOR, "iframe"):  # type: ignore[attr-defined]
+            if "tp-data" in (frame.get_attribute("srcdoc") or ""):
+                return frame
+        return None
+
+    frame = _wait_rerender(driver, _frame, timeout=timeout)
+    driver.switch_to.frame(frame)  # type: ignore[attr-defined]
+
+
+def canvas_spans(driver: object) -> list[object]:
+    """The response token spans of the view the driver is in (prompt tokens left out)."""
+    from selenium.webdriver.common.by import By
+
+    return list(driver.find_elements(By.CSS_SELECTOR, "#toks .tok:not(.prompt)"))  # type: ignore[attr-defined]
+
+
 def test_score_a_prompt_and_see_coloured_tokens(browser: object, ui_url: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -166,12 +187,14 @@ def test_score_a_prompt_and_see_coloured_tokens(browser: object, ui_url: str) ->
         if b.text.strip() == "Run"
     )
     button.click()
-    spans = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]"))
+    enter_canvas(driver)
+    spans = _wait(driver, lambda d: canvas_spans(d) or None)
     assert len(spans) >= 5  # type: ignore[arg-type]
     colours = {s.value_of_css_property("background-color") for s in spans}  # type: ignore[attr-defined]
     assert len(colours) >= 2  # tokens are coloured by their entropy, not all alike
     text = "".join(s.text for s in spans)  # type: ignore[attr-defined]
     assert "Paris" in text
+    driver.switch_to.default_content()  # type: ignore[attr-defined]
     time.sleep(1.0)  # let the charts draw before the screenshot
     _shot(driver, "explore.png")
 
@@ -215,11 +238,14 @@ def test_xss_payload_in_a_transcript_stays_text(
     runs = httpx.get(f"{default_backend}/api/v1/runs", params={"q": "window.__xss"}).json()["runs"]
     assert runs, "the uploaded turn was not stored"
     driver.get(f"{ui_url}/?run={runs[0]['run_id']}")  # type: ignore[attr-defined]
-    spans = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]"))
+    enter_canvas(driver)
+    spans = _wait(driver, lambda d: canvas_spans(d) or None)
     shown = "".join(s.text for s in spans)  # type: ignore[attr-defined]
     assert "<script>" in shown or "script" in shown  # the payload is visible as text
     assert driver.execute_script("return window.__xss === undefined")  # type: ignore[attr-defined]
-    assert not driver.find_elements(By.CSS_SELECTOR, ".tp-tokens script, .tp-tokens img")  # type: ignore[attr-defined]
+    assert not driver.find_elements(By.CSS_SELECTOR, "#toks script, #toks img")  # type: ignore[attr-defined]
+    driver.switch_to.default_content()  # type: ignore[attr-defined]
+    assert driver.execute_script("return window.__xss === undefined")  # type: ignore[attr-defined]
     _shot(driver, "xss.png")
 
 
@@ -234,12 +260,15 @@ def test_a_2000_token_run_renders(browser: object, ui_url: str, default_backend:
     driver = browser
     began = time.perf_counter()
     driver.get(f"{ui_url}/?run={run['run_id']}")  # type: ignore[attr-defined]
-    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]")) >= n)
+    enter_canvas(driver)
+    _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#toks .tok:not(.prompt)")) >= n)
     elapsed = time.perf_counter() - began
+    recolour = driver.execute_script("return window.tpRecolour('prob', 'run')")  # type: ignore[attr-defined]
+    driver.switch_to.default_content()  # type: ignore[attr-defined]
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "render-2000.txt").write_text(f"tokens={n} seconds_to_all_spans={elapsed:.2f}\n")
     print(f"\n{n}-token run: all token spans on screen {elapsed:.2f} s after navigation")
-    # the page stays responsive: switching the colour metric re-renders the strip
+    print(f"recolour_ms_in_app={recolour:.1f}")
     assert driver.execute_script("return document.readyState") == "complete"  # type: ignore[attr-defined]
 
 
@@ -386,19 +415,23 @@ def test_audit_with_ccp_colours_a_turn_by_ccp(
         timeout=30,
     )
     _open_first_turn(driver, "audit-ccp-no-selection.png")
-    colour_by = _widget(driver, "stSelectbox", "Colour tokens by")
-    _choose(driver, colour_by, "ccp")
-
-    def _ccp_titles(d: object) -> list[str] | None:
-        spans = d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]")  # type: ignore[attr-defined]
-        titles = [s.get_attribute("title") or "" for s in spans]
-        with_ccp = [t for t in titles if re.search(r"^ccp -?[0-9]", t, re.MULTILINE)]
-        return with_ccp or None
-
-    titles = _wait_rerender(driver, _ccp_titles, timeout=30)
-    assert len(titles) >= 3  # type: ignore[arg-type]
-    assert "Paris" in driver.find_element(By.CSS_SELECTOR, ".tp-tokens").text  # type: ignore[attr-defined]
     assert "CCP judge:" in driver.page_source  # type: ignore[attr-defined]
+    enter_canvas(driver)
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    Select(driver.find_element(By.ID, "metric")).select_by_value("ccp")  # type: ignore[attr-defined]
+    assert "ccp" in driver.find_element(By.ID, "desc").text  # type: ignore[attr-defined]
+    spans = canvas_spans(driver)
+    assert "Paris" in driver.find_element(By.ID, "toks").text  # type: ignore[attr-defined]
+    with_ccp = []
+    for span in spans[1:6]:  # the pop-over gives each token's CCP
+        ActionChains(driver).move_to_element(span).perform()  # type: ignore[arg-type]
+        pop = driver.find_element(By.ID, "pop").text  # type: ignore[attr-defined]
+        if re.search(r"^ccp\s*-?[0-9]", pop, re.MULTILINE):
+            with_ccp.append(pop)
+    assert len(with_ccp) >= 3, with_ccp
+    driver.switch_to.default_content()  # type: ignore[attr-defined]
     _shot(driver, "audit-ccp.png")
 
 
@@ -605,16 +638,30 @@ def test_instant_view_recolours_in_the_browser(browser: object) -> None:
     assert len(spans) == 2000  # type: ignore[arg-type]
     assert driver.execute_script("return window.__xss") is None  # type: ignore[attr-defined]
     assert not driver.find_elements(By.CSS_SELECTOR, "#toks img, #toks script")  # type: ignore[attr-defined]
+    switches = (("prob", "fixed"), ("thr", "run"), ("entropy", "run"), ("thr", "fixed"))
+    # until the new colours are computed for every token ...
     times = [
         driver.execute_script("return window.tpRecolour(arguments[0], arguments[1])", m, mode)  # type: ignore[attr-defined]
-        for m, mode in (("prob", "fixed"), ("thr", "run"), ("entropy", "run"), ("thr", "fixed"))
+        for m, mode in switches
+    ]
+    # ... and until the frame that shows them has been painted
+    frames = [
+        driver.execute_async_script(  # type: ignore[attr-defined]
+            "window.tpRecolourFrame(arguments[0], arguments[1], arguments[2])", m, mode
+        )
+        for m, mode in (("prob", "run"), *switches)
     ]
     worst = max(times)
     (ARTIFACTS / "recolour_ms.txt").write_text(
-        "\n".join(f"recolour_ms={t:.1f}" for t in times) + "\n", encoding="utf-8"
+        "\n".join(f"recolour_ms={t:.1f}" for t in times)
+        + "\n"
+        + "\n".join(f"recolour_frame_ms={t:.1f}" for t in frames)
+        + "\n",
+        encoding="utf-8",
     )
     print(f"recolour_ms_2000_tokens_max={worst:.1f}")
-    assert worst < 5000  # sanity only; the target (< 200 ms) is reported, not asserted
+    print(f"recolour_frame_ms_2000_tokens_max={max(frames):.1f}")
+    assert worst < 5000 and max(frames) < 5000  # sanity only; the target (< 200 ms) is reported
     # THR is signed: its legend runs from -m to +m, with the zero mark in the middle
     lo = float(driver.find_element(By.ID, "lo").text)  # type: ignore[attr-defined]
     hi = float(driver.find_element(By.ID, "hi").text)  # type: ignore[attr-defined]
@@ -627,9 +674,10 @@ def test_instant_view_recolours_in_the_browser(browser: object) -> None:
     # negative and positive THR in different hues
     colours = driver.execute_script(  # type: ignore[attr-defined]
         "const s=[...document.querySelectorAll('#toks .tok')];"
-        "return [s[40].style.background, s[90].style.background];"
+        "return [40, 90, 5].map(i => getComputedStyle(s[i]).backgroundColor);"
     )
     assert colours[0] != colours[1]
+    assert colours[2] in ("rgba(0, 0, 0, 0)", "transparent")  # a prompt token stays uncoloured
     ActionChains(driver).move_to_element(spans[30]).perform()  # type: ignore[index]
     pop = driver.find_element(By.ID, "pop")  # type: ignore[attr-defined]
     assert pop.is_displayed() and "top alternatives" in pop.text
@@ -728,18 +776,21 @@ def test_audit_page_shows_api_logprobs_with_the_entropy_band(
         timeout=30,
     )
     _open_first_turn(driver, "audit-logprobs-no-selection.png")
-    spans = _wait_rerender(
-        driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-tokens span[title]") or None
-    )
-    titles = [s.get_attribute("title") or "" for s in spans]  # type: ignore[attr-defined]
-    assert len(titles) == len(probs)
+    enter_canvas(driver)
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    spans = _wait_rerender(driver, lambda d: canvas_spans(d) or None)
+    assert len(spans) == len(probs)  # type: ignore[arg-type]
     shown = []
-    for title in titles:
-        found = re.search(r"(?:^| · )prob ([-+0-9.e]+)", title, re.MULTILINE)
-        assert found, title
+    for span in spans:  # type: ignore[attr-defined]
+        ActionChains(driver).move_to_element(span).perform()  # type: ignore[arg-type]
+        pop = driver.find_element(By.ID, "pop").text  # type: ignore[attr-defined]
+        found = re.search(r"(?:^|\s)prob\s+([-+0-9.e]+)", pop)
+        assert found, pop
         shown.append(float(found.group(1)))
-        assert "true entropy in [" in title
+        assert "true entropy in [" in pop
     assert shown == pytest.approx(probs, rel=1e-5)
+    driver.switch_to.default_content()  # type: ignore[attr-defined]
     assert "source: API logprobs (chat)" in driver.page_source  # type: ignore[attr-defined]
     band: list[Any] = _wait_rerender(  # type: ignore[assignment]
         driver, lambda d: d.execute_script(_BAND_JS), timeout=30

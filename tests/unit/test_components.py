@@ -17,9 +17,18 @@ from tokenprism.app.components.charts import (
     layer_rank_figure,
     metric_lines_figure,
     sql_chart,
+    token_ticks,
 )
 from tokenprism.app.components.compare import align_runs, compare_frame, compare_html
-from tokenprism.app.components.tables import RUN_COLUMNS, TURN_COLUMNS, runs_frame, turns_frame
+from tokenprism.app.components.tables import (
+    RUN_COLUMNS,
+    TOKEN_COLUMNS,
+    TURN_COLUMNS,
+    run_tokens_frame,
+    runs_frame,
+    turns_frame,
+    uncertain_tokens_frame,
+)
 from tokenprism.app.components.token_view import available_token_metrics, legend_html, token_html
 from tokenprism.backend.display import NO_VALUE_COLOUR, colour_scale, ramp_colour
 
@@ -110,7 +119,8 @@ def _run_tokens() -> list[dict[str, Any]]:
 
 def _span_at(parsed: _Collector, position: int) -> dict[str, str | None]:
     for attrs, _ in parsed.spans:
-        if (attrs.get("title") or "").startswith(f"position {position} "):
+        # tooltips count from 1
+        if (attrs.get("title") or "").startswith(f"position {position + 1} "):
             return attrs
     raise AssertionError(f"no span at position {position}")
 
@@ -160,7 +170,7 @@ def test_tooltip_has_id_exact_values_metric_and_top_five() -> None:
     tokens = _run_tokens()
     tokens[3]["probe"] = 0.123456789
     lines = (_span_at(_parse(token_html(tokens, "probe")), 3)["title"] or "").splitlines()
-    assert lines[0] == "position 3 · token id 103"
+    assert lines[0] == "position 4 · token id 103"  # counted from 1
     assert lines[1] == f"logprob {math.log(0.05):.6g} · prob 0.05 · rank 40 · entropy 3.9"
     assert lines[2] == "probe 0.123457"
     assert lines[3] == "top alternatives:"
@@ -190,7 +200,7 @@ def test_colours_match_the_report_scale() -> None:
     assert high == scale.colour(3.9)
     assert _background(_span_at(parsed, 1)) == NO_VALUE_COLOUR
     for attrs, _ in parsed.spans:
-        position = int((attrs.get("title") or "").split()[1])
+        position = int((attrs.get("title") or "").split()[1]) - 1  # the title counts from 1
         assert _background(attrs) == scale.colour(tokens[position]["entropy"])
 
 
@@ -235,7 +245,7 @@ def test_prompt_tokens_when_included_are_dimmed_and_uncoloured() -> None:
     assert text == "PROMPT_ONLY"
     assert (attrs.get("class") or "").split() == ["tok", "tp-prompt"]
     assert "style" not in attrs
-    assert (attrs.get("title") or "").startswith("position 0 · token id 100")
+    assert (attrs.get("title") or "").startswith("position 1 · token id 100")
     assert all("tp-prompt" not in (a.get("class") or "") for a, _ in parsed.spans[1:])
 
 
@@ -327,19 +337,34 @@ def test_metric_lines_two_metrics_get_two_axes_and_full_hover() -> None:
     fig = metric_lines_figure(tokens, ["entropy", "prob"])
     assert [trace.name for trace in fig.data] == ["entropy", "prob"]
     assert [trace.yaxis for trace in fig.data] == ["y", "y2"]
-    assert list(fig.data[0].x) == [1, 2, 3, 4, 5, 6, 7]  # response positions only
+    assert list(fig.data[0].x) == [1, 2, 3, 4, 5, 6, 7]  # response tokens only, from 1
     assert list(fig.data[0].y) == [None, 0.05, 3.9, 2.0, 1.5, 0.3, 0.2]
     assert list(fig.data[1].y)[1:3] == [0.9, 0.05]
     custom = [list(row) for row in fig.data[0].customdata]
-    assert custom[1] == ["·capital", "0.05", "0.9"]
-    assert custom[0] == ["The", "—", "—"]
+    assert custom[1] == ["·capital", "0.05", "0.9", "3"]  # last: number in the run, from 1
+    assert custom[0] == ["The", "—", "—", "2"]
     assert custom[3][0] == "&lt;script&gt;alert(1)&lt;/script&gt;"
     assert custom[6][0] == "→end↵"
     template = fig.data[1].hovertemplate
     for part in ("%{customdata[0]}", "entropy %{customdata[1]}", "prob %{customdata[2]}"):
         assert part in template
-    assert fig.layout.yaxis.title.text == "entropy"
-    assert fig.layout.yaxis2.title.text == "prob"
+    assert fig.layout.yaxis.title.text == "entropy (nats)"
+    assert fig.layout.yaxis2.title.text == "prob (probability)"
+    assert fig.layout.title.text == "entropy (nats), prob (probability) along the response"
+    # the x-axis names the tokens, escaped and with whitespace drawn
+    assert list(fig.layout.xaxis.tickvals) == [1, 2, 3, 4, 5, 6, 7]
+    ticks = list(fig.layout.xaxis.ticktext)
+    assert ticks[0] == "The" and ticks[1] == "·capital"
+    assert ticks[3] == "&lt;script&gt;a…"  # cut to 10 characters, then escaped
+    assert "<" not in "".join(ticks)
+
+
+def test_token_ticks_thin_out_long_runs() -> None:
+    shown = [{"position": i, "text": f"w{i}"} for i in range(200)]
+    values, texts = token_ticks(shown)
+    assert values[:3] == [1, 6, 11] and len(values) <= 48  # every 5th of 200
+    assert texts[:2] == ["w0", "w5"]
+    assert token_ticks([]) == ([], [])
 
 
 def test_metric_lines_one_or_three_metrics_share_one_axis() -> None:
@@ -509,7 +534,7 @@ def test_compare_frame_delta_is_b_minus_a_and_nan_when_missing() -> None:
     assert math.isnan(frame["delta"][2]) and math.isnan(frame["entropy_a"][2])
     assert frame["delta"][3] == 0.0
     assert frame["pos_a"][2] is pd.NA
-    assert list(frame["pos_b"]) == [1, 2, 3, 4]
+    assert list(frame["pos_b"]) == [2, 3, 4, 5]  # stored 1..4, shown from 1
     assert list(frame["same"]) == [True, True, False, True]
     assert frame["text_b"][2] == "t42"
 
@@ -529,10 +554,10 @@ def test_compare_html_outlines_big_deltas_and_unmatched_tokens() -> None:
     ]
     assert [attrs["class"] for attrs in pairs] == ["pair", "pair diff", "pair diff", "pair"]
     title = pairs[1]["title"] or ""
-    assert title.splitlines()[0] == "A: position 2 · “t6” · token id 6 · entropy 1"
+    assert title.splitlines()[0] == "A: position 3 · “t6” · token id 6 · entropy 1"
     assert (
         title.splitlines()[1]
-        == 'B: position 2 · “"·onmouseover="alert(1)” · token id 6 · entropy 2'
+        == 'B: position 3 · “"·onmouseover="alert(1)” · token id 6 · entropy 2'
     )
     assert title.splitlines()[-1] == "delta (B − A) +1"
     assert [text for _, text in parsed.spans][:2] == [SCRIPT, IMG.replace(" ", "·")]
@@ -596,7 +621,7 @@ def test_turns_frame_columns_and_order() -> None:
     ]
     assert list(frame["conversation"]) == [2, 1]
     assert math.isnan(frame["perplexity"][1])
-    assert frame["prompt"][0] == "p" * 80 + "…"
+    assert frame["prompt"][0] == "p" * 200  # the first 200 characters in full
     assert frame["response"][0] == "first↵second"
     assert turns_frame({"turns": []}).columns.tolist() == list(TURN_COLUMNS)
 
@@ -638,6 +663,47 @@ def test_runs_frame_columns_and_order() -> None:
     assert frame["GM confidence"][0] == 0.4 and math.isnan(frame["GM confidence"][1])
     assert frame["response"][0] == "hello↵there"
     assert runs_frame([]).columns.tolist() == list(RUN_COLUMNS)
+
+
+def test_uncertain_tokens_frame_numbers_from_one_with_sentence_context() -> None:
+    run = [
+        {"position": 0, "text": "Q", "is_prompt": True},
+        {"position": 1, "text": "It", "is_prompt": False},
+        {"position": 2, "text": " is", "is_prompt": False},
+        {"position": 3, "text": " Sydney", "is_prompt": False},
+        {"position": 4, "text": ".", "is_prompt": False},
+        {"position": 5, "text": "\n", "is_prompt": False},
+    ]
+    summary = {
+        "tokens": [
+            {"run_id": "r1", "position": 3, "text": " Sydney", "value": 4.5, "prob": 0.1,
+             "entropy": 4.5, "conversation": 2, "turn_index": 0},
+            {"run_id": "r1", "position": 5, "text": "\n", "value": 1.0, "prob": None,
+             "entropy": 1.0, "conversation": 2, "turn_index": 0},
+            {"run_id": "gone", "position": 1, "text": "x", "value": 0.5, "prob": 0.5,
+             "entropy": 0.5, "conversation": None, "turn_index": None},
+        ]
+    }  # fmt: skip
+    frame = uncertain_tokens_frame(summary, {"r1": run})
+    assert tuple(frame.columns) == TOKEN_COLUMNS
+    assert list(frame["#"]) == [1, 2, 3]
+    assert list(frame["position"]) == [4, 6, 2] and frame["turn"][0] == 1
+    assert frame["turn"][2] is pd.NA and frame["conversation"][2] is pd.NA
+    assert frame["context"][0] == "It is« Sydney»."
+    assert frame["token"][1] == "↵" and frame["context"][1] == "«↵»"
+    assert frame["context"][2] == ""  # no tokens for that run: no context, no error
+    assert math.isnan(frame["prob"][1])
+    assert uncertain_tokens_frame({}).columns.tolist() == list(TOKEN_COLUMNS)
+
+
+def test_run_tokens_frame_numbers_tokens_from_one() -> None:
+    tokens = _run_tokens()
+    frame = run_tokens_frame(tokens, ["entropy", "prob"])
+    assert frame.columns.tolist() == ["#", "prompt", "token", "token_id", "entropy", "prob"]
+    assert list(frame["#"]) == [t["position"] + 1 for t in tokens]
+    assert frame["prompt"].tolist() == [bool(t.get("is_prompt")) for t in tokens]
+    assert frame["token"].tolist() == [t["text"] for t in tokens]
+    assert math.isnan(frame["entropy"][1])
 
 
 # ---- purity --------------------------------------------------------------------------------

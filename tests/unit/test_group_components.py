@@ -348,7 +348,7 @@ def _group() -> dict[str, Any]:
 def test_responses_frame() -> None:
     frame = responses_frame(_group())
     assert tuple(frame.columns) == RESPONSE_COLUMNS
-    assert frame["#"].tolist() == [0, 1]
+    assert frame["#"].tolist() == [1, 2]  # counted from 1
     assert frame["reward"].tolist() == [1.0, 0.0]
     assert frame["advantage"].tolist() == [0.7, -0.7]
     assert frame["extracted answer"][0] == "4" and pd.isna(frame["extracted answer"][1])
@@ -360,12 +360,13 @@ def test_thr_tokens_frame_maps_indexes_to_positions_and_texts() -> None:
     positive = thr_tokens_frame(_group(), "positive")
     assert tuple(positive.columns) == THR_COLUMNS
     assert positive.to_dict("records") == [
-        {"response": 0, "position": 11, "token": "·is", "THR": 3.5},
-        {"response": 1, "position": 10, "token": "4", "THR": 1.25},
+        # responses and positions counted from 1 (stored: response 0, position 10, ...)
+        {"response": 1, "position": 12, "token": "·is", "THR": 3.5},
+        {"response": 2, "position": 11, "token": "4", "THR": 1.25},
     ]
     negative = thr_tokens_frame(_group(), "negative")
     assert negative.to_dict("records") == [
-        {"response": 1, "position": 12, "token": "!", "THR": -0.5}
+        {"response": 2, "position": 13, "token": "!", "THR": -0.5}
     ]
     # a token at position 0 has no prediction and is not counted by THR's index
     group = _group()
@@ -373,7 +374,7 @@ def test_thr_tokens_frame_maps_indexes_to_positions_and_texts() -> None:
         {"position": 0, "text": "X", "is_prompt": False},
         *group["responses"][0]["tokens"],
     ]
-    assert thr_tokens_frame(group)["position"].tolist()[0] == 11
+    assert thr_tokens_frame(group)["position"].tolist()[0] == 12
     assert thr_tokens_frame({"summary": {}}).empty
     with pytest.raises(ValueError):
         thr_tokens_frame(_group(), "both")
@@ -414,8 +415,8 @@ def test_labels_and_incorrect() -> None:
     right, wrong = _group()["responses"]
     assert not is_incorrect(right) and is_incorrect(wrong)
     assert is_incorrect({"reward": None})
-    assert response_label(wrong) == "#1 ✗ reward 0 · five↵or·so"
-    assert response_label(right).startswith("#0 ✓ reward 1 · ")
+    assert response_label(wrong) == "#2 ✗ reward 0 · five↵or·so"
+    assert response_label(right).startswith("#1 ✓ reward 1 · ")
     label = group_label(
         {
             "prompt": "x" * 100,

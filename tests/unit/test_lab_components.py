@@ -235,7 +235,7 @@ def test_ead_summary_bars_the_mean_temperature_per_prompt() -> None:
     assert _title(fig.layout.yaxis) == "mean temperature τ"
     assert fig.layout.title.text == DECODE_RULES["ead"]
     # prompts label the bars, escaped with whitespace visible; the hover has the full prompt
-    assert list(bars.x) == ["#0 Plain prompt", "#1 &lt;script&gt;alert(1)&lt;/script&gt;↵s…"]
+    assert list(bars.x) == ["#1 Plain prompt", "#2 &lt;script&gt;alert(1)&lt;/script&gt;↵s…"]
     assert bars.customdata[1][0] == "&lt;script&gt;alert(1)&lt;/script&gt;↵second line"
     assert list(bars.customdata[0][1:]) == ["length", 5]
     assert "<script>" not in fig.to_json()
@@ -363,7 +363,8 @@ def test_refusal_outputs_frame_recovers_the_prompt_from_the_order() -> None:
         "run id",
     ]
     assert frame["bias"].tolist() == [0.0, 0.0, 8.0, 8.0]
-    assert frame["prompt #"].tolist() == [0, 1, 0, 1]
+    assert frame["#"].tolist() == [1, 2, 3, 4]  # counted from 1, like the prompts
+    assert frame["prompt #"].tolist() == [1, 2, 1, 2]
     assert frame["prompt"].tolist() == ["Bake bread?", SCRIPT, "Bake bread?", SCRIPT]
     assert frame["refused"].tolist() == [False, False, False, True]
     assert frame["run id"].tolist() == ["r00", "r01", "r80", "r81"]
@@ -399,7 +400,7 @@ def test_decode_outputs_frame_has_the_branches() -> None:
     ]
     assert frame["prompt"].tolist()[2] == SCRIPT + "\nsecond line"
     labels = output_labels(experiment)
-    assert labels[1].startswith("#1 · latr branch 1 · prompt 0 “Plain prompt”")
+    assert labels[1].startswith("#2 · latr branch 1 · prompt 1 “Plain prompt”")
     assert default_pair(experiment) == (0, 1)
 
 
@@ -413,10 +414,10 @@ def test_an_experiment_without_outputs_is_an_empty_table() -> None:
 
 def test_output_labels_name_the_condition_and_the_prompt() -> None:
     labels = output_labels(_refusal_experiment())
-    assert labels[0] == "#0 · bias 0 · prompt 0 “Bake bread?” → out 0 0"
-    assert labels[3] == "#3 · bias 8 · refused · prompt 1 “<script>alert(1)</scrip…” → out 8 1"
+    assert labels[0] == "#1 · bias 0 · prompt 1 “Bake bread?” → out 0 0"
+    assert labels[3] == "#4 · bias 8 · refused · prompt 2 “<script>alert(1)</scrip…” → out 8 1"
     east = output_labels(_east_experiment(), SHIPPED)
-    assert east[4] == "#4 · β 8 · prompt 0 “Bake bread?” → β8 p0"
+    assert east[4] == "#5 · β 8 · prompt 1 “Bake bread?” → β8 p0"
 
 
 def test_default_pair_is_the_baseline_and_the_strongest_condition_of_one_prompt() -> None:

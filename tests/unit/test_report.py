@@ -209,7 +209,8 @@ def _span(parsed: _Collector, run_id: str, position: int) -> dict[str, str | Non
             section_of_span.append((section, attrs))
     for sec, attrs in section_of_span:
         title = attrs.get("title") or ""
-        if sec == f"turn-{run_id}" and title.splitlines()[0] == f"position {position}":
+        # tooltips count from 1
+        if sec == f"turn-{run_id}" and title.splitlines()[0] == f"position {position + 1}":
             return attrs
     raise AssertionError(f"no span at position {position} of {run_id}")
 
@@ -320,7 +321,7 @@ def test_legend_names_the_uncertain_colour(parsed: _Collector) -> None:
 def test_tooltip_lists_values_and_top_three_alternatives(parsed: _Collector) -> None:
     title = _span(parsed, "runA", 3)["title"] or ""
     lines = title.splitlines()
-    assert lines[0] == "position 3"
+    assert lines[0] == "position 4"  # stored position 3, counted from 1
     assert lines[1] == "logprob -0.1 · prob 0.05 · rank 1 · entropy 3.9"
     assert "·Canberra  p=0.61" in title
     assert "·Sydney  p=0.22" in title

@@ -38,6 +38,20 @@ def test_payload_carries_registry_facts_and_nulls_for_missing_values() -> None:
     assert data["specs"]["entropy"]["range"] == [0.0, 4.0]
     assert data["tokens"][1]["v"]["entropy"] is None  # NaN becomes null
     assert data["tokens"][1]["alt"] == [{"text": PAYLOAD, "prob": 0.4}]
-    assert "upload" not in data["modes"]
-    with_upload = canvas_payload(_tokens(), ["thr"], "thr", upload_values={"thr": [1.0, -2.0]})
-    assert "upload" in with_upload["modes"]
+    assert data["specs"]["entropy"]["label"] == "entropy (nats)"
+    assert list(data["modes"]) == ["fixed", "run"]
+    with_upload = canvas_payload(
+        _tokens(), ["thr"], "thr", upload_domains={"thr": (-2.0, 1.0), "x": (float("nan"), 1.0)}
+    )
+    assert list(with_upload["modes"]) == ["fixed", "run", "upload"]
+    assert with_upload["upload"] == {"thr": [-2.0, 1.0]}  # a non-finite domain is dropped
+    only_bad = canvas_payload(_tokens(), ["thr"], "thr", upload_domains={"thr": (None, 1.0)})  # type: ignore[dict-item]
+    assert "upload" not in only_bad["modes"]
+
+
+def test_colours_are_one_stylesheet_not_inline_styles() -> None:
+    """A repaint rewrites the colour stylesheet; no token carries its own colour."""
+    doc = token_canvas_html(_tokens(), ["thr", "entropy"], "thr")
+    assert "<style id='tp-colours'></style>" in doc
+    assert "style.background =" not in doc.split("function legend")[0]
+    assert "$('tp-colours').textContent" in doc

@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         ray_address: Ray cluster for ``engine=ray`` audits (``auto``, ``host:6379`` or
             ``ray://host:10001``); unset = a local cluster started for each job.
         ray_workers: actors (model copies) of a local Ray cluster; unset = half the CPUs.
+            A local cluster runs in a child process inside a private user + network
+            namespace (``unshare``), so its servers, which bind every interface, reach only
+            that namespace's loopback; where no namespace can be made it is refused.
+        ray_allow_wildcard: start a local Ray cluster in-process anyway where no namespace can
+            be made (its gRPC servers then listen on every interface; a warning is logged).
         allow_ray: let API clients ask for ``engine=ray`` (off: Ray has no authentication, so
             only the operator decides that a server may start or join a cluster).
         allowed_hosts: extra ``Host`` names the API answers to besides 127.0.0.1, localhost and
@@ -109,6 +114,7 @@ class Settings(BaseSettings):
     probe_dirs: list[Path] = Field(default_factory=list)
     ray_address: str | None = None
     ray_workers: int | None = None
+    ray_allow_wildcard: bool = False
     # serve without any model: only uploads audited from their own logprobs work
     no_model: bool = False
     allow_ray: bool = False

@@ -63,7 +63,8 @@ class RayOptions:
 
     Attributes:
         address: a running cluster (``ray://host:10001``, ``host:6379`` or ``auto``); None
-            starts a local cluster in this process with ``workers`` CPU slots.
+            starts a local cluster with ``workers`` CPU slots, in a child process inside a
+            private network namespace (:mod:`backend.audit.ray_local`).
         workers: actors in the pool (one model copy each); None = one per GPU when the
             cluster has GPUs, else one per ``cpus_per_worker`` CPUs.
         cpus_per_worker: CPU slots each actor reserves; torch uses that many threads.
@@ -107,6 +108,33 @@ class RayReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """What scoring a job's shards needs besides the shards: the model by name, JSON-safe
+    extras / parameters (as sent to the actors) and where the shards go."""
+
+    model: str
+    record: dict[str, Any]
+    settings: Settings
+    options: RayOptions
+    extras: dict[str, Any] | None
+    params: dict[str, Any] | None
+    upload_id: str | None
+    job_id: str
+    shard_dir: Path
+
+    def manifest(self, plan: ShardPlan, pid: int) -> dict[str, Any]:
+        return {
+            "format": SHARD_FORMAT,
+            "shard": plan.shard,
+            "items": list(plan.items),
+            "job_id": self.job_id,
+            "upload_id": self.upload_id,
+            "model": self.record,
+            "worker_pid": pid,
+        }
 
 
 def require_ray() -> Any:
@@ -309,8 +337,9 @@ def _init_ray(ray: Any, options: RayOptions) -> bool:
         # A cluster of our own, on loopback: address="local" never joins a cluster named by a
         # stray RAY_ADDRESS (only TOKENPRISM_RAY_ADDRESS / --address do), the node advertises
         # 127.0.0.1 and the dashboard (an unauthenticated job API) is off. Ray's own gRPC
-        # servers still bind every interface in Ray 2.60 (no setting changes that), which is
-        # why the API refuses engine=ray unless the operator enabled it (TOKENPRISM_ALLOW_RAY).
+        # servers still bind every interface in Ray 2.60 (no setting changes that), so this
+        # normally runs in backend.audit.ray_child inside a private network namespace whose
+        # only interface is loopback; in-process only with TOKENPRISM_RAY_ALLOW_WILDCARD=1.
         ray.init(
             address="local",
             num_cpus=max(1, int(slots * options.cpus_per_worker)),
@@ -431,22 +460,20 @@ def score_items_ray(
     if todo and should_stop and should_stop():
         raise JobCancelled
     record = model_record(lm)
-    scored = _scored_shards(
-        ray, lm, todo, by_index, settings, options, extras, upload_id, job_id, params
+    shard_job = ShardJob(
+        model=lm.name,
+        record=record,
+        settings=settings,
+        options=options,
+        extras=extras.as_dict() if extras is not None else None,
+        params=params.as_dict() if params is not None else None,
+        upload_id=upload_id,
+        job_id=job_id,
+        shard_dir=shard_dir,
     )
-    with closing(scored):  # a cancelled job shuts a cluster it started down at once
-        for plan, parquet, pid in scored:
-            manifest = {
-                "format": SHARD_FORMAT,
-                "shard": plan.shard,
-                "items": list(plan.items),
-                "job_id": job_id,
-                "upload_id": upload_id,
-                "model": record,
-                "worker_pid": pid,
-            }
-            path = shard_path(shard_dir, plan.shard)
-            write_shard(path, manifest, parquet)
+    written = _written_shards(ray, shard_job, todo, by_index)
+    with closing(written):  # a cancelled job shuts a cluster it started down at once
+        for plan, path, pid in written:
             ingest(plan, path)
             report.scored.append(plan.shard)
             report.worker_pids[plan.shard] = pid
@@ -458,17 +485,57 @@ def score_items_ray(
     return report
 
 
+def _written_shards(
+    ray: Any, job: ShardJob, todo: list[ShardPlan], by_index: dict[int, WorkItem]
+) -> Generator[tuple[ShardPlan, Path, int], None, None]:
+    """Score ``todo`` and write each shard to disk; yield ``(plan, path, worker pid)``.
+
+    A cluster of TokenPrism's own runs in a child process inside a private network namespace
+    (Ray's servers bind every interface, so only a namespace keeps them off the network); a
+    configured address or a cluster this process already joined is used in-process.
+    """
+    if not todo:
+        return
+    if job.options.address is None and not ray.is_initialized():
+        from tokenprism.backend.audit.ray_local import namespaced_shards, wildcard_allowed
+
+        if not wildcard_allowed(job.settings):
+            plans = {plan.shard: plan for plan in todo}
+            child_job = _child_job(job, todo, by_index)
+            yield from namespaced_shards(child_job, plans, lambda s: shard_path(job.shard_dir, s))
+            return
+    for plan, parquet, pid in _scored_shards(ray, job, todo, by_index):
+        path = shard_path(job.shard_dir, plan.shard)
+        write_shard(path, job.manifest(plan, pid), parquet)
+        yield plan, path, pid
+
+
+def _child_job(job: ShardJob, todo: list[ShardPlan], by_index: dict[int, WorkItem]) -> str:
+    """The job of :mod:`backend.audit.ray_child` as one JSON line (items as actors get them)."""
+    return json.dumps(
+        {
+            "model": job.model,
+            "record": job.record,
+            "settings": job.settings.model_dump(mode="json"),
+            "options": asdict(job.options),
+            "extras": job.extras,
+            "params": job.params,
+            "upload_id": job.upload_id,
+            "job_id": job.job_id,
+            "shard_dir": str(job.shard_dir),
+            "shards": [
+                {"shard": p.shard, "items": [_item_payload(by_index[i]) for i in p.items]}
+                for p in todo
+            ],
+        }
+    )
+
+
 def _scored_shards(
     ray: Any,
-    lm: LoadedModel,
+    job: ShardJob,
     todo: list[ShardPlan],
     by_index: dict[int, WorkItem],
-    settings: Settings,
-    options: RayOptions,
-    extras: ExtraRequest | None,
-    upload_id: str | None,
-    job_id: str,
-    params: ScoringParams | None = None,
 ) -> Generator[tuple[ShardPlan, dict[str, bytes], int], None, None]:
     """Score ``todo`` on the cluster; yield each shard's Parquet tables as it completes.
 
@@ -477,6 +544,7 @@ def _scored_shards(
     """
     if not todo:
         return
+    options, settings = job.options, job.settings
     started = _init_ray(ray, options)
     try:
         import ray.data
@@ -502,14 +570,14 @@ def _scored_shards(
             num_cpus=options.cpus_per_worker,
             num_gpus=options.gpus_per_worker,
             fn_constructor_kwargs={
-                "model": lm.name,
+                "model": job.model,
                 "settings": worker_settings,
-                "extras": extras.as_dict() if extras is not None else None,
-                "upload_id": upload_id,
-                "job_id": job_id,
+                "extras": job.extras,
+                "upload_id": job.upload_id,
+                "job_id": job.job_id,
                 "batch_tokens": options.batch_tokens,
                 "threads": max(1, int(options.cpus_per_worker)),
-                "params": params.as_dict() if params is not None else None,
+                "params": job.params,
             },
         )
         plans = {plan.shard: plan for plan in todo}

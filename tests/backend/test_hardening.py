@@ -7,6 +7,7 @@ live); pure rules (regex estimate, CSV cells, tokens, LRU) are checked directly.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -389,11 +390,11 @@ def test_engine_ray_needs_the_operator(live: tuple[str, Any]) -> None:
     assert "TOKENPRISM_ALLOW_RAY" in _error(reply, 403)
 
 
-def _listeners() -> dict[int, str]:
-    """inode -> local address of every listening TCP socket."""
+def _listeners(proc: str = "/proc/self") -> dict[int, str]:
+    """inode -> local address of every listening TCP socket in ``proc``'s network namespace."""
     out = {}
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(name).read_text().splitlines()[1:]:
+    for name in ("net/tcp", "net/tcp6"):
+        for line in Path(proc, name).read_text().splitlines()[1:]:
             fields = line.split()
             if fields[3] == "0A":
                 out[int(fields[9])] = fields[1]
@@ -412,27 +413,87 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ray 2.60's gRPC servers (gcs_server, raylet, workers) bind 0.0.0.0 whatever "
-    "node_ip_address says; hence engine=ray is operator-only (TOKENPRISM_ALLOW_RAY)",
-)
-def test_local_ray_listens_on_loopback_only() -> None:
-    ray = pytest.importorskip("ray")
+# /proc/net/tcp{,6} addresses (little-endian hex words): 127.0.0.1, ::1, ::ffff:127.0.0.1
+LOOPBACK = ("0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F")
+WILDCARD = ("00000000", "00000000000000000000000000000000")
+
+
+def _ray_family(worker_pid: int) -> list[Any]:
+    """The Ray child (found from one of its actors) and every process under it."""
     import psutil
 
-    from tokenprism.backend.audit.ray_engine import RayOptions, _init_ray
+    from tokenprism.backend.audit.ray_local import CHILD_MODULE
 
-    _init_ray(ray, RayOptions(workers=1, object_store_mb=80))
-    try:
-        listeners = _listeners()
-        ray_pids = [p.pid for p in psutil.process_iter(["name"]) if "ray" in " ".join(p.cmdline())]
-        bound = [listeners[i] for pid in ray_pids for i in _socket_inodes(pid) if i in listeners]
-        assert bound
-        # 0100007F = 127.0.0.1 (little-endian hex in /proc/net/tcp)
-        assert all(addr.startswith("0100007F:") for addr in bound), bound
-    finally:
-        ray.shutdown()
+    parents = psutil.Process(worker_pid).parents()
+    child = next(p for p in parents if CHILD_MODULE in " ".join(p.cmdline()))
+    return [child, *child.children(recursive=True)]
+
+
+def _ray_listeners(worker_pid: int) -> dict[str, Any]:
+    """Each Ray process's network namespace, its interfaces and listening sockets."""
+    namespaces, interfaces, bound = set(), set(), {}
+    for process in _ray_family(worker_pid):
+        try:
+            proc = f"/proc/{process.pid}"
+            namespaces.add(os.readlink(f"{proc}/ns/net"))
+            dev = Path(proc, "net/dev").read_text().splitlines()[2:]
+            interfaces |= {line.split(":")[0].strip() for line in dev}
+            table = _listeners(proc)
+            bound |= {i: table[i] for i in _socket_inodes(process.pid) if i in table}
+        except (OSError, ProcessLookupError):
+            continue  # a process that ended meanwhile
+    return {"namespaces": namespaces, "interfaces": interfaces, "bound": bound}
+
+
+def test_local_ray_listens_on_loopback_only(tiny_lm: Any, tmp_path: Path) -> None:
+    """A local cluster runs in a network namespace whose only interface is loopback; none of
+    its listening sockets is in the host's tables, and its ports are not open off loopback."""
+    pytest.importorskip("ray")
+    from tokenprism.backend.audit.ingest import parse_transcript
+    from tokenprism.backend.audit.ray_engine import RayOptions, score_items_ray
+    from tokenprism.backend.audit.ray_local import namespace_refusal
+    from tokenprism.backend.store import Store
+    from tokenprism.backend.store.records import create_job
+
+    refusal = namespace_refusal()
+    if refusal is not None:
+        pytest.skip(f"no private network namespace on this machine: {refusal}")
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."}]
+    items = parse_transcript(json.dumps({"messages": chat}), "jsonl", "one.jsonl")
+    store = Store(tmp_path / "ray.duckdb")
+    job_id = create_job(store, "audit", {}, len(items))
+    seen: dict[str, Any] = {}
+
+    def inspect(shard: int, worker_pid: int) -> None:  # noqa: ARG001
+        # the child waits for this callback's return before it goes on: its cluster is up
+        seen.update(_ray_listeners(worker_pid), host=_listeners("/proc/self"))
+
+    options = RayOptions(workers=1, object_store_mb=80)
+    settings = Settings(home=tmp_path, device="cpu")
+    score_items_ray(
+        tiny_lm,
+        store,
+        items,
+        settings=settings,
+        source="one",
+        job_id=job_id,
+        options=options,
+        on_shard=inspect,
+    )
+    store.close()
+    assert seen["bound"], "no Ray listener found"
+    assert os.readlink("/proc/self/ns/net") not in seen["namespaces"]
+    assert seen["interfaces"] == {"lo"}  # so a wildcard bind there reaches loopback only
+    addresses = {addr.split(":")[0] for addr in seen["bound"].values()}
+    assert addresses <= set(LOOPBACK + WILDCARD), seen["bound"]
+    assert not set(seen["bound"]) & set(seen["host"])  # not one of them is a host socket
+    ports = {addr.split(":")[1] for addr in seen["bound"].values()}
+    open_off_loopback = {
+        addr
+        for addr in seen["host"].values()
+        if addr.split(":")[1] in ports and addr.split(":")[0] not in LOOPBACK
+    }
+    assert not open_off_loopback, open_off_loopback
 
 
 def test_cli_sql_has_the_same_time_limit(tmp_path: Path) -> None:

@@ -45,9 +45,11 @@ class Settings(BaseSettings):
             ``auto`` (bfloat16 on cuda when the weights are float32, else none), ``none``,
             ``bfloat16``, ``float16``. Metrics are computed in float32 either way.
         compile_metrics: the logit metrics' vocabulary sweep compiled with ``torch.compile``
-            (see ``backend.scoring.compiled``): ``auto`` compiles in the background for the
-            server and audits and uses it once ready, ``on`` also waits for it on first use,
-            ``off`` always runs the eager formulas.
+            (see ``backend.scoring.compiled``): ``off`` (default) runs the eager formulas,
+            ``auto`` compiles in the background for the server and long audits and uses the
+            kernel once ready, ``on`` also waits for it on first use. Off by default because on
+            the 2-core reference machine the compiled sweep, 3x cheaper in CPU time on one
+            thread, gave no wall-clock gain with two threads (``bench/scoring.py`` times both).
         trust_remote_code: let model repositories run their own Python code (off by default).
         api_token: bearer token required when the API listens beyond loopback.
         allowed_model_dirs: local directories models may be loaded from through the API.
@@ -100,7 +102,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     autocast: Literal["auto", "none", "bfloat16", "float16"] = "auto"
-    compile_metrics: Literal["auto", "on", "off"] = "auto"
+    compile_metrics: Literal["auto", "on", "off"] = "off"
     trust_remote_code: bool = False
     api_token: str | None = None
     allowed_model_dirs: list[Path] = Field(default_factory=list)

@@ -20,7 +20,6 @@ conversations>``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import random
 import statistics
@@ -33,12 +32,11 @@ from pathlib import Path
 import torch
 from scoring import CITIES, bench_text  # bench/ is on sys.path when a bench script runs
 
-from tokenprism.analysis.scoring import ScoredSequence, ScoringParams
+from tokenprism.analysis.scoring import ScoredSequence
 from tokenprism.backend.audit.conversation import plan_units, unit_batches
 from tokenprism.backend.audit.ingest import WorkItem
 from tokenprism.backend.audit.upload import encode_items, score_items
 from tokenprism.backend.models.loader import load_model
-from tokenprism.backend.scoring.compiled import start_warm_up
 from tokenprism.backend.scoring.encoding import EncodedText
 from tokenprism.backend.scoring.runner import ScoredText, forward_batch
 from tokenprism.backend.settings import get_settings
@@ -159,13 +157,6 @@ def main() -> None:
     torch.set_grad_enabled(False)
     settings = get_settings()
     lm = load_model(settings.default_model, settings)
-    # the compiled metric sweep a long audit warms up in the background: ready before timing
-    compiled = start_warm_up(
-        dataclasses.replace(lm, compile_metrics="on"),
-        ScoringParams().logits.chunk_positions,
-        wait=True,
-    )
-    print(f"compiled_metric_sweep={'yes' if compiled else 'no (eager)'}")
     chats = chat_corpus(args.conversations, lm.tokenizer, lm.context_length, args.max_turn_tokens)
     items = work_items(chats)
     encoded = encode_items(lm, items, "bench")

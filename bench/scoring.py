@@ -6,10 +6,10 @@ model and a ~1,000-token text it measures, interleaved and repeated (median):
 * bare: the model's forward pass with hidden states (what any tool must pay);
 * full: TokenPrism's default scoring (what ``score``, ``POST /runs`` and audits run): that
   forward pass (LM head applied chunk by chunk, never all logits at once) + every token and
-  sequence metric, claims, final-layer effective rank and ERV / ERA, without storage, with
-  the compiled metric sweep a server or a long audit warms up (``backend.scoring.compiled``;
-  compiled here before timing); full_eager: the same with the eager sweep (what runs before
-  the compile is ready, or with ``TOKENPRISM_COMPILE_METRICS=off``);
+  sequence metric, claims, final-layer effective rank and ERV / ERA, without storage, under
+  the default ``TOKENPRISM_COMPILE_METRICS`` policy (off: the eager metric sweep);
+  full_compiled: the same with the compiled sweep (``backend.scoring.compiled``, compiled
+  here before timing);
 * light: the same without layer metrics; all_layers: with every layer's effective rank;
 
 and the Arrow bulk load of 1M rows into ``token_metrics`` of a fresh DuckDB file. The last
@@ -71,10 +71,11 @@ def bench_text(target_tokens: int, tokenizer: object) -> str:
 
 
 def time_scoring(tokens: int, repeats: int) -> tuple[dict[str, float], int, bool]:
-    """Median seconds of each variant (bare, full, full_eager, light, all_layers); tokens."""
+    """Median seconds of each variant (bare, full, full_compiled, light, all_layers); tokens."""
     settings = get_settings()
     lm = load_model(settings.default_model, settings)
-    eager_lm = dataclasses.replace(lm, compile_metrics="off")
+    # the default policy (TOKENPRISM_COMPILE_METRICS, off unless set) and the compiled sweep
+    compiled_lm = dataclasses.replace(lm, compile_metrics="auto")
     compiled = start_warm_up(
         dataclasses.replace(lm, compile_metrics="on"),
         ScoringParams().logits.chunk_positions,
@@ -86,7 +87,7 @@ def time_scoring(tokens: int, repeats: int) -> tuple[dict[str, float], int, bool
     variants = {
         "bare": lambda: forward_batch(lm, [enc]),
         "full": lambda: score_batch(lm, [enc], ScoringParams()),
-        "full_eager": lambda: score_batch(eager_lm, [enc], ScoringParams()),
+        "full_compiled": lambda: score_batch(compiled_lm, [enc], ScoringParams()),
         "light": lambda: score_batch(lm, [enc], ScoringParams(layer_metrics=False)),
         "all_layers": lambda: score_batch(lm, [enc], ScoringParams(layers="all")),
     }
@@ -141,13 +142,13 @@ def main() -> None:
         "entropy, rank, GLTR, margin, kurtosis, top-10, window entropy, step surprisal), "
         "sequence aggregates, claims, final-layer effective rank + ERV/ERA"
     )
-    # the server and long audits compile the metric sweep in the background; until it is
-    # ready (and with TOKENPRISM_COMPILE_METRICS=off) the eager sweep runs: both are timed
+    # full = the default policy (eager unless TOKENPRISM_COMPILE_METRICS says otherwise);
+    # full_compiled = the compiled sweep a server or long audit warms up with "auto": both timed
     print(f"compiled_metric_sweep={'yes' if compiled else 'no (eager)'}")
     print(f"bare_forward_s={bare:.3f} full_scoring_s={full:.3f} tokens_per_s_full={n / full:.0f}")
     print(
-        f"full_eager_s={med['full_eager']:.3f} "
-        f"scoring_overhead_ratio_eager={med['full_eager'] / bare:.3f}"
+        f"full_compiled_s={med['full_compiled']:.3f} "
+        f"scoring_overhead_ratio_compiled={med['full_compiled'] / bare:.3f}"
     )
     light, every = med["light"], med["all_layers"]
     print(

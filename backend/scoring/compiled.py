@@ -2,14 +2,16 @@
 
 :func:`analysis.logits.vocab_moments` runs the sums behind entropy and kurtosis as about ten
 separate passes over each ``[chunk, vocab]`` block of logits; ``torch.compile`` (Inductor)
-fuses the same formulas into one loop, which cuts the metrics' cost on top of the forward
-pass by about half on CPU (``bench/scoring.py``). Compiling takes 20-80 s on a small CPU, so a
+fuses the same formulas into one loop (about a third of the eager sweep's single-thread CPU
+time on 1,000 x 49k logits). Compiling takes 20-80 s on a small CPU, so a
 user never waits for it:
 
-* the policy is :attr:`backend.settings.Settings.compile_metrics`: ``auto`` (default) compiles
-  in a background thread when a long-lived process asks for it (:func:`start_warm_up`: the API
-  server after loading its model, an audit before its first batch) and uses the kernel once it
-  is ready; ``on`` also compiles on first use, waiting for it (benchmarks); ``off`` never;
+* the policy is :attr:`backend.settings.Settings.compile_metrics`: ``off`` (the default: on the
+  2-core reference machine the fused loop, ~3x cheaper in single-thread CPU time, gave no
+  wall-clock gain with two threads, see README's performance section), ``auto`` compiles in
+  a background thread when a long-lived process asks for it (:func:`start_warm_up`: the API
+  server after loading its model, an audit before its first batch) and uses the kernel once
+  it is ready; ``on`` also compiles on first use, waiting for it (benchmarks);
 * until the kernel is ready, and for any block of another shape (the last, shorter block of a
   text), the eager :func:`~analysis.logits.vocab_moments` runs: the values agree within
   float32 rounding (~1e-6 relative; the fused sums accumulate in float64);

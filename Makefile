@@ -42,7 +42,7 @@ serve: install
 	$(BIN)/tokenprism serve
 
 test: install lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The unit tier for the edit loop: tests/unit only (no real model, no server), about a
 # minute. `make test` stays the whole suite.

@@ -56,11 +56,11 @@ def diff(
 
     from tokenprism.backend.diff.service import (
         diff_result,
-        json_safe,
         run_diff,
         source_model,
         start_diff,
     )
+    from tokenprism.backend.groups.core import json_safe
 
     source = _source(run_id, text, upload)
     with open_store() as store:

@@ -8,7 +8,6 @@ model lock held per batch); the Ray engine of audits is not wired in, since a di
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -307,14 +306,3 @@ def run_diff_job(
         model_lock=model_lock,
     )
     return {"diff_id": params["diff_id"], "kl_mean": summary.get("kl_mean")}
-
-
-def json_safe(value: Any) -> Any:
-    """JSON-ready: NaN and infinities become null (JSON has neither)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value

@@ -14,10 +14,10 @@ from tokenprism.backend.api.service import NotFound, ServiceDep, protected_route
 from tokenprism.backend.diff.service import (
     check_source,
     diff_result,
-    json_safe,
     source_model,
 )
 from tokenprism.backend.errors import UserError
+from tokenprism.backend.groups.core import json_safe
 from tokenprism.backend.store.diffs import (
     DiffNotFound,
     create_diff,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -79,32 +80,64 @@ def test_entropy_stop_rule_ends_early(live: str) -> None:
     assert tokens[-1]["rules"][0]["action"] == "stop"
 
 
-def test_second_stream_is_queued_and_disconnect_frees_model(live: str) -> None:
-    first_token = threading.Event()
-    release = threading.Event()
-    body = {**BODY, "max_new_tokens": 200, "temperature": 0}
+@pytest.fixture(scope="module")
+def long_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server on a tiny model with room for 1,024 new tokens (the shared one has 256)."""
+    from tests.tiny import build_tiny_model
 
-    def holder() -> None:
-        # read one token, then stall (the server keeps the model until the client leaves)
-        with httpx.stream("POST", live + API + "/generate/stream", json=body, timeout=120) as r:
-            for kind, _ in _events(r.iter_lines()):
-                if kind == "token":
-                    first_token.set()
-                    release.wait(60)
-                    return  # leaving the block closes the connection mid-stream
+    root = tmp_path_factory.mktemp("long-stream")
+    model = build_tiny_model(root / "model", context=1280)
+    with server(root / "home", model) as (url, _):
+        yield url
 
-    t = threading.Thread(target=holder)
-    t.start()
-    assert first_token.wait(60)
+
+def _stalled_stream(url: str, body: dict[str, Any]) -> socket.socket:
+    """Open a stream with a tiny receive window and read only its first bytes: the server's
+    buffers fill and its model loop waits on this client, as with a real stalled reader."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.connect((host, int(port)))
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {API}/generate/stream HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + payload)
+    seen = b""
+    while b"event: token" not in seen:
+        chunk = sock.recv(1024)
+        assert chunk, seen
+        seen += chunk
+    return sock
+
+
+def test_second_stream_is_queued_and_disconnect_frees_model(long_live: str) -> None:
+    # seed 16 draws no end token in 1,024 tokens on this model (535 kB of events, far more
+    # than the server's buffers and the socket's window hold), so the first stream keeps the
+    # model until its client leaves
+    holder = _stalled_stream(long_live, {**BODY, "max_new_tokens": 1024, "seed": 16})
     seen: list[str] = []
-    with httpx.stream("POST", live + API + "/generate/stream", json=BODY, timeout=120) as resp:
-        for kind, data in _events(resp.iter_lines()):
-            seen.append(kind)
-            if kind == "queued":
-                assert data["position"] == 1
-                release.set()  # the first client disconnects: the second must get the model
-    t.join(60)
+    try:
+        url = long_live + API + "/generate/stream"
+        with httpx.stream("POST", url, json=BODY, timeout=120) as resp:
+            for kind, data in _events(resp.iter_lines()):
+                seen.append(kind)
+                if kind == "queued":
+                    assert data["position"] == 1
+                    holder.close()  # the first client disconnects: the second gets the model
+    finally:
+        holder.close()
     assert seen[:2] == ["start", "queued"] and seen[-1] == "done" and "token" in seen
+    # the first stream stopped when its client left and stores what it had generated (after
+    # freeing the model, so it may land after the second)
+    deadline = time.monotonic() + 60
+    while (total := httpx.get(long_live + API + "/runs", timeout=30).json()["total"]) < 2:
+        assert time.monotonic() < deadline, total
+        time.sleep(0.2)
+    stored = httpx.get(long_live + API + "/runs", timeout=30).json()["runs"]
+    lengths = sorted(r["n_tokens"] for r in stored)
+    assert 0 < lengths[0] and lengths[1] < 1024  # the held stream ended early, not at its cap
 
 
 @pytest.mark.parametrize(

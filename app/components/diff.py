@@ -24,7 +24,7 @@ STRIP_CSS = (
     " .tp-diff .tok.pr { color: #8a8a8a; }"
 )
 VARIANT_HELPERS = {
-    "int8 (torchao)": "@int8",
+    "int8 (weight-only)": "@int8",
     "bfloat16": "@bf16",
     "float16": "@fp16",
     "early exit @layers=K": "@layers=",

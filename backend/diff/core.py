@@ -65,8 +65,8 @@ class RunDiff:
 
 
 def logits_width(model: Any) -> int:
-    """Entries of the model's logits: its LM head's outputs (an int8 head has no ``.weight``
-    tensor, only ``out_features``)."""
+    """Entries of the model's logits: its LM head's outputs (a quantised head may have no
+    ``.weight`` tensor, only ``out_features``)."""
     head = model.get_output_embeddings()
     width = getattr(head, "out_features", None)
     return int(width) if width is not None else int(head.weight.shape[0])

@@ -3,10 +3,10 @@
 A registry maps each suffix kind to a builder that turns a loaded model into a variant:
 
 ==================  =============================================================================
-``@int8``           int8 linear layers with torch's own dynamic quantisation (int8 weights per
-                    output channel, activations quantised at run time; fbgemm / x86 CPU
-                    kernels), see :mod:`.quantize` for the choice over torchao. Runs on the
-                    CPU; tied embeddings are untied first so the input embedding stays float.
+``@int8``           int8 weight-only quantisation of every linear layer but the LM head (one
+                    scale per output channel; activations stay float); the LM head and the
+                    tied input embedding stay float; see :mod:`.quantize` for why not torch's
+                    dynamic W8A8 nor torchao. Runs on the base model's device and dtype.
 ``@bf16``/``@fp16`` the weights cast to bfloat16 / float16 (no autocast: they run in their own
                     precision).
 ``@layers=K``       early exit: the first K decoder blocks with the final norm and LM head.
@@ -212,12 +212,12 @@ def _cast(dtype: torch.dtype) -> Builder:
 def _int8(lm: LoadedModel, _arg: str | None, _s: Settings) -> tuple[Any, dict[str, Any]]:
     from tokenprism.backend.models.quantize import quantize_int8
 
-    # the int8 kernels are CPU ones and start from float weights
-    cpu = torch.device("cpu")
-    model = _copy(lm).to(device=cpu, dtype=torch.float32)
+    model = _copy(lm)
     info = quantize_int8(model)
-    fields = {"model": model.eval(), "dtype": torch.float32, "autocast": None, "device": cpu}
-    return fields, info
+    # the scheme is in the revision, so runs of an earlier @int8 (torch's dynamic W8A8) never
+    # share a models row with these
+    info["revision_tag"] = "@int8:w8-per-channel"
+    return {"model": model.eval()}, info
 
 
 def _int_arg(name: str) -> Callable[[str | None], None]:
@@ -364,7 +364,7 @@ def _steer(lm: LoadedModel, arg: str | None, settings: Settings) -> tuple[Any, d
 
 
 for _kind in (
-    VariantKind("int8", _int8, _no_arg, False, "int8 linear layers (torch dynamic quantisation)"),
+    VariantKind("int8", _int8, _no_arg, False, "int8 weights of the linear layers (LM head float)"),
     VariantKind("bf16", _cast(torch.bfloat16), _no_arg, False, "weights cast to bfloat16"),
     VariantKind("fp16", _cast(torch.float16), _no_arg, False, "weights cast to float16"),
     VariantKind("layers", _layers, _int_arg("layers"), True, "early exit after K decoder blocks"),

@@ -16,11 +16,11 @@ def test_cli_diff_json(tiny_model_dir: Path, home: Path) -> None:
         "diff", "--text", TEXT, "--model", m, "--against", m + "@int8", "--json", home=home
     )
     assert proc.returncode == 0, proc.stderr
-    # quantize_dynamic's deprecation warnings are captured while the variant is built
-    assert proc.stderr.strip() == "", proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr  # building the variant warns nothing
     out = json.loads(proc.stdout)
     assert out["a"]["id"] == m and out["b"]["id"] == m + "@int8"
-    assert out["b"]["variants"][0]["quantization"].startswith("torch.ao quantize_dynamic")
+    assert out["b"]["variants"][0]["quantization"].startswith("int8 weight-only")
+    assert out["b"]["revision"].endswith("@int8:w8-per-channel")
     tokens = out["runs"][0]["tokens"]
     assert {"text", "kl", "js", "delta_logprob", "top1_agree", "rank_b"} <= set(tokens[1])
     assert out["summary"]["kl_mean"] > 0 and 0 <= out["summary"]["top1_agree"] <= 1

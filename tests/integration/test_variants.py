@@ -48,17 +48,26 @@ def test_cast_and_int8(tiny_model_dir: Path, tiny_settings: Settings) -> None:
     ref = _logits(base, IDS)
     for suffix, dtype, tol in [("@bf16", torch.bfloat16, 0.5), ("@int8", torch.float32, 1.0)]:
         lm = V.get_model(name + suffix, tiny_settings)
-        assert lm.name == name + suffix and lm.revision == base.revision + suffix
+        tag = suffix if suffix != "@int8" else "@int8:w8-per-channel"  # the scheme, exactly
+        assert lm.name == name + suffix and lm.revision == base.revision + tag
         assert lm.dtype == dtype and lm.provenance()["variants"][0]["suffix"] == suffix
         out = _logits(lm, IDS)
         diff = (out - ref).abs().max().item()
         assert 0 < diff < tol, (suffix, diff)  # changed, but still the same model
         assert V.get_model(name + suffix, tiny_settings) is lm  # cached
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
+    from tokenprism.backend.models.quantize import Int8WeightLinear
 
-    assert isinstance(lm.model.model.layers[0].mlp.up_proj, Int8Linear)
-    assert lm.model.model.layers[0].mlp.up_proj.weight().dtype == torch.qint8
-    assert isinstance(lm.model.lm_head, Int8Linear)  # untied: the embedding stays float
+    up = lm.model.model.layers[0].mlp.up_proj
+    assert isinstance(up, Int8WeightLinear) and up.qweight.dtype == torch.int8
+    # the dequantised weight is within half a step of the float one, row by row
+    w = base.model.model.layers[0].mlp.up_proj.weight.float()
+    err = (up.qweight.float() * up.scale[:, None] - w).abs()
+    assert err.max() > 0 and bool((err <= up.scale[:, None] / 2 + 1e-7).all())
+    info = lm.provenance()["variants"][0]
+    n_linear = sum(isinstance(m, torch.nn.Linear) for m in base.model.modules())
+    assert info["kept_float"] == ["lm_head"] and info["quantized_linear_layers"] == n_linear - 1
+    assert isinstance(lm.model.lm_head, torch.nn.Linear)  # the head stays float
+    assert lm.model.lm_head.weight.dtype == torch.float32
     assert lm.model.get_input_embeddings().weight.dtype == torch.float32
     assert torch.equal(_logits(base, IDS), ref)  # the base is untouched
 

@@ -38,7 +38,7 @@ def test_colour_scale_ends() -> None:
 
 
 def test_model_b_helpers() -> None:
-    assert model_b_name("default", "int8 (torchao)", "ignored") == "default@int8"
+    assert model_b_name("default", "int8 (weight-only)", "ignored") == "default@int8"
     assert model_b_name("default", "early exit @layers=K", " 8 ") == "default@layers=8"
     assert model_b_name("m", "steering @steer=VECTOR:BETA[:LAYER]", "east:4") == "m@steer=east:4"
     assert model_b_name("default", "another model", "other/model") == "other/model"

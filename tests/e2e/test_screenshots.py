@@ -22,12 +22,15 @@ from tests.conftest import REPO
 from tests.e2e.test_browser import (  # noqa: F401 - fixtures are found by name
     CHROMEDRIVER,
     CHROMIUM,
+    _choose,
     _wait,
     _wait_rerender,
+    _widget,
     browser,
     canvas_spans,
     default_backend,
     enter_canvas,
+    ui_port,
     ui_url,
 )
 
@@ -193,3 +196,29 @@ def test_screenshots_of_every_page(browser: Any, ui_url: str, default_backend: s
     )
     _settle(driver, 2.0)
     _save(driver, "sql")
+
+
+def test_screenshot_of_the_diff_page(browser: Any, ui_url: str, default_backend: str) -> None:  # noqa: F811
+    """Diff: the sample chats audited, then diffed against ``default@int8`` (its own test, so
+    ``-k diff`` remakes this PNG alone)."""
+    driver = browser
+    driver.set_window_size(*WINDOW)
+    api = f"{default_backend}/api/v1"
+    sample = (REPO / "data" / "samples" / "chats.jsonl").read_bytes()
+    reply = httpx.post(f"{api}/uploads", files={"file": ("chats.jsonl", sample)}, timeout=60)
+    upload_id = reply.json()["upload_id"]
+    _job(api, reply)
+    body = {"upload_id": upload_id, "model": "default", "against": "default@int8"}
+    reply = httpx.post(f"{api}/diffs", json=body, timeout=60)
+    diff_id = reply.json()["diff_id"]
+    _job(api, reply)
+    # show the Australia turn (int8 flips a top-1 there) rather than the first one
+    runs = httpx.get(f"{api}/diffs/{diff_id}", timeout=60).json()["runs"]
+    pick = next(i for i, r in enumerate(runs) if any(t["text"] == " Sydney" for t in r["tokens"]))
+    label = f"{pick}: run {runs[pick]['run_id'][:8]} ({runs[pick]['n_tokens']} tokens)"
+    driver.get(f"{ui_url}/diff?diff={diff_id}")
+    _text_on_page(driver, "Most-moved tokens")
+    _choose(driver, _widget(driver, "stSelectbox", "Run"), label)
+    _wait_rerender(driver, lambda d: "Sydney" in d.page_source, timeout=60)
+    _settle(driver, 2.5, show="//h3[contains(., 'default@int8')]")
+    _save(driver, "diff")

@@ -4,8 +4,8 @@ The lens heatmap (layer x token, the produced token's rank or probability) comes
 ``GET /runs/{id}/lens``, computed on demand; clicking a cell (or choosing it below the chart)
 shows that layer's top-5 and, for a response token, explains it. "Explain this token"
 attributes a response token to the earlier tokens (``POST /runs/{id}/attributions``) and shows
-the prompt coloured by attribution and the block contributions as bars. Long runs and expensive attributions come back as jobs, polled
-here until they finish.
+the prompt coloured by attribution and the block contributions as bars. Long runs and
+expensive attributions come back as jobs, polled here until they finish.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from tests.e2e.test_browser import (  # noqa: F401 - fixtures are found by name
     canvas_spans,
     default_backend,
     enter_canvas,
+    ui_port,
     ui_url,
 )
 

@@ -145,41 +145,50 @@ def _lens_positions(
     target_logit = torch.einsum("ltd,td->lt", h, weight[targets]).float()  # [L, Tc]
     if bias is not None:
         target_logit = target_logit + bias[targets].float()
-    # online log-sum-exp per layer (m, s) and, for KL(final || layer), the final layer's
-    # exp(l_final - m_final) weighted sum of (l_final - l_layer), rescaled with m_final
-    m = torch.full((n_layers, n_pos), -torch.inf, device=dev)
-    s = torch.zeros((n_layers, n_pos), device=dev)
-    cross = torch.zeros((n_layers, n_pos), device=dev)
-    above = torch.zeros((n_layers, n_pos), dtype=torch.int64, device=dev)
+    # per layer: the log-sum-exp, merged over vocabulary chunks with logaddexp; for
+    # KL(final || layer) = sum_v p_f (l_f - l_layer) - lse_f + lse_layer, the final layer's
+    # exp(l_f - m_f) (its running max m_f) weighted sum b of every layer's logits, rescaled
+    # when m_f moves: one contraction, not an [L, Tc, Vc] temporary. The final layer's own row
+    # b[-1] is its sum of p_f l_f, so its KL is exactly 0.
+    lse = torch.full((n_layers, n_pos), -torch.inf, device=dev)
+    m_f = torch.full((n_pos,), -torch.inf, device=dev)
+    s_f = torch.zeros(n_pos, device=dev)
+    b = torch.zeros((n_layers, n_pos), device=dev)
+    above = torch.zeros((n_layers, n_pos), dtype=torch.int32, device=dev)
     top_vals = torch.full((n_layers, n_pos, top_k), -torch.inf, device=dev)
     top_ids = torch.zeros((n_layers, n_pos, top_k), dtype=torch.int64, device=dev)
+    rows = torch.arange(n_pos, device=dev)
     for v0 in range(0, weight.shape[0], vocab_chunk):
         w = weight[v0 : v0 + vocab_chunk]
         logits = (h @ w.T).float()  # [L, Tc, Vc]
         if bias is not None:
             logits = logits + bias[v0 : v0 + vocab_chunk].float()
-        new_m = torch.maximum(m, logits.amax(dim=-1))
-        scale = torch.exp(m - new_m)  # exp(-inf) = 0 on the first chunk
-        shifted = torch.exp(logits - new_m[..., None])
-        s = s * scale + shifted.sum(dim=-1)
-        final_w = shifted[-1]  # [Tc, Vc] final layer's unnormalised probabilities
-        cross = cross * scale[-1] + (final_w * (logits[-1] - logits)).sum(dim=-1)
-        m = new_m
-        # the target's own column is skipped: its chunk logit and the gathered one may differ
-        # in the last bit, which would otherwise rank a token below itself
-        own = torch.arange(v0, v0 + w.shape[0], device=dev)[None, :] == targets[:, None]
-        above += ((logits > target_logit[..., None]) & ~own).sum(dim=-1)
+        lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=-1))
+        final = logits[-1]
+        new_m = torch.maximum(m_f, final.amax(dim=-1))
+        scale = torch.exp(m_f - new_m)  # exp(-inf) = 0 on the first chunk
+        p_f = torch.exp(final - new_m[:, None])  # [Tc, Vc]
+        s_f = s_f * scale + p_f.sum(dim=-1)
+        b = b * scale + torch.einsum("tv,ltv->lt", p_f, logits)
+        m_f = new_m
+        # an int32 count is about twice as fast as a bool sum into int64 on CPU
+        above += (logits > target_logit[..., None]).sum(dim=-1, dtype=torch.int32)
+        # the target's own column must not count: its chunk logit and the gathered one may
+        # differ in the last bit, which would otherwise rank a token below itself
+        inside = (targets >= v0) & (targets < v0 + w.shape[0])
+        if bool(inside.any()):
+            col = (targets - v0).clamp(0, w.shape[0] - 1)
+            own = logits[:, rows, col]  # [L, Tc]
+            above -= ((own > target_logit) & inside[None, :]).to(torch.int32)
         k = min(top_k, logits.shape[-1])
         vals, idx = logits.topk(k, dim=-1)
         merged_vals = torch.cat([top_vals, vals], dim=-1)
         merged_ids = torch.cat([top_ids, idx + v0], dim=-1)
         top_vals, order = merged_vals.topk(top_k, dim=-1)
         top_ids = merged_ids.gather(-1, order)
-    lse = m + torch.log(s)  # [L, Tc]
-    # KL(f || l) = sum_v p_f (l_f - l_l) - lse_f + lse_l
-    kl = cross / s[-1] - lse[-1] + lse
+    kl = (b[-1:] - b) / s_f[None, :] - lse[-1] + lse
     return (
-        above + 1,
+        above.to(torch.int64) + 1,
         torch.exp(target_logit - lse),
         top_ids,
         torch.exp(top_vals - lse[..., None]),

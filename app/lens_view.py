@@ -2,10 +2,10 @@
 
 The lens heatmap (layer x token, the produced token's rank or probability) comes from
 ``GET /runs/{id}/lens``, computed on demand; clicking a cell (or choosing it below the chart)
-shows that layer's top-5. "Explain this token" attributes a response token to the earlier
-tokens (``POST /runs/{id}/attributions``) and shows the prompt coloured by attribution and the
-block contributions as bars. Long runs and expensive attributions come back as jobs, polled
-here until they finish.
+shows that layer's top-5 and, for a response token, explains it. "Explain this token"
+attributes a response token to the earlier tokens (``POST /runs/{id}/attributions``) and shows
+the prompt coloured by attribution and the block contributions as bars. Long runs and
+expensive attributions come back as jobs, polled here until they finish.
 """
 
 from __future__ import annotations
@@ -103,6 +103,11 @@ def _lens_heatmap(run: dict[str, Any], lens: dict[str, Any], *, key: str) -> Non
     if picked is not None and picked[0] in texts and picked != st.session_state.get(click_key):
         st.session_state[click_key] = picked
         st.session_state[pos_key], st.session_state[layer_key] = picked
+        if not run["tokens"][picked[0]]["is_prompt"]:
+            # clicking a response token also explains it (once per token and method: a
+            # stored attribution is shown, not recomputed)
+            st.session_state[f"{key}.explain_pos"] = picked[0]
+            st.session_state[f"{key}.explain_auto"] = True
     if st.session_state.get(pos_key) not in texts:
         st.session_state[pos_key] = positions[-1]
     st.session_state.setdefault(layer_key, lens["layers"] - 1)
@@ -139,19 +144,24 @@ def _explain(run: dict[str, Any], *, key: str) -> None:
         key=f"{key}.explain_method",
     )
     steps = cols[2].number_input(
-        "IG steps", min_value=2, max_value=256, value=64, key=f"{key}.explain_steps"
+        "IG steps", min_value=2, max_value=256, value=32, key=f"{key}.explain_steps"
     )
-    if st.button("Explain", key=f"{key}.explain_go", type="primary"):
-        with backend_errors(), st.spinner("Attributing…"):
-            reply = client().attribute(run["run_id"], int(position), method=method, steps=steps)
-        if "job_id" in reply:
-            st.session_state[job_key] = {"job_id": reply["job_id"]}
-            st.rerun()
+    go = st.button("Explain", key=f"{key}.explain_go", type="primary")
+    auto = st.session_state.pop(f"{key}.explain_auto", False)
     if _pending(job_key):
         return
     with backend_errors():
         stored = client().attributions(run["run_id"], int(position))
     chosen = [a for a in stored if a["method"] == method]
+    if go or (auto and not chosen):
+        with backend_errors(), st.spinner("Attributing…"):
+            reply = client().attribute(run["run_id"], int(position), method=method, steps=steps)
+        if "job_id" in reply:
+            st.session_state[job_key] = {"job_id": reply["job_id"]}
+            st.rerun()
+        with backend_errors():
+            stored = client().attributions(run["run_id"], int(position))
+        chosen = [a for a in stored if a["method"] == method]
     if chosen:
         _show_attribution(chosen[0], key=key)
 

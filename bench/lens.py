@@ -7,9 +7,16 @@ Run with ``.venv/bin/python bench/lens.py`` (``--tokens N``, ``--steps K``, ``--
 * ``lens_vs_forward``: the lens over every layer (one forward pass with hooks, then every
   layer's residual stream through the final norm and the head, chunked, with rank, probability,
   top-5 and KL to the final layer) divided by one plain forward pass on the same ids;
-* ``ig_forward_backward_equivalents``: Integrated Gradients with ``--steps`` points (batched)
-  for the last token, from 256 tokens of input, divided by one forward + backward pass of the
-  same score function on one input.
+* ``ig_forward_backward_equivalents``: Integrated Gradients as ``tokenprism attribute`` runs it
+  (``--steps`` points placed adaptively, batched) for the token after ``--ig-tokens`` (256)
+  tokens of input, divided by one forward + backward pass of the same score function on one
+  input; ``ig_even_forward_backward_equivalents`` the same for the equally spaced rule
+  (one batch of ``--steps`` points).
+
+The lens's floor is arithmetic: every layer's reading is one LM-head matmul over the whole
+vocabulary (rank, probability, top-5 and KL need all of it), so on SmolLM2-135M (30 blocks,
+a 49,152 x 576 tied head, ~1/5 of a forward pass's multiply-adds at 1,000 tokens) the 31
+readouts alone cost ~6 forward passes.
 
 Before timing, the lens's last layer is checked against the model's logits (the script fails
 rather than time a wrong readout). Prints ``name=value`` lines.
@@ -28,6 +35,7 @@ import torch
 from tokenprism.analysis.attribution import integrated_gradients
 from tokenprism.backend.lens.compute import (
     Target,
+    attribute,
     baseline_embeddings,
     residual_streams,
     run_lens,
@@ -95,14 +103,21 @@ def main() -> None:
         point = x[None].clone().requires_grad_(True)
         torch.autograd.grad(f(point).sum(), point)
 
-    def ig() -> None:
-        integrated_gradients(f, x, base, steps=args.steps, batch_size=args.steps)
+    def ig() -> object:
+        # the CLI's default: adaptive points, its batch size
+        return attribute(lm, ids, target, method="ig", steps=args.steps)
+
+    def ig_even() -> object:
+        return integrated_gradients(f, x, base, steps=args.steps, batch_size=args.steps)
 
     t_fb = _median(one_fwd_bwd, args.repeats)
     t_ig = _median(ig, args.repeats)
-    err = integrated_gradients(f, x, base, steps=args.steps, batch_size=args.steps)
-    print(f"fwd_bwd_s={t_fb:.3f} ig_s={t_ig:.3f} completeness_error={err.completeness_error:.4f}")
+    t_even = _median(ig_even, args.repeats)
+    err = attribute(lm, ids, target, method="ig", steps=args.steps).completeness_error
+    print(f"fwd_bwd_s={t_fb:.3f} ig_s={t_ig:.3f} ig_even_s={t_even:.3f}")
+    print(f"ig_steps={args.steps} ig_tokens={n} completeness_error={err:.4f}")
     print(f"ig_forward_backward_equivalents={t_ig / t_fb:.1f}")
+    print(f"ig_even_forward_backward_equivalents={t_even / t_fb:.1f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from tokenprism.backend.display import number, shown_number
 KINDS: dict[str, str] = {
     "refusal-sweep": "Refusal-bias sweep",
     "east-sweep": "EAST steering sweep",
+    "grains-sweep": "GrAInS steering sweep",
     "decode": "Decoding rule",
 }
 DECODE_RULES: dict[str, str] = {
@@ -39,7 +40,11 @@ RULE_SIGNALS: dict[str, str] = {
     "latr": "latr_branch",
 }
 # The per-condition key of a sweep's outputs.
-CONDITION_KEYS: dict[str, str] = {"refusal-sweep": "value", "east-sweep": "beta"}
+CONDITION_KEYS: dict[str, str] = {
+    "refusal-sweep": "value",
+    "east-sweep": "beta",
+    "grains-sweep": "beta",
+}
 MARGIN = {"l": 10, "r": 10, "t": 40, "b": 10}
 LABEL_CHARS = 28
 HOVER_LINE_CHARS = 60
@@ -50,6 +55,7 @@ COLOURS = {
     "p_refusal": "#7f7f7f",
     "next": "#1f77b4",
     "output": "#ff7f0e",
+    "margin": "#2ca02c",
 }
 
 
@@ -194,8 +200,12 @@ def prompt_texts(
 ) -> list[str]:
     """The experiment's prompts in order: its ``params.prompts``, or the shipped refusal set
     (what the backend uses when a sweep's prompt list is empty)."""
-    given = (experiment.get("params") or {}).get("prompts") or []
-    if not given and experiment.get("kind") in CONDITION_KEYS:
+    params = experiment.get("params") or {}
+    given = params.get("prompts") or []
+    if not given and experiment.get("kind") == "grains-sweep":
+        # a GrAInS sweep without prompts generates from its examples' prompts
+        given = [e.get("prompt", "") for e in params.get("examples") or [] if isinstance(e, dict)]
+    elif not given and experiment.get("kind") in CONDITION_KEYS:
         given = list(shipped or [])
     return [str(p.get("prompt", "")) if isinstance(p, dict) else str(p) for p in given]
 
@@ -240,6 +250,8 @@ def outputs_frame(
         condition = [value_name, "prompt id", "should refuse", "P(refusal)", "refused"]
     elif kind == "east-sweep":
         condition = ["beta", "next-token entropy"]
+    elif kind == "grains-sweep":
+        condition = ["beta", "preference margin"]
     elif kind == "decode":
         condition = ["rule", "branch", "stop", "tokens"]
     else:
@@ -264,6 +276,13 @@ def outputs_frame(
                 {
                     "beta": number(out.get("beta")),
                     "next-token entropy": number(out.get("next_token_entropy")),
+                }
+            )
+        elif kind == "grains-sweep":
+            row.update(
+                {
+                    "beta": number(out.get("beta")),
+                    "preference margin": number(out.get("preference_margin")),
                 }
             )
         elif kind == "decode":
@@ -305,7 +324,7 @@ def output_labels(
             condition = f"{name} {_fmt(out.get('value'), 'g')}"
             if out.get("refused"):
                 condition += " · refused"
-        elif kind == "east-sweep":
+        elif kind in ("east-sweep", "grains-sweep"):
             condition = f"β {_fmt(out.get('beta'), 'g')}"
         elif kind == "decode":
             condition = str(out.get("rule"))
@@ -507,6 +526,58 @@ def east_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
         hovermode="x unified",
         legend={"orientation": "h", "y": -0.25},
         margin=MARGIN,
+        height=360,
+    )
+    return fig
+
+
+def grains_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
+    """The GrAInS sweep: mean preference margin and mean output entropy against β.
+
+    Args:
+        summary: a GrAInS sweep's ``summary``: ``layer``, ``vector`` and ``curves`` (``beta``,
+            ``preference_margin`` = mean log p(preferred) - log p(dispreferred) over the
+            examples with the vector applied, ``output_entropy``).
+
+    Returns:
+        ``"mean preference margin"`` on the left axis and ``"mean output entropy"`` on the
+        right one (both in nats, on different scales); the title names the vector (escaped)
+        and the layer.
+    """
+    summary = summary or {}
+    curves = summary.get("curves") or {}
+    betas = list(curves.get("beta") or [])
+    if not betas:
+        return _empty("no GrAInS curve yet")
+    x = [number(b) for b in betas]
+    fig = go.Figure()
+    for key, name, ys, axis in (
+        ("margin", "mean preference margin", curves.get("preference_margin"), "y"),
+        ("output", "mean output entropy", curves.get("output_entropy"), "y2"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=_series(ys),
+                yaxis=axis,
+                mode="lines+markers",
+                name=name,
+                line={"color": COLOURS[key], "width": 2},
+                marker={"size": 8},
+                hovertemplate=f"β = %{{x:g}}<br>{name} %{{y:.3f}} nats<extra></extra>",
+            )
+        )
+    vector = summary.get("vector") or {}
+    name = html.escape(_oneline(vector.get("name") or "GrAInS"), quote=True)
+    layer = summary.get("layer", vector.get("layer"))
+    fig.update_layout(
+        title={"text": f"Preference margin vs β · vector “{name}” at layer {_fmt(layer, 'g')}"},
+        xaxis={"title": {"text": "steering coefficient β"}},
+        yaxis={"title": {"text": "log p(preferred) − log p(dispreferred) (nats)"}},
+        yaxis2={"title": {"text": "output entropy (nats)"}, "overlaying": "y", "side": "right"},
+        hovermode="x unified",
+        legend={"orientation": "h", "y": -0.25},
+        margin={**MARGIN, "r": 60},
         height=360,
     )
     return fig

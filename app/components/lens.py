@@ -102,6 +102,9 @@ def lens_figure(columns: Sequence[dict[str, Any]], value: str = "rank") -> go.Fi
                 "cmax": 1.0 if value == "prob" else None,
                 "colorbar": {"title": {"text": "log10 rank" if value == "rank" else "prob"}},
             },
+            # a clicked cell keeps the others readable (plotly dims unselected points to 0.2)
+            selected={"marker": {"opacity": 1.0}},
+            unselected={"marker": {"opacity": 0.75}},
             customdata=custom,
             text=hover,
             hovertemplate="%{text}<extra></extra>",

@@ -1,4 +1,4 @@
-"""Steering & decoding lab: refusal-bias sweeps, EAST steering sweeps and decoding rules.
+"""Steering & decoding lab: refusal-bias sweeps, EAST and GrAInS steering sweeps, decoding rules.
 
 Launch an experiment (a job), watch its progress, then read its curves, its outputs and any
 two outputs side by side with their tokens coloured. Every output is a stored run; past
@@ -7,6 +7,7 @@ experiments are listed and reload from the backend.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -24,6 +25,7 @@ from tokenprism.app.components.lab import (
     default_pair,
     east_curve_figure,
     experiment_label,
+    grains_curve_figure,
     output_labels,
     outputs_frame,
     parse_numbers,
@@ -47,7 +49,10 @@ st.caption(
     'cannot", ...) at the first response position, or a threshold on P([refuse]) for models '
     "with refusal tokens; the refusal rate of the outputs and the mean P(refusal) per value. "
     "**EAST sweep**: an entropy-derived steering vector added with coefficient β at one layer; "
-    "the next-token and output entropy per β. **Decoding rule**: EAD, CNTP, the small / large "
+    "the next-token and output entropy per β. **GrAInS sweep**: a vector from contrastive "
+    "Integrated Gradients of preferred vs dispreferred replies (the hidden states of the top-k "
+    "prompt tokens raising minus lowering the preference), swept in β; the preference margin "
+    "and output entropy per β. **Decoding rule**: EAD, CNTP, the small / large "
     "model switch or LATR branching, with their per-token signals. Every output is a run."
 )
 
@@ -193,6 +198,62 @@ def east_form() -> dict[str, Any] | None:
     return params
 
 
+DEFAULT_EXAMPLES = "\n".join(
+    json.dumps(e)
+    for e in (
+        {
+            "prompt": "What is the capital of Australia?",
+            "preferred": " The capital of Australia is Canberra.",
+            "dispreferred": " The capital of Australia is Sydney.",
+        },
+        {
+            "prompt": "What is the capital of Canada?",
+            "preferred": " The capital of Canada is Ottawa.",
+            "dispreferred": " The capital of Canada is Toronto.",
+        },
+    )
+)
+
+
+def grains_form() -> dict[str, Any] | None:
+    examples = st.text_area(
+        "Examples (JSON lines: prompt, preferred, dispreferred)",
+        DEFAULT_EXAMPLES,
+        key="lab.grains.examples",
+        height=110,
+        help="The vector is built from these; the prompts above are what the sweep generates from.",
+    )
+    cols = st.columns(6)
+    betas = cols[0].text_input("Betas", "-8, 0, 8", key="lab.grains.betas")
+    layer = cols[1].number_input(
+        "Layer", 0, 4096, None, 1, key="lab.grains.layer", placeholder="middle"
+    )
+    top_k = cols[2].number_input("Top-k tokens", 1, 16, 3, 1, key="lab.grains.top_k")
+    steps = cols[3].number_input("IG steps", 2, 128, 32, 1, key="lab.grains.steps")
+    max_new = cols[4].number_input("Max new tokens", 1, 512, 24, 1, key="lab.grains.max_new")
+    save_as = cols[5].text_input(
+        "Save vector as", key="lab.grains.save_as", placeholder="not saved"
+    )
+    try:
+        numbers = parse_numbers(betas)
+        rows = [json.loads(line) for line in examples.splitlines() if line.strip()]
+    except ValueError as err:
+        st.warning(f"Betas or examples: {err}.")
+        return None
+    params: dict[str, Any] = {
+        "examples": rows,
+        "betas": numbers,
+        "top_k": int(top_k),
+        "steps": int(steps),
+        "max_new_tokens": int(max_new),
+    }
+    if layer is not None:
+        params["layer"] = int(layer)
+    if save_as.strip():
+        params["save_as"] = save_as.strip()
+    return params
+
+
 def decode_form() -> dict[str, Any] | None:
     cols = st.columns([3, 1, 1])
     rule = cols[0].selectbox(
@@ -291,6 +352,8 @@ with st.expander("Run an experiment", expanded=True):
         params = refusal_form()
     elif kind == "east-sweep":
         params = east_form()
+    elif kind == "grains-sweep":
+        params = grains_form()
     else:
         params = decode_form()
     prompts = chosen_prompts(kind)
@@ -450,6 +513,13 @@ elif kind_done == "east-sweep":
         "Next-token entropy: at the first response position (unsteered there when only "
         "response positions are steered). Output entropy: the mean over the response tokens, "
         "scored with the vector applied."
+    )
+elif kind_done == "grains-sweep":
+    st.plotly_chart(grains_curve_figure(summary), key="lab.grains_curve")
+    st.caption(
+        "Preference margin: log p(preferred) − log p(dispreferred) of each example's replies "
+        "given its prompt, with the vector applied, averaged over the examples. Output "
+        "entropy: the mean over the generated tokens, scored with the vector applied."
     )
 elif kind_done == "decode":
     cards = decode_cards(summary)

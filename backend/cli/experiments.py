@@ -1,9 +1,11 @@
-"""``tokenprism experiment refusal-sweep | east-sweep | decode``: the steering and decoding lab."""
+"""``tokenprism experiment refusal-sweep | east-sweep | grains-sweep | decode``: the steering and
+decoding lab."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -84,6 +86,15 @@ def _print(result: dict[str, Any]) -> None:
                 _fmt(curves["output_entropy"][i]),
             )
         out.print(table)
+    elif result["kind"] == "grains-sweep":
+        table = Table(
+            "beta", "preference margin", "output entropy", title=f"layer {summary.get('layer')}"
+        )
+        for i, beta in enumerate(curves.get("beta", [])):
+            table.add_row(
+                f"{beta:g}", _fmt(curves["preference_margin"][i]), _fmt(curves["output_entropy"][i])
+            )
+        out.print(table)
     else:
         out.print(json.dumps({k: v for k, v in summary.items() if k != "per_prompt"}, indent=1))
     out.print(f"{len(result['outputs'])} outputs stored as runs")
@@ -139,6 +150,87 @@ def east_sweep(
     if prompt:
         params["prompts"] = list(prompt)
     _run("east-sweep", params, model, as_json)
+
+
+def _examples(
+    path: Path | None, prompts: list[str], preferred: list[str], dispreferred: list[str]
+) -> list[dict[str, str]]:
+    """Examples from a JSON / JSON-lines file and from the repeated triple options, in order."""
+    if not len(prompts) == len(preferred) == len(dispreferred):
+        raise UserError(
+            "give --example-prompt, --preferred and --dispreferred the same number of times "
+            f"(got {len(prompts)}, {len(preferred)}, {len(dispreferred)})"
+        )
+    examples: list[dict[str, str]] = []
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            loaded = (
+                json.loads(text)
+                if text.lstrip().startswith("[")
+                else [json.loads(line) for line in text.splitlines() if line.strip()]
+            )
+        except ValueError as e:
+            raise UserError(f"{path} is not JSON or JSON lines: {e}") from None
+        examples.extend(loaded)
+    examples += [
+        {"prompt": p, "preferred": a, "dispreferred": b}
+        for p, a, b in zip(prompts, preferred, dispreferred, strict=True)
+    ]
+    if not examples:
+        raise UserError(
+            "give examples: --examples FILE or --example-prompt/--preferred/--dispreferred"
+        )
+    return examples
+
+
+@experiment_app.command("grains-sweep")
+def grains_sweep(
+    examples: Path | None = typer.Option(
+        None,
+        "--examples",
+        help='JSON list or JSON lines of {"prompt", "preferred", "dispreferred"}',
+    ),
+    example_prompt: list[str] | None = typer.Option(
+        None, "--example-prompt", help="an example's prompt (repeat, with the two below)"
+    ),
+    preferred: list[str] | None = typer.Option(None, "--preferred", help="its preferred reply"),
+    dispreferred: list[str] | None = typer.Option(
+        None, "--dispreferred", help="its dispreferred reply"
+    ),
+    prompt: list[str] | None = typer.Option(
+        None, "--prompt", "-p", help="a prompt to generate from (repeat; default: the examples')"
+    ),
+    betas: str = typer.Option("-8,-4,0,4,8", help="steering coefficients (unit vector)"),
+    layer: int | None = typer.Option(None, help="decoder block (default: the middle one)"),
+    top_k: int = typer.Option(3, "--top-k", help="attributed prompt tokens kept on each side"),
+    steps: int = typer.Option(32, help="Integrated-Gradients points per example"),
+    save_as: str | None = typer.Option(None, help="save the vector under this name"),
+    max_new_tokens: int = typer.Option(32),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+    seed: int = typer.Option(0),
+    model: str | None = ModelOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """GrAInS-style steering: a vector from contrastive IG of preferred vs dispreferred replies
+    (the top-k attributed prompt tokens' hidden states), swept in strength; outputs stored."""
+    params: dict[str, Any] = {
+        "examples": _examples(examples, example_prompt or [], preferred or [], dispreferred or []),
+        "betas": _floats(betas, "--betas"),
+        "layer": layer,
+        "top_k": top_k,
+        "steps": steps,
+        "save_as": save_as,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "seed": seed,
+    }
+    if prompt:
+        params["prompts"] = list(prompt)
+    _run("grains-sweep", params, model, as_json)
 
 
 @experiment_app.command("decode")

@@ -828,6 +828,46 @@ def test_lab_east_sweep_shows_the_entropy_curve(backend: str) -> None:
     assert again["data"] == spec["data"]
 
 
+def test_lab_grains_sweep_shows_the_margin_curve_and_stores_the_outputs(backend: str) -> None:
+    at = _app("lab")
+    at.selectbox(key="lab.kind").set_value("grains-sweep").run()
+    assert not at.exception, [e.value for e in at.exception]
+    # the shipped examples parse, and a bad line is a warning, not a launch
+    assert len(at.text_area(key="lab.grains.examples").value.splitlines()) == 2
+    at.text_area(key="lab.grains.examples").set_value("{not json").run()
+    assert any("examples" in w.value for w in at.warning)
+    examples = [
+        {"prompt": "Is the sky blue today?", "preferred": " Yes, it is.", "dispreferred": " No."},
+        {
+            "prompt": "Tell me about cats please",
+            "preferred": " Cats purr.",
+            "dispreferred": " Dogs.",
+        },
+    ]
+    at.text_area(key="lab.grains.examples").set_value("\n".join(json.dumps(e) for e in examples))
+    at.text_area(key="lab.prompts").set_value(LAB_PROMPTS[0])
+    at.text_input(key="lab.grains.betas").set_value("0 4")
+    at.number_input(key="lab.grains.layer").set_value(1)
+    at.number_input(key="lab.grains.top_k").set_value(2)
+    at.number_input(key="lab.grains.steps").set_value(8)
+    at.number_input(key="lab.grains.max_new").set_value(4)
+    experiment = _lab_launch(at, backend)
+    params, summary = experiment["params"], experiment["summary"]
+    assert params["examples"] == examples and params["prompts"] == [LAB_PROMPTS[0]]
+    assert params["betas"] == [0.0, 4.0] and params["layer"] == 1 and params["steps"] == 8
+    spec = _lab_figure(at, "Preference margin vs β")
+    traces = _traces(spec)
+    assert list(traces) == ["mean preference margin", "mean output entropy"]
+    assert traces["mean preference margin"]["y"] == summary["curves"]["preference_margin"]
+    assert traces["mean output entropy"]["yaxis"] == "y2"
+    # every output is a stored run, listed with its beta and the prompt it came from
+    (table,) = _frame_with(at, "run id")
+    assert table["beta"].tolist() == [0.0, 4.0]
+    assert table["prompt"].tolist() == [LAB_PROMPTS[0]] * 2
+    for run_id in table["run id"]:
+        assert httpx.get(f"{backend}/api/v1/runs/{run_id}", timeout=60).status_code == 200
+
+
 def test_lab_decode_rule_and_bad_input(backend: str) -> None:
     at = _app("lab")
     # a bad bias value is a warning next to the field, and nothing is launched

@@ -222,3 +222,57 @@ def test_screenshot_of_the_diff_page(browser: Any, ui_url: str, default_backend:
     _wait_rerender(driver, lambda d: "Sydney" in d.page_source, timeout=60)
     _settle(driver, 2.5, show="//h3[contains(., 'default@int8')]")
     _save(driver, "diff")
+
+
+def test_screenshot_of_the_lens_and_an_attribution(
+    browser: Any,  # noqa: F811
+    ui_url: str,  # noqa: F811
+    default_backend: str,  # noqa: F811
+) -> None:
+    """The demo's "capital of Australia" run: the lens heatmap with the last layer's top-5 at
+    " Sydney" (clicked) and the prompt coloured by the attribution of " Sydney"."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.set_window_size(1400, 1900)
+    api = f"{default_backend}/api/v1"
+    body = {
+        "prompt": "What is the capital of Australia?",
+        "response": "The capital of Australia is Sydney, the largest city on the east coast.",
+    }
+    run = httpx.post(f"{api}/runs", json=body, timeout=600).json()
+    response = [t for t in run["tokens"] if not t["is_prompt"]]
+    column = next(i for i, t in enumerate(response) if t["text"] == " Sydney")
+    sydney = response[column]["position"]
+    # computed through the API first (the attribution takes minutes on a loaded CPU); the
+    # click below then shows the stored one, as it would after a first click
+    assert httpx.post(f"{api}/runs/{run['run_id']}/lens", timeout=600).status_code == 200
+    reply = httpx.post(
+        f"{api}/runs/{run['run_id']}/attributions",
+        json={"position": sydney, "method": "ig", "steps": 32},
+        timeout=900,
+    )
+    assert reply.status_code == 200, reply.text
+    print(f"lens_screenshot_completeness_error={reply.json()['completeness_error']:.4f}")
+    driver.get(f"{ui_url}/?run={run['run_id']}")
+    n_layers = 31  # embeddings + SmolLM2-135M's 30 blocks
+
+    def _points(d: Any) -> Any:
+        for plot in d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"):
+            if "log10 rank" in plot.text:
+                found = plot.find_elements(By.CSS_SELECTOR, ".scatterlayer path.point")
+                if len(found) == n_layers * len(response):
+                    return found
+        return None
+
+    points = _wait_rerender(driver, _points, timeout=120)
+    cell = points[column * n_layers + n_layers - 1]  # " Sydney" at the last layer
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", cell)
+    ActionChains(driver).move_to_element(cell).click().perform()
+    _text_on_page(driver, f"Top-5 at layer {n_layers - 1}")
+    _wait_rerender(
+        driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".tp-attr span[title]"), timeout=120
+    )
+    _settle(driver, 2.0, show="//*[contains(text(), 'Where the tokens came from')]")
+    _save(driver, "lens")

@@ -120,3 +120,45 @@ def test_grains_sweep_stores_every_output_and_the_margin_curve(
 def test_bad_grains_parameters_are_refused(params: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError, match=message):
         check_experiment("grains-sweep", params)
+
+
+@pytest.mark.usefixtures("home")  # an isolated data home for the in-process CLI
+def test_cli_grains_sweep_stores_every_output_as_a_run(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from tokenprism.backend.cli.main import app
+
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text(json.dumps(EXAMPLES[0]) + "\n")
+    common = ["--model", str(tiny_model_dir), "--layer", str(LAYER), "--top-k", "2"]
+    proc = CliRunner().invoke(
+        app,
+        ["experiment", "grains-sweep", "--examples", str(examples),
+         "--example-prompt", EXAMPLES[1]["prompt"], "--preferred", EXAMPLES[1]["preferred"],
+         "--dispreferred", EXAMPLES[1]["dispreferred"], "--prompt", "Is it sunny?",
+         "--betas", "0,6", "--steps", "8", "--max-new-tokens", "3", "--json", *common],
+    )  # fmt: skip
+    assert proc.exit_code == 0, proc.output
+    got = json.loads(proc.stdout)
+    assert got["kind"] == "grains-sweep" and got["params"]["examples"] == EXAMPLES
+    # one prompt to generate from, two strengths: two outputs, each a stored run
+    assert [o["beta"] for o in got["outputs"]] == [0.0, 6.0]
+    listed = CliRunner().invoke(app, ["runs", "--json"])
+    stored = {r["run_id"] for r in json.loads(listed.stdout)}
+    assert {o["run_id"] for o in got["outputs"]} == stored
+    # the vector is built from both examples (file and options), top-2 tokens on each side
+    built = got["summary"]["examples"]
+    assert len(built) == 2 and all(1 <= len(d["positive"]) <= 2 for d in built)
+    human = CliRunner().invoke(
+        app,
+        ["experiment", "grains-sweep", "--examples", str(examples), "--betas", "-2,2",
+         "--steps", "4", "--max-new-tokens", "2", *common],
+    )  # fmt: skip
+    assert human.exit_code == 0, human.output
+    assert "preference margin" in human.stdout and "2 outputs stored as runs" in human.stdout
+    uneven = CliRunner().invoke(
+        app, ["experiment", "grains-sweep", "--example-prompt", "a", "--preferred", "b"]
+    )
+    assert isinstance(uneven.exception, UserError) and "same number" in str(uneven.exception)

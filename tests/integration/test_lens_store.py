@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
 from tokenprism.backend.errors import UserError
 from tokenprism.backend.lens.service import (
     AttributionRequest,
@@ -100,30 +99,40 @@ def test_attribution_stored_and_bad_inputs(tiny_lm, tmp_path: Path) -> None:  # 
         assert store.count("attributions") == store.count("attribution_values") == 0
 
 
-def test_cli_lens_and_attribute(tmp_path: Path, tiny_model_dir: Path) -> None:
-    proc = run_cli(
-        "score", "--prompt", "Capital of Australia?", "--response", "Canberra.",
-        "--model", str(tiny_model_dir), "--json", home=tmp_path,
+@pytest.mark.usefixtures("home")  # an isolated data home for the in-process CLI
+def test_cli_lens_and_attribute(tiny_model_dir: Path) -> None:
+    # in-process (typer's runner): one import of torch and one load of the tiny model for the
+    # five commands, where five console-script subprocesses spent minutes on a loaded machine
+    from typer.testing import CliRunner
+
+    from tokenprism.backend.cli.main import app
+
+    cli = CliRunner()
+    proc = cli.invoke(
+        app,
+        ["score", "--prompt", "Capital of Australia?", "--response", "Canberra.",
+         "--model", str(tiny_model_dir), "--json"],
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.exit_code == 0, proc.output
     run = json.loads(proc.stdout)
-    lens = run_cli("lens", run["run_id"], "--json", home=tmp_path)
-    assert lens.returncode == 0, lens.stderr
+    lens = cli.invoke(app, ["lens", run["run_id"], "--json"])
+    assert lens.exit_code == 0, lens.output
     assert json.loads(lens.stdout)["layers"] == 3
     pos = len(run["tokens"]) - 2
-    attr = run_cli(
-        "attribute", run["run_id"], "--position", str(pos), "--steps", "48", "--json",
-        home=tmp_path,
-    )  # fmt: skip
-    assert attr.returncode == 0, attr.stderr
+    attr = cli.invoke(
+        app, ["attribute", run["run_id"], "--position", str(pos), "--steps", "16", "--json"]
+    )
+    assert attr.exit_code == 0, attr.output
     data = json.loads(attr.stdout)
+    assert data["steps"] == 16 and len(data["attributions"]) == pos
     total = sum(r["value"] for r in data["attributions"])
     assert data["completeness_error"] == pytest.approx(
         abs(total - (data["f_x"] - data["f_baseline"])) / abs(data["f_x"] - data["f_baseline"]),
         rel=1e-4,
     )
     assert data["completeness_error"] < 0.05 and not math.isnan(total)
-    bad = run_cli("attribute", run["run_id"], "--position", "0", home=tmp_path)
-    assert bad.returncode == 2 and "position 0" in bad.stderr
-    human = run_cli("lens", run["run_id"], home=tmp_path)
-    assert human.returncode == 0 and "lens_kl_final" in human.stdout
+    bad = cli.invoke(app, ["attribute", run["run_id"], "--position", "0"])
+    # main() turns a UserError into exit status 2 and its one line (test_cli.py checks that)
+    assert isinstance(bad.exception, UserError) and "position 0" in str(bad.exception)
+    human = cli.invoke(app, ["lens", run["run_id"]])
+    assert human.exit_code == 0 and "lens_kl_final" in human.stdout

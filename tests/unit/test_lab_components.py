@@ -18,6 +18,7 @@ from tokenprism.app.components.lab import (
     default_pair,
     east_curve_figure,
     experiment_label,
+    grains_curve_figure,
     output_labels,
     outputs_frame,
     parse_numbers,
@@ -195,6 +196,54 @@ def test_east_curve_escapes_the_vector_name() -> None:
 def test_east_curve_without_data_is_a_placeholder() -> None:
     fig = east_curve_figure({"layer": 3, "curves": {}})
     assert not fig.data and fig.layout.annotations[0].text == "no entropy curve yet"
+
+
+# ---- GrAInS sweep ---------------------------------------------------------------------------
+
+
+def _grains_experiment() -> dict[str, Any]:
+    examples = [{"prompt": "Sky?", "preferred": " Yes.", "dispreferred": " No."}]
+    outputs = [
+        {"run_id": "r1", "beta": 0.0, "prompt_index": 0, "preference_margin": 1.5},
+        {"run_id": "r2", "beta": 6.0, "prompt_index": 0, "preference_margin": 2.25},
+    ]
+    return {
+        "kind": "grains-sweep",
+        "params": {"examples": examples, "prompts": [], "betas": [0.0, 6.0]},
+        "outputs": outputs,
+        "summary": {
+            "layer": 1,
+            "vector": {"name": SCRIPT, "layer": 1},
+            "curves": {
+                "beta": [0.0, 6.0],
+                "preference_margin": [1.5, 2.25],
+                "output_entropy": [None, 0.75],
+            },
+        },
+    }
+
+
+def test_grains_curve_has_the_margin_and_the_entropy_on_two_axes() -> None:
+    fig = grains_curve_figure(_grains_experiment()["summary"])
+    traces = _traces(fig)
+    assert list(traces) == ["mean preference margin", "mean output entropy"]
+    assert list(traces["mean preference margin"].y) == [1.5, 2.25]
+    assert list(traces["mean output entropy"].y) == [None, 0.75]  # a gap, not a zero
+    assert traces["mean output entropy"].yaxis == "y2"
+    assert "&lt;script&gt;" in fig.layout.title.text and "<script>" not in fig.to_json()
+    assert not grains_curve_figure({"curves": {}}).data
+
+
+def test_grains_outputs_name_beta_margin_and_the_examples_prompt() -> None:
+    experiment = _grains_experiment()
+    # no sweep prompts: the examples' prompts, not the shipped refusal set
+    assert prompt_texts(experiment, SHIPPED) == ["Sky?"]
+    frame = outputs_frame(experiment, SHIPPED)
+    assert frame["beta"].tolist() == [0.0, 6.0]
+    assert frame["preference margin"].tolist() == [1.5, 2.25]
+    assert frame["prompt"].tolist() == ["Sky?", "Sky?"]
+    assert output_labels(experiment)[1].startswith("#2 · β 6 · prompt 1")
+    assert default_pair(experiment) == (0, 1)
 
 
 # ---- decode summaries ----------------------------------------------------------------------

@@ -68,18 +68,56 @@ def _weighted(p: Tensor, diff: Tensor) -> Tensor:
     return torch.where(p > 0, p * diff, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)
 
 
+def _dot(x: Tensor, y: Tensor) -> Tensor:
+    """Row-wise dot products of ``[n, v]`` tensors, ``[n]``: one fused pass, no temporary
+    (``vecdot`` measured ~2x faster than ``bmm`` and ``(x * y).sum(-1)`` on CPU)."""
+    return torch.linalg.vecdot(x, y)
+
+
+# ln 2 as softplus computes it at 0, so the JS term below is exactly 0 where d == 0
+_SOFTPLUS_0 = float(torch.nn.functional.softplus(torch.zeros(1))[0])
+
+
+def _divergences_exact(la: Tensor, lb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """KL, reverse KL and JS entry by entry (handles -inf log-probabilities)."""
+    pa, pb = la.exp(), lb.exp()
+    d = la - lb
+    lm = torch.where(d == 0, la, torch.logaddexp(la, lb) - _LN2)
+    js = 0.5 * _weighted(pa, la - lm) + 0.5 * _weighted(pb, lb - lm)
+    return _weighted(pa, d), _weighted(pb, -d), js
+
+
+def _divergences(la: Tensor, lb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """KL, reverse KL and JS of ``[n, vocab]`` log-probabilities in few vocabulary passes.
+
+    With d = log p_A - log p_B: KL = <p_A, d>, KL_rev = -<p_B, d>, and since
+    log p_A - log M = ln 2 - softplus(-d) =: g and log p_B - log M = g - d,
+    JS = (<p_A + p_B, g> + KL_rev) / 2. Each term is exactly 0 where d == 0, so a model
+    compared with itself gives exactly 0. Rows with a -inf log-probability (masked entries:
+    0 * inf) come out NaN here and are recomputed entry by entry.
+    """
+    d = la - lb
+    pa, pb = la.exp(), lb.exp()
+    kl, kl_rev = _dot(pa, d), -_dot(pb, d)
+    g = torch.nn.functional.softplus(d.neg_()).neg_().add_(_SOFTPLUS_0)  # d is -d from here
+    js = 0.5 * (_dot(pa.add_(pb), g) + kl_rev)
+    bad = ~(torch.isfinite(kl) & torch.isfinite(kl_rev) & torch.isfinite(js))
+    if bool(bad.any()):
+        rows = bad.nonzero().squeeze(-1)
+        ekl, erev, ejs = _divergences_exact(la[rows], lb[rows])
+        kl, kl_rev, js = (
+            kl.index_put((rows,), ekl),
+            kl_rev.index_put((rows,), erev),
+            js.index_put((rows,), ejs),
+        )
+    return kl, kl_rev, js
+
+
 def _chunk(a: Tensor, b: Tensor, tgt: Tensor) -> tuple[Tensor, ...]:
     """All divergences of ``[n, vocab]`` logits ``a``, ``b`` and ``[n]`` targets."""
     la = torch.log_softmax(a.float(), dim=-1)
     lb = torch.log_softmax(b.float(), dim=-1)
-    pa, pb = la.exp(), lb.exp()
-    d = la - lb  # exactly 0 where the two log-probabilities are equal
-    kl = _weighted(pa, d)
-    kl_rev = _weighted(pb, -d)
-    # log M, taken as la itself where la == lb (so identical rows give exactly 0, not the
-    # rounding error of log((p + p) / 2)); logaddexp keeps it finite when one side is -inf.
-    lm = torch.where(d == 0, la, torch.logaddexp(la, lb) - _LN2)
-    js = 0.5 * _weighted(pa, la - lm) + 0.5 * _weighted(pb, lb - lm)
+    kl, kl_rev, js = _divergences(la, lb)
     ta = la.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     tb = lb.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     agree = (a.argmax(-1) == b.argmax(-1)).float()

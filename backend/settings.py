@@ -50,6 +50,9 @@ class Settings(BaseSettings):
             kernel once ready, ``on`` also waits for it on first use. Off by default because on
             the 2-core reference machine the compiled sweep, 3x cheaper in CPU time on one
             thread, gave no wall-clock gain with two threads (``bench/scoring.py`` times both).
+        keep_freed_memory_mb: freed heap kept for the next chunk of a metric sweep instead of
+            being returned to the OS and faulted back in (see ``backend.models.heap``); 0 keeps
+            the C library's defaults.
         trust_remote_code: let model repositories run their own Python code (off by default).
         api_token: bearer token required when the API listens beyond loopback.
         allowed_model_dirs: local directories models may be loaded from through the API.
@@ -103,6 +106,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     autocast: Literal["auto", "none", "bfloat16", "float16"] = "auto"
     compile_metrics: Literal["auto", "on", "off"] = "off"
+    keep_freed_memory_mb: int = Field(default=512, ge=0, le=16384)
     trust_remote_code: bool = False
     api_token: str | None = None
     allowed_model_dirs: list[Path] = Field(default_factory=list)

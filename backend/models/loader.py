@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from tokenprism.backend.errors import ModelNotFound, UnsafeWeights, UserError
+from tokenprism.backend.models.heap import keep_freed_heap
 from tokenprism.backend.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def load_model(name: str, settings: Settings) -> LoadedModel:
     dtype = resolve_dtype(settings.dtype, device)
     autocast = resolve_autocast(settings.autocast, device, dtype)
     check_autocast(device, autocast)  # before the weights are read: a bad setting fails fast
+    keep_freed_heap(settings.keep_freed_memory_mb)  # chunked metric sweeps reuse their pages
     lm = _load_any(name, settings, device, dtype)
     lm.autocast = autocast
     lm.compile_metrics = settings.compile_metrics

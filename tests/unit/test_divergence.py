@@ -108,6 +108,35 @@ def test_zero_probability_entries() -> None:
     assert math.isfinite(float(div.js)) and float(div.js) <= math.log(2)
 
 
+def _naive_vectorised(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """KL, reverse KL, JS of one position in float64 (finite logits)."""
+    la = a - np.log(np.exp(a - a.max()).sum()) - a.max()
+    lb = b - np.log(np.exp(b - b.max()).sum()) - b.max()
+    pa, pb = np.exp(la), np.exp(lb)
+    lm = np.log((pa + pb) / 2)
+    kl, rev = float((pa * (la - lb)).sum()), float((pb * (lb - la)).sum())
+    return kl, rev, float(0.5 * (pa * (la - lm)).sum() + 0.5 * (pb * (lb - lm)).sum())
+
+
+def test_wide_vocabulary_and_a_masked_row_in_one_chunk() -> None:
+    # the fused sweep (dot products, softplus form of JS) on a 20k vocabulary, small and large
+    # shifts, and one row with masked (-inf) entries that must take the entry-by-entry path
+    # without changing its neighbours
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 3, (4, 20_000))
+    b = a + rng.normal(0, 1, a.shape) * np.array([[1e-3], [0.1], [1.0], [0.5]])
+    a_t, b_t = torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)
+    a_t[3, :10] = -math.inf
+    b_t[3, :10] = -math.inf
+    div = pair_divergence(a_t[None], b_t[None], torch.zeros(1, 4, dtype=torch.long))
+    for row in range(4):
+        keep = slice(10, None) if row == 3 else slice(None)
+        kl, rev, js = _naive_vectorised(a[row, keep], b[row, keep])
+        assert float(div.kl[0, row]) == pytest.approx(kl, rel=1e-3, abs=1e-7), row
+        assert float(div.kl_rev[0, row]) == pytest.approx(rev, rel=1e-3, abs=1e-7), row
+        assert float(div.js[0, row]) == pytest.approx(js, rel=1e-3, abs=1e-7), row
+
+
 def test_shape_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         pair_divergence(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), torch.zeros(1, 2).long())

@@ -505,17 +505,7 @@ def east_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
         ("next", "mean next-token entropy", curves.get("next_token_entropy"), "first response"),
         ("output", "mean output entropy", curves.get("output_entropy"), "response tokens"),
     ):
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=_series(ys),
-                mode="lines+markers",
-                name=name,
-                line={"color": COLOURS[key], "width": 2},
-                marker={"size": 8},
-                hovertemplate=f"β = %{{x:g}}<br>{name} ({where}) %{{y:.3f}} nats<extra></extra>",
-            )
-        )
+        fig.add_trace(_beta_trace(x, ys, key, name, f"{name} ({where})"))
     vector = summary.get("vector") or {}
     name = html.escape(_oneline(vector.get("name") or "EAST"), quote=True)
     layer = summary.get("layer", vector.get("layer"))
@@ -529,6 +519,22 @@ def east_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
         height=360,
     )
     return fig
+
+
+def _beta_trace(
+    x: list[float], ys: Any, key: str, name: str, hover: str, yaxis: str = "y"
+) -> go.Scatter:
+    """One curve of a strength sweep: ``ys`` (nats) against β, coloured by ``key``."""
+    return go.Scatter(
+        x=x,
+        y=_series(ys),
+        yaxis=yaxis,
+        mode="lines+markers",
+        name=name,
+        line={"color": COLOURS[key], "width": 2},
+        marker={"size": 8},
+        hovertemplate=f"β = %{{x:g}}<br>{hover} %{{y:.3f}} nats<extra></extra>",
+    )
 
 
 def grains_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
@@ -555,18 +561,7 @@ def grains_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
         ("margin", "mean preference margin", curves.get("preference_margin"), "y"),
         ("output", "mean output entropy", curves.get("output_entropy"), "y2"),
     ):
-        fig.add_trace(
-            go.Scatter(
-                x=x,
-                y=_series(ys),
-                yaxis=axis,
-                mode="lines+markers",
-                name=name,
-                line={"color": COLOURS[key], "width": 2},
-                marker={"size": 8},
-                hovertemplate=f"β = %{{x:g}}<br>{name} %{{y:.3f}} nats<extra></extra>",
-            )
-        )
+        fig.add_trace(_beta_trace(x, ys, key, name, name, yaxis=axis))
     vector = summary.get("vector") or {}
     name = html.escape(_oneline(vector.get("name") or "GrAInS"), quote=True)
     layer = summary.get("layer", vector.get("layer"))

@@ -522,7 +522,7 @@ def east_curve_figure(summary: dict[str, Any] | None) -> go.Figure:
 
 
 def _beta_trace(
-    x: list[float], ys: Any, key: str, name: str, hover: str, yaxis: str = "y"
+    x: list[float | None], ys: Any, key: str, name: str, hover: str, yaxis: str = "y"
 ) -> go.Scatter:
     """One curve of a strength sweep: ``ys`` (nats) against β, coloured by ``key``."""
     return go.Scatter(

@@ -69,7 +69,11 @@ def test_naive_tools_agree_with_score_forward_on_hand_made_logits(
     values = naive.all_tools(p)
     assert set(values) == set(naive.TOLERANCE)
     naive.check_agreement(values, scored, "hand-made")
-    assert max(naive.differences(values, scored).values()) < 1e-2
+    # relative to each value's size: perplexity here is ~1e4, where float32 rounding of the
+    # mean log-probability alone moves it by a few hundredths, differently on AVX2 and AVX-512
+    scale = {k: 1.0 + float(v.double().abs().nan_to_num(0.0).max()) for k, v in values.items()}
+    relative = {k: d / scale[k] for k, d in naive.differences(values, scored).items()}
+    assert max(relative.values()) < 1e-5, relative
     assert values["effective_rank"].shape == (4,)
     assert int((~values["step_first_surprisal"].isnan()).sum()) == 3
     assert float(values["erv"]) != 0.0 and float(values["era"]) != 0.0

@@ -35,6 +35,7 @@ from tokenprism.backend.lens.compute import (
 )
 from tokenprism.backend.models.loader import LoadedModel
 from tokenprism.backend.store import Store
+from tokenprism.backend.store.diffs import run_tokens as stored_run_tokens
 
 MAX_LENS_TOKENS = 4096  # lens of longer runs would hold L x T x k top-k rows per request
 SYNC_LENS_TOKENS = 256  # the API computes shorter runs in the request, longer ones in a job
@@ -59,28 +60,11 @@ class RunTokens:
 
 
 def run_tokens(store: Store, run_id: str) -> RunTokens:
-    """The model and token ids of a stored run; :class:`UserError` when it does not exist."""
-    r, m, t = schema.runs, schema.models, schema.tokens
-    with store.engine.connect() as conn:
-        row = conn.execute(
-            sa.select(m.c.name, m.c.revision)
-            .join(r, r.c.model_key == m.c.model_key)
-            .where(r.c.run_id == run_id)
-        ).first()
-        if row is None:
-            raise UserError(f"no run with id {run_id!r}")
-        toks = conn.execute(
-            sa.select(t.c.token_id, t.c.text, t.c.is_prompt)
-            .where(t.c.run_id == run_id)
-            .order_by(t.c.position)
-        ).all()
+    """The model and whole token sequence of a stored run (a one-pass audit turn's context
+    included, see :func:`store.diffs.run_tokens`); :class:`UserError` when it does not exist."""
+    run = stored_run_tokens(store, run_id)
     return RunTokens(
-        run_id,
-        str(row[0]),
-        str(row[1]),
-        [int(x[0]) for x in toks],
-        [str(x[1]) for x in toks],
-        [bool(x[2]) for x in toks],
+        run_id, run["model"], run["revision"], run["input_ids"], run["texts"], run["is_prompt"]
     )
 
 

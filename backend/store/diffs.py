@@ -228,11 +228,16 @@ def upload_run_ids(store: Store, upload_id: str, model_name: str | None = None) 
 
 
 def run_tokens(store: Store, run_id: str) -> dict[str, Any]:
-    """What a diff needs of a stored run: its model name, text, token ids, offsets, prompt flags."""
+    """A stored run's whole token sequence, context included: its model name and revision,
+    text, token ids, token texts, offsets and prompt flags (what a diff or a lens reads).
+
+    A turn an audit scored in its conversation's one pass holds only its response rows; the
+    context comes from the conversation's other runs (:func:`_members`) and counts as prompt.
+    """
     r, m, t = schema.runs, schema.models, schema.tokens
     with store.engine.connect() as conn:
         head = conn.execute(
-            sa.select(r.c.text, m.c.name)
+            sa.select(r.c.text, m.c.name, m.c.revision)
             .join(m, m.c.model_key == r.c.model_key)
             .where(r.c.run_id == run_id)
         ).first()
@@ -245,6 +250,7 @@ def run_tokens(store: Store, run_id: str) -> dict[str, Any]:
                 t.c.char_start,
                 t.c.char_end,
                 sa.or_(t.c.is_prompt, t.c.run_id != run_id),
+                t.c.text,
             )
             .where(t.c.run_id.in_(members), t.c.position < n)
             .order_by(t.c.position)
@@ -253,7 +259,9 @@ def run_tokens(store: Store, run_id: str) -> dict[str, Any]:
         "run_id": run_id,
         "text": head[0],
         "model": head[1],
+        "revision": str(head[2]),
         "input_ids": [int(x[0]) for x in rows],
+        "texts": [str(x[4]) for x in rows],
         "offsets": [(int(x[1]), int(x[2])) for x in rows],
         "is_prompt": [bool(x[3]) for x in rows],
     }

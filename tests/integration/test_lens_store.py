@@ -136,3 +136,30 @@ def test_cli_lens_and_attribute(tiny_model_dir: Path) -> None:
     assert isinstance(bad.exception, UserError) and "position 0" in str(bad.exception)
     human = cli.invoke(app, ["lens", run["run_id"]])
     assert human.exit_code == 0 and "lens_kl_final" in human.stdout
+
+
+def test_lens_of_an_audited_turn_reads_its_conversation_context(tiny_lm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # a later turn of a conversation audited in one pass stores only its response rows; the
+    # lens must read the whole sequence (context from the conversation's other runs), as the
+    # store's own run view does, or it would explain the response without its prompt
+    from tests.integration.test_one_pass_audit import _items
+    from tokenprism.backend.audit.upload import score_items
+
+    items = _items()
+    with Store(tmp_path / "db.duckdb") as store:
+        ids = score_items(tiny_lm, store, items, source="t", upload_id="u", job_id="j")
+        later = [
+            r["run_id"]
+            for r in store.list_runs(upload_id="u", limit=50)
+            if r["turn_index"] and r["turn_index"] > 0
+        ]
+        assert later and set(later) <= set(ids)
+        for run_id in later:
+            run = run_tokens(store, run_id)
+            stored = store.get_run(run_id)["tokens"]
+            assert run.ids == [t["token_id"] for t in stored]
+            assert run.texts == [t["text"] for t in stored]
+            assert run.is_prompt == [t["is_prompt"] for t in stored]
+            assert sum(run.is_prompt) > sum(not p for p in run.is_prompt)  # context is there
+        summary = compute_lens(tiny_lm, store, run_tokens(store, later[0]))
+        assert summary["positions"] == len(store.get_run(later[0])["tokens"]) - 1

@@ -80,3 +80,31 @@ def test_decided_layer_ties_count_for_the_target() -> None:
 def test_empty_positions() -> None:
     out = lens(torch.zeros(3, 0, 4), torch.zeros(0, dtype=torch.long), lambda x: x, torch.eye(4))
     assert out.rank.shape == (3, 0) and out.top_ids.shape == (3, 0, 4)
+
+
+def test_attribution_markup_escapes_token_text() -> None:
+    # token text is model output: a <script> or an onerror attribute must arrive inert
+    from html.parser import HTMLParser
+
+    from tokenprism.app.components.lens import _label, attribution_html
+
+    evil = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
+    result = {
+        "attributions": [
+            {"position": 0, "text": evil, "value": 1.5},
+            {"position": 1, "text": " ok", "value": -0.5},
+        ],
+        "target_text": evil,
+    }
+    markup = attribution_html(result)
+    tags: list[str] = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            tags.append(tag)
+            assert not any(name.startswith("on") for name, _ in attrs), attrs
+
+    Tags().feed(markup)
+    assert "script" not in tags and "img" not in tags
+    assert "&lt;script&gt;" in markup
+    assert "<script" not in _label(3, evil) and "<img" not in _label(3, evil)
